@@ -1,0 +1,314 @@
+"""Embedded PostgreSQL clusters and Redis servers that regiongate starts and stops itself.
+
+One launcher serves the test session (fixtures) and the local cluster (the main job), so what
+the tests prove runs on exactly what a developer runs. Each service gets a private data dir and a
+free loopback port. PostgreSQL refuses to run as root, so when we are root the server runs as an
+unprivileged user (``postgres`` on Debian) and its data dir is handed to that user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.errors import ServiceStartError
+
+POSTGRES_START_TIMEOUT_S = 60.0
+REDIS_START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 30.0
+
+# The server settings the ledger relies on. Durability is never traded for speed here: fsync and
+# synchronous_commit stay on, and the benchmark's pgbench baseline runs with the same settings.
+LEDGER_POSTGRES_SETTINGS: dict[str, str] = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "wal_buffers": "16MB",
+    "max_wal_size": "2GB",
+    "checkpoint_timeout": "15min",
+    # Lets a batch's commit share one WAL flush with commits that arrive within the window.
+    "commit_delay": "0",
+    "listen_addresses": "'127.0.0.1'",
+    "unix_socket_directories": "''",
+    "log_min_messages": "warning",
+    "logging_collector": "off",
+    "timezone": "'UTC'",
+}
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    """Poll until something accepts TCP connections on (host, port), bounded by timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def postgres_bin_dir() -> Path:
+    """Find the PostgreSQL server binaries (Debian keeps them out of PATH)."""
+    override = os.environ.get("REGIONGATE_PG_BIN")
+    if override:
+        return Path(override)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
+    )
+    for candidate in reversed(candidates):
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise ServiceStartError(
+        "PostgreSQL server binaries not found; install them with "
+        "'apt-get install -y postgresql' or set REGIONGATE_PG_BIN"
+    )
+
+
+def _service_user() -> pwd.struct_passwd | None:
+    """The unprivileged user to run servers as when we are root, else None (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get("REGIONGATE_SERVICE_USER", "postgres")
+    try:
+        return pwd.getpwnam(name)
+    except KeyError as exc:
+        raise ServiceStartError(
+            f"running as root, and user {name!r} does not exist to run PostgreSQL as; "
+            "install the 'postgresql' package or set REGIONGATE_SERVICE_USER"
+        ) from exc
+
+
+def _hand_over(path: Path, user: pwd.struct_passwd | None) -> None:
+    """Make path (a dir we created) owned by the service user, and its parents traversable."""
+    if user is None:
+        return
+    os.chown(path, user.pw_uid, user.pw_gid)
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o001)
+
+
+def _run(argv: list[str], user: pwd.struct_passwd | None, **kwargs) -> subprocess.CompletedProcess:
+    if user is not None:
+        kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+    env = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False, **kwargs)
+
+
+@dataclass
+class PostgresCluster:
+    """A PostgreSQL cluster in data_dir, on 127.0.0.1:port, that we initialise, start and stop."""
+
+    data_dir: Path
+    port: int
+    user: str = "regiongate"
+    settings: dict[str, str] | None = None
+
+    @property
+    def dsn_base(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}"
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"{self.dsn_base}/{database}"
+
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        """initdb, once: a second call on an initialised dir keeps its data."""
+        if self.initialised():
+            return
+        service_user = _service_user()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        _hand_over(self.data_dir, service_user)
+        bin_dir = postgres_bin_dir()
+        result = _run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            service_user,
+        )
+        if result.returncode != 0:
+            raise ServiceStartError(f"initdb failed in {self.data_dir}: {result.stderr.strip()}")
+        self._write_settings()
+
+    def _write_settings(self) -> None:
+        settings = dict(LEDGER_POSTGRES_SETTINGS)
+        settings.update(self.settings or {})
+        lines = [f"{key} = {value}" for key, value in settings.items()]
+        conf = self.data_dir / "postgresql.auto.conf"
+        conf.write_text("# written by regiongate infra.services\n" + "\n".join(lines) + "\n")
+        service_user = _service_user()
+        if service_user is not None:
+            os.chown(conf, service_user.pw_uid, service_user.pw_gid)
+
+    def start(self) -> None:
+        if not self.initialised():
+            self.init()
+        service_user = _service_user()
+        bin_dir = postgres_bin_dir()
+        log_file = self.data_dir / "server.log"
+        result = _run(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(log_file),
+                "-o",
+                f"-p {self.port}",
+                "-w",
+                "-t",
+                str(int(POSTGRES_START_TIMEOUT_S)),
+                "start",
+            ],
+            service_user,
+        )
+        if result.returncode != 0 or not wait_for_port("127.0.0.1", self.port, 5.0):
+            tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+            raise ServiceStartError(
+                f"PostgreSQL did not start on port {self.port}: {result.stderr.strip()}\n{tail}"
+            )
+
+    def stop(self, mode: str = "fast") -> None:
+        if not (self.data_dir / "postmaster.pid").exists():
+            return
+        _run(
+            [
+                str(postgres_bin_dir() / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                str(int(STOP_TIMEOUT_S)),
+                "stop",
+            ],
+            _service_user(),
+        )
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def create_database(self, name: str) -> str:
+        """Create database name if it does not exist; return its DSN."""
+        result = _run(
+            [
+                str(postgres_bin_dir() / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+            ],
+            None,
+        )
+        if result.stdout.strip() != "1":
+            created = _run(
+                [
+                    str(postgres_bin_dir() / "createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    self.user,
+                    name,
+                ],
+                None,
+            )
+            if created.returncode != 0:
+                raise ServiceStartError(f"createdb {name} failed: {created.stderr.strip()}")
+        return self.dsn(name)
+
+
+@dataclass
+class RedisServer:
+    """A Redis server on 127.0.0.1:port with its files in data_dir."""
+
+    data_dir: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceStartError(
+                "redis-server not found; install it with 'apt-get install -y redis-server'"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--logfile",
+                str(self.data_dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if not wait_for_port("127.0.0.1", self.port, REDIS_START_TIMEOUT_S):
+            self.stop()
+            raise ServiceStartError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_S)

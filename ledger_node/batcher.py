@@ -1,0 +1,294 @@
+"""Group concurrent operations into batches that commit together (group commit for money).
+
+A hot account (the house takes a share of every bet) would serialise a one-transaction-per-
+request ledger on its row lock. Here one writer takes every operation queued while the previous
+batch committed (up to ``batch.size_max``), locks each touched account once, decides each
+operation on its own in arrival order, writes all of it in one statement and commits once. Under
+load batches grow by themselves; at rest a lone request is committed at once.
+
+Bounds: the queue (``queue_depth_max``, then 503 at once), the batch (``size_max``), the wait for
+a batch to fill (``wait_max_us``), and retries after a lost race (``retry_attempts_max``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from ledger_node import store
+from ledger_node.config import BatchConfig
+from ledger_node.decide import decide
+from ledger_node.errors import (
+    LedgerError,
+    OverloadedError,
+    RetryableDatabaseError,
+    map_database_error,
+)
+from ledger_node.ids import house_account_id
+from ledger_node.invariants import ensure
+from ledger_node.operations import (
+    AccountState,
+    BatchState,
+    CreateTransfer,
+    Operation,
+    Outcome,
+    PlaceBet,
+    ResolvePending,
+    Rollback,
+    SettleWin,
+    Submission,
+)
+from ledger_node.render import result_problem
+from ledger_node.results import Result
+
+log = logging.getLogger("regiongate.ledger.batcher")
+
+RETRY_BACKOFF_BASE_MS = 2
+RETRY_BACKOFF_CAP_MS = 100
+CONNECTION_ACQUIRE_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class BatchStats:
+    batches: int = 0
+    operations: int = 0
+    retries: int = 0
+    failed_batches: int = 0
+    batch_size_max_seen: int = 0
+
+
+class Batcher:
+    def __init__(self, *, pool: asyncpg.Pool, region: str, config: BatchConfig) -> None:
+        self._pool = pool
+        self._region = region
+        self._config = config
+        self._queue: collections.deque[Submission] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.stats = BatchStats()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def submit(
+        self,
+        operation: Operation,
+        *,
+        idempotency_key: str | None,
+        request_hash: bytes,
+        name: str,
+    ) -> asyncio.Future[Outcome]:
+        """Queue an operation; the future resolves once its batch has committed (or failed).
+
+        Enqueues synchronously, so operations submitted one after another without an await in
+        between are decided in exactly that order."""
+        if self._stopping:
+            raise OverloadedError("ledger node is shutting down", retry_after_s=1)
+        if len(self._queue) >= self._config.queue_depth_max:
+            raise OverloadedError(
+                f"batch queue at its bound of {self._config.queue_depth_max}", retry_after_s=1
+            )
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(Submission(operation, idempotency_key, request_hash, name, future))
+        self._wakeup.set()
+        return future
+
+    def start(self) -> None:
+        ensure(self._task is None, "batcher started twice")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._config.wait_max_us and len(self._queue) < self._config.size_max:
+                await asyncio.sleep(self._config.wait_max_us / 1_000_000)
+            count = min(len(self._queue), self._config.size_max)
+            batch = [self._queue.popleft() for _ in range(count)]
+            try:
+                await self._execute(batch)
+            except Exception:  # the loop must survive anything; each future was already failed
+                log.exception("batch loop error")
+
+    async def _execute(self, batch: list[Submission]) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._pool.acquire(timeout=CONNECTION_ACQUIRE_TIMEOUT_S) as connection:
+                    async with connection.transaction():
+                        outcomes = await self._run_once(connection, batch)
+            except Exception as exc:
+                error = map_database_error(exc)
+                if isinstance(error, RetryableDatabaseError) and (
+                    attempt < self._config.retry_attempts_max
+                ):
+                    attempt += 1
+                    self.stats.retries += 1
+                    cap_ms = min(RETRY_BACKOFF_CAP_MS, RETRY_BACKOFF_BASE_MS * 2**attempt)
+                    await asyncio.sleep(random.uniform(0, cap_ms) / 1000)
+                    continue
+                self.stats.failed_batches += 1
+                if not isinstance(exc, LedgerError | asyncpg.PostgresError | OSError):
+                    log.exception("batch of %d failed with an unexpected error", len(batch))
+                else:
+                    log.warning("batch of %d failed: %s", len(batch), error)
+                _fail_all(batch, error, exc)
+                return
+            self.stats.batches += 1
+            self.stats.operations += len(batch)
+            self.stats.batch_size_max_seen = max(self.stats.batch_size_max_seen, len(batch))
+            for submission, outcome in zip(batch, outcomes, strict=True):
+                if not submission.future.done():
+                    submission.future.set_result(outcome)
+            return
+
+    async def _run_once(
+        self, connection: asyncpg.Connection, batch: list[Submission]
+    ) -> list[Outcome]:
+        operations = [submission.operation for submission in batch]
+        state = BatchState(now=datetime.now(UTC), region=self._region, accounts={})
+        account_ids, pending_ids, bet_keys = _touched(operations)
+        if pending_ids:
+            account_ids.update(await store.pending_accounts(connection, pending_ids))
+        rollback_accounts = [op.account_id for op in operations if isinstance(op, Rollback)]
+        if rollback_accounts:
+            currencies = await store.account_currencies(connection, rollback_accounts)
+            account_ids.update(house_account_id(self._region, c) for c in currencies.values())
+        state.accounts = await store.lock_accounts(connection, sorted(account_ids))
+        # The batch's time is read once its locks are held, so for any one account the times of
+        # its transfers follow their commit order (balance-as-of relies on it).
+        state.now = now = datetime.now(UTC)
+        before = {account_id: a.snapshot() for account_id, a in state.accounts.items()}
+        if pending_ids:
+            state.pendings = await store.read_pendings(connection, pending_ids)
+        if bet_keys:
+            state.bets = await store.read_bets(connection, bet_keys)
+        keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
+        if keys:
+            state.stored_keys = await store.read_keys(connection, keys)
+
+        outcomes = [_decide_with_key(state, submission) for submission in batch]
+        _check_batch(state, before)
+        if state.rows or state.new_keys or any(b.dirty for b in state.bets.values()):
+            counts = await connection.fetchrow(
+                store.WRITE_BATCH, *store.write_arguments(state, now)
+            )
+            ensure(
+                counts["transfers"] == len(state.rows)
+                and counts["accounts"] == len(state.touched)
+                and counts["keys"] == len(state.new_keys),
+                f"batch wrote {dict(counts)}, decided {len(state.rows)} transfers, "
+                f"{len(state.touched)} accounts, {len(state.new_keys)} keys",
+            )
+        return outcomes
+
+
+def _touched(operations: Iterable[Operation]) -> tuple[set[str], list[str], list[tuple[str, str]]]:
+    account_ids: set[str] = set()
+    pending_ids: list[str] = []
+    bet_keys: list[tuple[str, str]] = []
+    for op in operations:
+        if isinstance(op, CreateTransfer):
+            account_ids.add(op.debit_account_id)
+            account_ids.add(op.credit_account_id)
+        elif isinstance(op, PlaceBet | SettleWin):
+            account_ids.add(op.account_id)
+            account_ids.add(op.house_account_id)
+            if isinstance(op, PlaceBet):
+                bet_keys.append((op.account_id, op.reference))
+        elif isinstance(op, Rollback):
+            account_ids.add(op.account_id)
+            bet_keys.append((op.account_id, op.reference))
+        elif isinstance(op, ResolvePending):
+            pending_ids.append(op.pending_id)
+    return account_ids, pending_ids, bet_keys
+
+
+def _decide_with_key(state: BatchState, submission: Submission) -> Outcome:
+    key = submission.idempotency_key
+    if key is not None:
+        stored = state.stored_keys.get(key)
+        if stored is not None:
+            if stored.request_hash != submission.request_hash:
+                return _conflict()
+            return Outcome(
+                Result(stored.result), stored.status_code, stored.body, stored.transfer_id, True
+            )
+        earlier = state.new_keys.get(key)
+        if earlier is not None:
+            request_hash, outcome, _ = earlier
+            if request_hash != submission.request_hash:
+                return _conflict()
+            return Outcome(
+                outcome.result, outcome.status_code, outcome.body, outcome.transfer_id, True
+            )
+    outcome = decide(state, submission.operation)
+    if key is not None:
+        state.new_keys[key] = (submission.request_hash, outcome, submission.name)
+    return outcome
+
+
+def _conflict() -> Outcome:
+    status_code, body = result_problem(Result.IDEMPOTENCY_CONFLICT)
+    return Outcome(Result.IDEMPOTENCY_CONFLICT, status_code, body)
+
+
+def _check_batch(state: BatchState, before: dict[str, tuple[int, int, int, int]]) -> None:
+    """Before commit: per currency, debits equal credits, posted and pending alike; no player
+    account below zero available; only accounts the batch meant to touch changed."""
+    posted_net: dict[str, int] = collections.defaultdict(int)
+    pending_net: dict[str, int] = collections.defaultdict(int)
+    for account_id, account in state.accounts.items():
+        old = before[account_id]
+        if account.snapshot() == old:
+            continue
+        ensure(account_id in state.touched, f"account {account_id} changed but is not touched")
+        posted_net[account.currency] += (account.credits_posted - old[1]) - (
+            account.debits_posted - old[0]
+        )
+        pending_net[account.currency] += (account.credits_pending - old[3]) - (
+            account.debits_pending - old[2]
+        )
+        _check_account(account)
+    for currency, net in posted_net.items():
+        ensure(net == 0, f"batch posts {net} more credits than debits in {currency}")
+    for currency, net in pending_net.items():
+        ensure(net == 0, f"batch holds {net} more pending credits than debits in {currency}")
+
+
+def _check_account(account: AccountState) -> None:
+    ensure(
+        min(account.snapshot()) >= 0,
+        f"account {account.id} has a negative total: {account.snapshot()}",
+    )
+    if account.kind == "player":
+        ensure(account.available >= 0, f"player account {account.id} overdrawn")
+
+
+def _fail_all(batch: list[Submission], error: LedgerError, cause: BaseException) -> None:
+    if error is not cause:
+        error.__cause__ = cause
+    for submission in batch:
+        if not submission.future.done():
+            submission.future.set_exception(error)

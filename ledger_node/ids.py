@@ -1,0 +1,53 @@
+"""Identifiers. Account ids carry their home region as a prefix (``eu-...``), so routing needs no
+lookup in the common case. Generated ids are ULIDs: time-ordered, so newer ids sort later, and
+with 80 random bits, so they cannot be guessed or collide."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+REGION_PATTERN = re.compile(r"^[a-z]{2,8}$")
+ACCOUNT_ID_PATTERN = re.compile(r"^[a-z]{2,8}-[A-Za-z0-9-]{1,80}$")
+ACCOUNT_ID_LENGTH_MAX = 89
+TRANSFER_ID_LENGTH_MAX = 96
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def ulid() -> str:
+    """A 26-character ULID in lower-case Crockford base32 (48-bit ms time, 80 random bits)."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def region_of(account_id: str) -> str | None:
+    """The region an account id was created in, or None if the id is not well formed."""
+    if len(account_id) > ACCOUNT_ID_LENGTH_MAX or not ACCOUNT_ID_PATTERN.match(account_id):
+        return None
+    return account_id.split("-", 1)[0]
+
+
+def new_account_id(region: str) -> str:
+    return f"{region}-{ulid()}"
+
+
+def new_transfer_id(region: str) -> str:
+    return f"{region}-t-{ulid()}"
+
+
+def house_account_id(region: str, currency: str) -> str:
+    return f"{region}-house-{currency}"
+
+
+def clearing_account_id(region: str, currency: str) -> str:
+    return f"{region}-clearing-{currency}"
+
+
+def transit_account_id(region: str, peer_region: str, currency: str) -> str:
+    return f"{region}-transit-{peer_region}-{currency}"

@@ -1,0 +1,146 @@
+"""A ledger node's lifecycle: connect, migrate, load reference data, run the batcher and the
+expiry task, and stop in order (stop taking work, finish the queue, close the pools)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+
+import asyncpg
+
+from ledger_node.accounts import sync_reference_data
+from ledger_node.batcher import Batcher
+from ledger_node.config import LedgerConfig
+from ledger_node.errors import LedgerError, map_database_error
+from ledger_node.invariants import ensure
+from ledger_node.migrations import apply_migrations, schema_is_current
+from ledger_node.operations import Flow, ResolvePending
+from ledger_node.service_auth import ServiceKeyring
+
+log = logging.getLogger("regiongate.ledger.node")
+
+READINESS_TIMEOUT_S = 2.0
+
+DUE_PENDINGS = """
+SELECT id FROM transfers WHERE status = 'pending' AND timeout_at <= now()
+ORDER BY timeout_at LIMIT $1
+"""
+
+
+class NodeState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class LedgerNode:
+    def __init__(self, config: LedgerConfig, keyring: ServiceKeyring) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.state = NodeState.CREATED
+        self.read_pool: asyncpg.Pool | None = None
+        self.write_pool: asyncpg.Pool | None = None
+        self.batcher: Batcher | None = None
+        self._expiry_task: asyncio.Task | None = None
+
+    async def _create_pool(self, size_max: int) -> asyncpg.Pool:
+        database = self.config.database
+        return await asyncpg.create_pool(
+            database.dsn,
+            password=database.password(),
+            min_size=1,
+            max_size=size_max,
+            timeout=database.connect_timeout_ms / 1000,
+            command_timeout=database.statement_timeout_ms / 1000 + 1,
+            server_settings={
+                "statement_timeout": str(database.statement_timeout_ms),
+                "idle_in_transaction_session_timeout": str(database.statement_timeout_ms * 2),
+                "application_name": f"regiongate-ledger-{self.config.region}",
+            },
+        )
+
+    async def start(self) -> None:
+        ensure(self.state is NodeState.CREATED, f"cannot start a node that is {self.state}")
+        try:
+            # One connection writes: batches are serial per process, so a second would only
+            # wait on the first one's row locks.
+            self.write_pool = await self._create_pool(1)
+            self.read_pool = await self._create_pool(self.config.database.read_pool_size_max)
+            async with self.write_pool.acquire() as connection:
+                applied = await apply_migrations(connection)
+                if applied:
+                    log.info("applied migrations %s", applied)
+                await sync_reference_data(connection, self.config)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self._close_pools()
+            raise map_database_error(exc) from exc
+        self.batcher = Batcher(
+            pool=self.write_pool, region=self.config.region, config=self.config.batch
+        )
+        self.batcher.start()
+        self._expiry_task = asyncio.get_running_loop().create_task(
+            self._expire_loop(), name="ledger-expiry"
+        )
+        self.state = NodeState.RUNNING
+
+    async def stop(self) -> None:
+        if self.state is not NodeState.RUNNING:
+            return
+        self.state = NodeState.STOPPING
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        if self.batcher is not None:
+            await self.batcher.stop()
+        await self._close_pools()
+        self.state = NodeState.STOPPED
+
+    async def _close_pools(self) -> None:
+        for pool in (self.write_pool, self.read_pool):
+            if pool is not None:
+                await pool.close()
+
+    async def ready(self) -> tuple[bool, str]:
+        """Readiness: running, the database answers, and the schema is current."""
+        if self.state is not NodeState.RUNNING or self.read_pool is None:
+            return False, f"node is {self.state.value}"
+        try:
+            async with asyncio.timeout(READINESS_TIMEOUT_S):
+                async with self.read_pool.acquire() as connection:
+                    if not await schema_is_current(connection):
+                        return False, "schema migrations are not complete"
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return False, f"database unreachable: {type(exc).__name__}"
+        return True, "ok"
+
+    async def expire_due(self) -> int:
+        """Expire every hold past its timeout, up to expiry_batch_max; return how many."""
+        ensure(self.read_pool is not None and self.batcher is not None, "node not started")
+        async with self.read_pool.acquire() as connection:
+            rows = await connection.fetch(DUE_PENDINGS, self.config.expiry_batch_max)
+        futures = [
+            self.batcher.submit(
+                ResolvePending(row["id"], Flow.EXPIRE),
+                idempotency_key=None,
+                request_hash=b"",
+                name="expire",
+            )
+            for row in rows
+        ]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        return sum(1 for outcome in outcomes if getattr(outcome, "status_code", 0) == 201)
+
+    async def _expire_loop(self) -> None:
+        interval_s = self.config.expiry_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                expired = await self.expire_due()
+                if expired:
+                    log.info("expired %d pending transfers", expired)
+            except (LedgerError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("expiry pass failed: %s", exc)

@@ -1,0 +1,160 @@
+"""Every outcome of a ledger operation, as one exhaustive enum (after TigerBeetle's result codes).
+
+Expected business outcomes are values, never exceptions: a batch decides each operation to one
+member of ``Result`` and the HTTP layer maps it to a status and a stable problem type through
+``PROBLEMS``. A test checks that every member has a mapping, so adding an outcome without
+deciding how it looks on the wire fails CI.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+PROBLEM_TYPE_PREFIX = "urn:regiongate:problem:"
+
+
+class Result(enum.Enum):
+    OK = "ok"
+    # The same idempotency key with a different request body.
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    ACCOUNTS_MUST_BE_DIFFERENT = "accounts_must_be_different"
+    DEBIT_ACCOUNT_NOT_FOUND = "debit_account_not_found"
+    CREDIT_ACCOUNT_NOT_FOUND = "credit_account_not_found"
+    ACCOUNT_NOT_FOUND = "account_not_found"
+    ACCOUNT_NOT_IN_REGION = "account_not_in_region"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    UNKNOWN_CURRENCY = "unknown_currency"
+    DEBIT_ACCOUNT_FROZEN = "debit_account_frozen"
+    CREDIT_ACCOUNT_FROZEN = "credit_account_frozen"
+    DEBIT_ACCOUNT_CLOSED = "debit_account_closed"
+    CREDIT_ACCOUNT_CLOSED = "credit_account_closed"
+    EXCEEDS_AVAILABLE = "exceeds_available"
+    OVERFLOWS_BALANCE = "overflows_balance"
+    PENDING_TRANSFER_NOT_FOUND = "pending_transfer_not_found"
+    TRANSFER_NOT_PENDING_FLOW = "transfer_not_pending_flow"
+    PENDING_TRANSFER_ALREADY_POSTED = "pending_transfer_already_posted"
+    PENDING_TRANSFER_ALREADY_VOIDED = "pending_transfer_already_voided"
+    PENDING_TRANSFER_EXPIRED = "pending_transfer_expired"
+    POST_AMOUNT_EXCEEDS_PENDING = "post_amount_exceeds_pending"
+    BET_REFERENCE_EXISTS = "bet_reference_exists"
+    # A rollback for this bet reference arrived first: the late bet is refused for ever.
+    BET_ROLLED_BACK = "bet_rolled_back"
+    ACCOUNT_HAS_BALANCE = "account_has_balance"
+    ACCOUNT_STATUS_INVALID_TRANSITION = "account_status_invalid_transition"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    status: int
+    slug: str
+    title: str
+    field: str | None = None
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_TYPE_PREFIX + self.slug
+
+
+PROBLEMS: dict[Result, Problem] = {
+    Result.IDEMPOTENCY_CONFLICT: Problem(
+        409, "idempotency-conflict", "Idempotency key reused with a different request"
+    ),
+    Result.ACCOUNTS_MUST_BE_DIFFERENT: Problem(
+        422,
+        "accounts-must-be-different",
+        "Debit and credit account are the same",
+        "credit_account_id",
+    ),
+    Result.DEBIT_ACCOUNT_NOT_FOUND: Problem(
+        404, "account-not-found", "Debit account not found", "debit_account_id"
+    ),
+    Result.CREDIT_ACCOUNT_NOT_FOUND: Problem(
+        404, "account-not-found", "Credit account not found", "credit_account_id"
+    ),
+    Result.ACCOUNT_NOT_FOUND: Problem(404, "account-not-found", "Account not found", "account_id"),
+    Result.ACCOUNT_NOT_IN_REGION: Problem(
+        421, "account-not-in-region", "Account is not homed in this region", "account_id"
+    ),
+    Result.CURRENCY_MISMATCH: Problem(
+        422, "currency-mismatch", "Currency does not match the account's currency", "currency"
+    ),
+    Result.UNKNOWN_CURRENCY: Problem(422, "unknown-currency", "Unknown currency", "currency"),
+    Result.DEBIT_ACCOUNT_FROZEN: Problem(
+        422, "account-frozen", "Debit account is frozen", "debit_account_id"
+    ),
+    Result.CREDIT_ACCOUNT_FROZEN: Problem(
+        422, "account-frozen", "Credit account is frozen", "credit_account_id"
+    ),
+    Result.DEBIT_ACCOUNT_CLOSED: Problem(
+        422, "account-closed", "Debit account is closed", "debit_account_id"
+    ),
+    Result.CREDIT_ACCOUNT_CLOSED: Problem(
+        422, "account-closed", "Credit account is closed", "credit_account_id"
+    ),
+    Result.EXCEEDS_AVAILABLE: Problem(
+        422, "insufficient-funds", "Amount exceeds the available balance", "amount"
+    ),
+    Result.OVERFLOWS_BALANCE: Problem(
+        422, "balance-overflow", "The transfer would overflow an account's totals", "amount"
+    ),
+    Result.PENDING_TRANSFER_NOT_FOUND: Problem(
+        404, "transfer-not-found", "Pending transfer not found", "transfer_id"
+    ),
+    Result.TRANSFER_NOT_PENDING_FLOW: Problem(
+        409, "transfer-not-pending", "Transfer was not created as pending", "transfer_id"
+    ),
+    Result.PENDING_TRANSFER_ALREADY_POSTED: Problem(
+        409,
+        "pending-transfer-already-posted",
+        "Pending transfer was already posted",
+        "transfer_id",
+    ),
+    Result.PENDING_TRANSFER_ALREADY_VOIDED: Problem(
+        409,
+        "pending-transfer-already-voided",
+        "Pending transfer was already voided",
+        "transfer_id",
+    ),
+    Result.PENDING_TRANSFER_EXPIRED: Problem(
+        409, "pending-transfer-expired", "Pending transfer has expired", "transfer_id"
+    ),
+    Result.POST_AMOUNT_EXCEEDS_PENDING: Problem(
+        422, "post-amount-exceeds-pending", "Amount exceeds the pending amount", "amount"
+    ),
+    Result.BET_REFERENCE_EXISTS: Problem(
+        409, "bet-reference-exists", "A bet with this reference already exists", "reference"
+    ),
+    Result.BET_ROLLED_BACK: Problem(
+        409, "bet-rolled-back", "This bet was rolled back before it arrived", "reference"
+    ),
+    Result.ACCOUNT_HAS_BALANCE: Problem(
+        409, "account-has-balance", "Account still has a balance or pending transfers"
+    ),
+    Result.ACCOUNT_STATUS_INVALID_TRANSITION: Problem(
+        409,
+        "account-status-invalid-transition",
+        "Account status cannot change that way",
+        "status",
+    ),
+}
+
+# Problems that do not come from a ledger decision: input, auth, limits, availability.
+VALIDATION_FAILED = Problem(400, "validation-failed", "Request failed validation")
+MALFORMED_JSON = Problem(400, "malformed-json", "Request body is not valid JSON")
+IDEMPOTENCY_KEY_MISSING = Problem(
+    400, "idempotency-key-missing", "Idempotency-Key header is required", "Idempotency-Key"
+)
+IDEMPOTENCY_KEY_INVALID = Problem(
+    400, "idempotency-key-invalid", "Idempotency-Key header is malformed", "Idempotency-Key"
+)
+UNAUTHENTICATED = Problem(401, "unauthenticated", "Missing or invalid service credentials")
+NOT_FOUND = Problem(404, "not-found", "No such resource")
+METHOD_NOT_ALLOWED = Problem(405, "method-not-allowed", "Method not allowed")
+BODY_TOO_LARGE = Problem(413, "body-too-large", "Request body exceeds the size limit")
+UNSUPPORTED_MEDIA_TYPE = Problem(415, "unsupported-media-type", "Body must be application/json")
+OVERLOADED = Problem(503, "overloaded", "The ledger node is at its queue limit")
+DATABASE_UNAVAILABLE = Problem(
+    503, "ledger-unavailable", "Ledger database unavailable; retry with the same idempotency key"
+)
+INTERNAL = Problem(500, "internal", "Internal error")

@@ -1,0 +1,79 @@
+"""Request bodies of the ledger API as msgspec structs: strict types (a float or a string is
+never taken for an amount, a bool is never an int), unknown fields refused, every string and
+map bounded. Decoding fails with a message that names the offending field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from ledger_node.config import AMOUNT_MAX_LIMIT
+from ledger_node.ids import ACCOUNT_ID_LENGTH_MAX, TRANSFER_ID_LENGTH_MAX
+
+Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX_LIMIT)]
+CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z][A-Z0-9]{2,7}$")]
+AccountId = Annotated[
+    str, Meta(max_length=ACCOUNT_ID_LENGTH_MAX, pattern=r"^[a-z]{2,8}-[A-Za-z0-9-]{1,80}$")
+]
+Reference = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+TimeoutSeconds = Annotated[int, Meta(ge=1, le=365 * 24 * 3600)]
+Metadata = Annotated[
+    dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=256)]],
+    Meta(max_length=16),
+]
+TransferId = Annotated[str, Meta(min_length=1, max_length=TRANSFER_ID_LENGTH_MAX)]
+
+
+class TransferIn(Struct, forbid_unknown_fields=True):
+    debit_account_id: AccountId
+    credit_account_id: AccountId
+    amount: Amount
+    currency: CurrencyCode
+    pending: bool = False
+    timeout_s: TimeoutSeconds | None = None
+    reference: Reference | None = None
+    metadata: Metadata | None = None
+
+
+class PostIn(Struct, forbid_unknown_fields=True):
+    amount: Amount | None = None
+
+
+class VoidIn(Struct, forbid_unknown_fields=True):
+    pass
+
+
+class AccountIn(Struct, forbid_unknown_fields=True):
+    currency: CurrencyCode
+    metadata: Metadata | None = None
+
+
+class StatusIn(Struct, forbid_unknown_fields=True):
+    status: Literal["active", "frozen", "closed"]
+
+
+class BetIn(Struct, forbid_unknown_fields=True):
+    account_id: AccountId
+    amount: Amount
+    currency: CurrencyCode
+    reference: Reference
+    round_id: Reference | None = None
+    metadata: Metadata | None = None
+
+
+class WinIn(BetIn, forbid_unknown_fields=True):
+    pass
+
+
+class RollbackIn(Struct, forbid_unknown_fields=True):
+    account_id: AccountId
+    reference: Reference
+    round_id: Reference | None = None
+
+
+DECODERS = {
+    cls: msgspec.json.Decoder(cls)
+    for cls in (TransferIn, PostIn, VoidIn, AccountIn, StatusIn, BetIn, WinIn, RollbackIn)
+}

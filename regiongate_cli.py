@@ -1,0 +1,205 @@
+"""The ``regiongate`` command: run a ledger node, look at accounts and transfers, check the
+ledger's invariants, and run the local cluster (the project's main job)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _config(path: str):
+    from ledger_node.config import load_ledger_config
+
+    return load_ledger_config(path)
+
+
+async def _with_connection(config, work):
+    import asyncpg
+
+    connection = await asyncpg.connect(config.database.dsn, password=config.database.password())
+    try:
+        return await work(connection)
+    finally:
+        await connection.close()
+
+
+def _print(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_ledger_serve(args) -> int:
+    from ledger_node.serve import configure_logging, serve
+
+    configure_logging()
+    serve(_config(args.config))
+    return EXIT_OK
+
+
+def cmd_ledger_migrate(args) -> int:
+    from ledger_node.migrations import apply_migrations
+
+    applied = asyncio.run(_with_connection(_config(args.config), apply_migrations))
+    print(f"applied migrations: {applied or 'none (schema current)'}")
+    return EXIT_OK
+
+
+def cmd_ledger_account(args) -> int:
+    from ledger_node import reads
+
+    config = _config(args.config)
+
+    async def work(connection):
+        return await reads.account(connection, args.account_id)
+
+    account = asyncio.run(_with_connection(config, work))
+    if account is None:
+        print(f"account {args.account_id} not found", file=sys.stderr)
+        return EXIT_FAILED
+    _print(account)
+    return EXIT_OK
+
+
+def cmd_ledger_history(args) -> int:
+    from ledger_node import reads
+
+    async def work(connection):
+        return await reads.history(
+            connection, args.account_id, limit=args.limit, cursor=args.cursor, order=args.order
+        )
+
+    _print(asyncio.run(_with_connection(_config(args.config), work)))
+    return EXIT_OK
+
+
+def cmd_ledger_transfer(args) -> int:
+    from ledger_node import reads
+
+    async def work(connection):
+        return await reads.transfer(connection, args.transfer_id)
+
+    transfer = asyncio.run(_with_connection(_config(args.config), work))
+    if transfer is None:
+        print(f"transfer {args.transfer_id} not found", file=sys.stderr)
+        return EXIT_FAILED
+    _print(transfer)
+    return EXIT_OK
+
+
+def cmd_ledger_check(args) -> int:
+    from ledger_node.audit import check_invariants
+
+    results = asyncio.run(_with_connection(_config(args.config), check_invariants))
+    failed = 0
+    for result in results:
+        print(f"[{'ok' if result.ok else 'FAIL'}] {result.name}")
+        for violation in result.violations[:20]:
+            print(f"    {json.dumps(violation, default=str)}")
+        failed += not result.ok
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def cmd_ledger_call(args) -> int:
+    """A signed request to a ledger node, with the config's service key: for operators and
+    developers, since the ledger refuses anonymous calls."""
+    from ledger_node.service_auth import ServiceKeyring, sign
+
+    config = _config(args.config)
+    keyring = ServiceKeyring.load(config.service_keys_file)
+    body = (args.data or "").encode()
+    headers = {"Content-Type": "application/json"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    headers.update(
+        sign(keyring.signing_key, args.method, args.path, body, args.idempotency_key or "")
+    )
+    url = f"http://{config.host}:{config.port}{args.path}"
+    request = urllib.request.Request(
+        url, data=body or None, method=args.method.upper(), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            status, payload = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, exc.read()
+    print(f"HTTP {status}", file=sys.stderr)
+    try:
+        _print(json.loads(payload))
+    except ValueError:
+        print(payload.decode(errors="replace"))
+    return EXIT_OK if status < 400 else EXIT_FAILED
+
+
+def cmd_local_up(args) -> int:
+    from infra.local import LocalCluster, run_forever
+
+    regions = [region.strip() for region in args.regions.split(",") if region.strip()]
+    run_forever(LocalCluster(root=Path(args.data_dir).resolve(), regions=regions))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regiongate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ledger = commands.add_parser("ledger", help="a regional ledger node").add_subparsers(
+        dest="ledger_command", required=True
+    )
+
+    def ledger_command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = ledger.add_parser(name, help=help_text)
+        sub.add_argument("--config", required=True, help="ledger node YAML config")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    ledger_command("serve", cmd_ledger_serve, "run a ledger node")
+    ledger_command("migrate", cmd_ledger_migrate, "apply schema migrations and exit")
+    ledger_command("check", cmd_ledger_check, "check the ledger's invariants; exit 1 on any")
+    ledger_command("account", cmd_ledger_account, "show an account and its balance").add_argument(
+        "account_id"
+    )
+    history = ledger_command("history", cmd_ledger_history, "an account's transfers")
+    history.add_argument("account_id")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--cursor")
+    history.add_argument("--order", choices=["asc", "desc"], default="desc")
+    ledger_command("transfer", cmd_ledger_transfer, "show one transfer").add_argument("transfer_id")
+    call = ledger_command("call", cmd_ledger_call, "send a signed request to the ledger node")
+    call.add_argument("method")
+    call.add_argument("path")
+    call.add_argument("--data", help="JSON body")
+    call.add_argument("--idempotency-key")
+
+    local = commands.add_parser("local", help="the local cluster").add_subparsers(
+        dest="local_command", required=True
+    )
+    up = local.add_parser("up", help="start the local cluster and wait for Ctrl-C")
+    up.add_argument("--data-dir", default=".local", help="where data is kept between runs")
+    up.add_argument("--regions", default="eu", help="comma-separated region codes")
+    up.set_defaults(handler=cmd_local_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from infra.errors import InfraError
+    from ledger_node.errors import LedgerError
+
+    try:
+        return args.handler(args)
+    except (LedgerError, InfraError) as exc:
+        print(f"regiongate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
