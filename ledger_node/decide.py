@@ -184,6 +184,8 @@ def _resolve(state: BatchState, op: ResolvePending) -> Outcome:
 
 
 def _bet(state: BatchState, op: PlaceBet) -> Outcome:
+    if op.account_id not in state.accounts:
+        return _fail(Result.ACCOUNT_NOT_FOUND)
     existing = state.bets.get((op.account_id, op.reference))
     if existing is not None:
         if existing.status == BetStatus.TOMBSTONE:
@@ -217,6 +219,8 @@ def _bet(state: BatchState, op: PlaceBet) -> Outcome:
 
 
 def _win(state: BatchState, op: SettleWin) -> Outcome:
+    if op.account_id not in state.accounts:
+        return _fail(Result.ACCOUNT_NOT_FOUND)
     outcome, _ = _create(
         state,
         CreateTransfer(

@@ -1,0 +1,115 @@
+"""Test session services: a real PostgreSQL cluster and a real Redis server, started by the
+session in private data dirs on free ports and torn down at the end; and a real ledger node
+app on loopback per test, talked to over HTTP with signed requests."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from infra.services import PostgresCluster, RedisServer, free_port
+from ledger_node.app import build_app
+from ledger_node.migrations import apply_migrations
+from ledger_node.node import LedgerNode
+from ledger_node.service_auth import ServiceKeyring
+from region_router.ledger_client import LedgerClient
+from tests.support import ledger_config, unique
+
+SERVICE_KEYS_TEXT = "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\n"
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="regiongate-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(services_dir: Path) -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster(services_dir / "postgres", free_port())
+    cluster.start()
+    yield cluster
+    cluster.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+def redis_server(services_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(services_dir / "redis", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ledger_dsn(postgres: PostgresCluster) -> str:
+    """The shared ledger database, migrated once; tests use unique accounts and keys in it."""
+    dsn = postgres.create_database("ledger_shared")
+
+    async def migrate() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await apply_migrations(connection)
+        finally:
+            await connection.close()
+
+    asyncio.run(migrate())
+    return dsn
+
+
+@pytest.fixture
+def fresh_dsn(postgres: PostgresCluster) -> str:
+    """A database of its own, for tests whose checks need a ledger nobody else writes to."""
+    return postgres.create_database(unique("ledger").replace("-", "_")[:40])
+
+
+@pytest.fixture(scope="session")
+def keyring() -> ServiceKeyring:
+    return ServiceKeyring.parse(SERVICE_KEYS_TEXT)
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list]:
+    """Collects exceptions that reach the event loop's handler; any fails the test."""
+    errors: list = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    assert not errors, errors
+
+
+async def start_ledger(config, keyring: ServiceKeyring):
+    node = LedgerNode(config, keyring)
+    await node.start()
+    server = TestServer(build_app(node, manage_node=False), host="127.0.0.1")
+    await server.start_server()
+    return node, server
+
+
+@pytest.fixture
+async def ledger_node(ledger_dsn: str, keyring: ServiceKeyring, loop_errors) -> AsyncIterator:
+    node, server = await start_ledger(ledger_config(ledger_dsn), keyring)
+    yield node, server
+    await server.close()
+    await node.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as client_session:
+        yield client_session
+
+
+@pytest.fixture
+async def client(ledger_node, keyring, session) -> LedgerClient:
+    _, server = ledger_node
+    return LedgerClient(str(server.make_url("")), keyring.signing_key, session)

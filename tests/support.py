@@ -1,0 +1,107 @@
+"""Helpers shared by the test modules: one place, so every test builds ledgers, signs requests
+and waits for conditions the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from ledger_node.audit import check_invariants
+from ledger_node.config import LedgerConfig, ledger_config_from_dict
+from region_router.ledger_client import LedgerClient
+
+REGION = "eu"
+CURRENCIES = [
+    {"code": "EUR", "exponent": 2},
+    {"code": "USD", "exponent": 2},
+    {"code": "GCOIN", "exponent": 0},
+]
+HOUSE = f"{REGION}-house-EUR"
+CLEARING = f"{REGION}-clearing-EUR"
+
+
+def ledger_config(dsn: str, **overrides) -> LedgerConfig:
+    raw = {
+        "region": REGION,
+        "peers": ["us", "ap"],
+        "port": 0,
+        "database": {"dsn": dsn},
+        "currencies": CURRENCIES,
+        "expiry_interval_ms": 100,
+    }
+    raw.update(overrides)
+    return ledger_config_from_dict(raw)
+
+
+def unique(prefix: str = "k") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+async def assert_eventually(
+    condition: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, interval_s: float = 0.05
+) -> None:
+    """Poll condition until it holds; fail after timeout_s. Tests never sleep for a fixed time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition did not hold within {timeout_s}s")
+        await asyncio.sleep(interval_s)
+
+
+async def new_player(client: LedgerClient, currency: str = "EUR") -> str:
+    response = await client.post(
+        "/v1/accounts", {"currency": currency}, idempotency_key=unique("acct")
+    )
+    assert response.status == 201, response.body
+    return response.json()["id"]
+
+
+async def fund(client: LedgerClient, account_id: str, amount: int, currency: str = "EUR") -> None:
+    response = await client.post(
+        "/v1/transfers",
+        {
+            "debit_account_id": f"{REGION}-clearing-{currency}",
+            "credit_account_id": account_id,
+            "amount": amount,
+            "currency": currency,
+        },
+        idempotency_key=unique("fund"),
+    )
+    assert response.status == 201, response.body
+
+
+async def balance(client: LedgerClient, account_id: str) -> dict:
+    response = await client.get(f"/v1/accounts/{account_id}/balance")
+    assert response.status == 200, response.body
+    return response.json()
+
+
+async def assert_ledger_invariants(dsn: str) -> None:
+    """Read the ledger back and check every invariant (assertions in pairs: the batcher checked
+    before commit, this checks what was committed)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        results = await check_invariants(connection)
+    finally:
+        await connection.close()
+    failures = {r.name: r.violations[:5] for r in results if not r.ok}
+    assert not failures, failures
+
+
+async def ledger_snapshot(dsn: str) -> tuple:
+    """Counts and account versions, to prove that a refused request wrote nothing."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        transfers = await connection.fetchval("SELECT count(*) FROM transfers")
+        keys = await connection.fetchval("SELECT count(*) FROM idempotency_keys")
+        accounts = await connection.fetch("SELECT id, version FROM accounts ORDER BY id")
+        bets = await connection.fetchval("SELECT count(*) FROM bets")
+    finally:
+        await connection.close()
+    return transfers, keys, bets, [tuple(a) for a in accounts]

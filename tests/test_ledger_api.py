@@ -1,0 +1,261 @@
+"""The ledger API end to end on a real node and a real PostgreSQL: accounts, posted and pending
+transfers (post in full or in part, void, expiry), game operations with the rollback tombstone,
+idempotent replays, status changes, history pagination and balance as of a past time. Every
+test reads the ledger back and checks the invariants."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.support import (
+    CLEARING,
+    HOUSE,
+    assert_eventually,
+    assert_ledger_invariants,
+    balance,
+    fund,
+    new_player,
+    unique,
+)
+
+
+def transfer_body(debit: str, credit: str, amount: int, **extra) -> dict:
+    return {
+        "debit_account_id": debit,
+        "credit_account_id": credit,
+        "amount": amount,
+        "currency": "EUR",
+        **extra,
+    }
+
+
+async def test_posted_transfer_moves_money_and_replays(client, ledger_dsn):
+    player = await new_player(client)
+    key = unique()
+    first = await client.post(
+        "/v1/transfers", transfer_body(CLEARING, player, 500), idempotency_key=key
+    )
+    assert first.status == 201 and not first.replayed
+    again = await client.post(
+        "/v1/transfers", transfer_body(CLEARING, player, 500), idempotency_key=key
+    )
+    assert again.status == 201 and again.replayed
+    assert again.body == first.body
+    conflict = await client.post(
+        "/v1/transfers", transfer_body(CLEARING, player, 501), idempotency_key=key
+    )
+    assert conflict.status == 409
+    assert conflict.json()["type"] == "urn:regiongate:problem:idempotency-conflict"
+    assert (await balance(client, player))["posted"] == 500
+    await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_overdraft_is_refused_and_changes_nothing(client, ledger_dsn):
+    player = await new_player(client)
+    await fund(client, player, 100)
+    refused = await client.post(
+        "/v1/transfers", transfer_body(player, HOUSE, 101), idempotency_key=unique()
+    )
+    assert refused.status == 422
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    problem = refused.json()
+    assert problem["type"] == "urn:regiongate:problem:insufficient-funds"
+    assert problem["field"] == "amount"
+    after = await balance(client, player)
+    assert (after["posted"], after["available"], after["version"]) == (100, 100, 1)
+    await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_pending_partial_post_releases_the_rest(client, ledger_dsn):
+    player = await new_player(client)
+    await fund(client, player, 1000)
+    hold = await client.post(
+        "/v1/transfers",
+        transfer_body(player, HOUSE, 600, pending=True, timeout_s=60),
+        idempotency_key=unique(),
+    )
+    assert hold.status == 201 and hold.json()["status"] == "pending"
+    held = await balance(client, player)
+    assert (held["posted"], held["pending_debits"], held["available"]) == (1000, 600, 400)
+    # The hold reduces what is available: a second debit beyond it is refused.
+    refused = await client.post(
+        "/v1/transfers", transfer_body(player, HOUSE, 401), idempotency_key=unique()
+    )
+    assert refused.status == 422
+    hold_id = hold.json()["id"]
+    too_much = await client.post(
+        f"/v1/transfers/{hold_id}/post", {"amount": 601}, idempotency_key=unique()
+    )
+    assert too_much.json()["type"] == "urn:regiongate:problem:post-amount-exceeds-pending"
+    posted = await client.post(
+        f"/v1/transfers/{hold_id}/post", {"amount": 250}, idempotency_key=unique()
+    )
+    assert posted.status == 201 and posted.json()["amount"] == 250
+    after = await balance(client, player)
+    assert (after["posted"], after["pending_debits"], after["available"]) == (750, 0, 750)
+    stored = (await client.get(f"/v1/transfers/{hold_id}")).json()
+    assert (stored["status"], stored["resolved_amount"]) == ("posted", 250)
+    again = await client.post(f"/v1/transfers/{hold_id}/void", idempotency_key=unique())
+    assert again.json()["type"] == "urn:regiongate:problem:pending-transfer-already-posted"
+    await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_void_and_expiry_release_holds(client, ledger_dsn):
+    player = await new_player(client)
+    await fund(client, player, 1000)
+    hold = (
+        await client.post(
+            "/v1/transfers",
+            transfer_body(player, HOUSE, 300, pending=True, timeout_s=60),
+            idempotency_key=unique(),
+        )
+    ).json()
+    voided = await client.post(f"/v1/transfers/{hold['id']}/void", idempotency_key=unique())
+    assert voided.status == 201 and voided.json()["status"] == "voided"
+    short = (
+        await client.post(
+            "/v1/transfers",
+            transfer_body(player, HOUSE, 200, pending=True, timeout_s=1),
+            idempotency_key=unique(),
+        )
+    ).json()
+    assert (await balance(client, player))["available"] == 800
+
+    async def expired() -> bool:
+        return (await client.get(f"/v1/transfers/{short['id']}")).json()["status"] == "expired"
+
+    await assert_eventually(expired, timeout_s=10)
+    after = await balance(client, player)
+    assert (after["posted"], after["pending_debits"], after["available"]) == (1000, 0, 1000)
+    late = await client.post(f"/v1/transfers/{short['id']}/post", idempotency_key=unique())
+    assert late.json()["type"] == "urn:regiongate:problem:pending-transfer-expired"
+    await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_bet_win_rollback_and_tombstone(client, ledger_dsn):
+    player = await new_player(client)
+    await fund(client, player, 1000)
+    bet = {
+        "account_id": player,
+        "amount": 300,
+        "currency": "EUR",
+        "reference": unique("bet"),
+        "round_id": "round-1",
+    }
+    placed = await client.post("/v1/bets", bet, idempotency_key=unique())
+    assert placed.status == 201 and placed.json()["kind"] == "bet"
+    duplicate = await client.post("/v1/bets", bet, idempotency_key=unique())
+    assert duplicate.json()["type"] == "urn:regiongate:problem:bet-reference-exists"
+    win = {
+        "account_id": player,
+        "amount": 50,
+        "currency": "EUR",
+        "reference": unique("win"),
+        "round_id": "round-1",
+    }
+    assert (await client.post("/v1/wins", win, idempotency_key=unique())).status == 201
+    assert (await balance(client, player))["posted"] == 750
+
+    rollback = {"account_id": player, "reference": bet["reference"]}
+    rolled = await client.post("/v1/rollbacks", rollback, idempotency_key=unique())
+    assert rolled.status == 200 and rolled.json()["outcome"] == "rolled_back"
+    # A second rollback of the same bet (a provider's retry under a new key) moves nothing.
+    again = await client.post("/v1/rollbacks", rollback, idempotency_key=unique())
+    assert again.json()["outcome"] == "rolled_back"
+    assert (await balance(client, player))["posted"] == 1050
+
+    # The rollback arrives before its bet: tombstone, and the late bet is refused for ever.
+    early = {"account_id": player, "reference": unique("bet")}
+    tomb = await client.post("/v1/rollbacks", early, idempotency_key=unique())
+    assert tomb.json()["outcome"] == "tombstoned"
+    late_bet = dict(bet, reference=early["reference"])
+    refused = await client.post("/v1/bets", late_bet, idempotency_key=unique())
+    assert refused.status == 409
+    assert refused.json()["type"] == "urn:regiongate:problem:bet-rolled-back"
+    assert (await balance(client, player))["posted"] == 1050
+    await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_history_is_cursor_paginated_newest_first(client):
+    player = await new_player(client)
+    for amount in range(1, 8):
+        await fund(client, player, amount)
+    seen, cursor = [], None
+    while True:
+        path = f"/v1/accounts/{player}/transfers?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = (await client.get(path)).json()
+        seen += [item["amount"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [7, 6, 5, 4, 3, 2, 1]
+    ascending = (await client.get(f"/v1/accounts/{player}/transfers?order=asc&limit=10")).json()
+    assert [i["amount"] for i in ascending["items"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert ascending["items"][-1]["balance_after"]["posted"] == 28
+    wrong = await client.get(f"/v1/accounts/{player}/transfers?cursor=bogus")
+    assert wrong.status == 400 and wrong.json()["field"] == "cursor"
+
+
+async def test_balance_as_of_a_past_time(client):
+    player = await new_player(client)
+    await fund(client, player, 100)
+    middle = datetime.now(UTC)
+    await fund(client, player, 50)
+    then = (
+        await client.get(
+            f"/v1/accounts/{player}/balance?as_of={middle.isoformat().replace('+00:00', 'Z')}"
+        )
+    ).json()
+    now = await balance(client, player)
+    assert (then["posted"], then["version"]) == (100, 1)
+    assert (now["posted"], now["version"]) == (150, 2)
+    assert now["version"] > then["version"]
+
+
+@pytest.mark.parametrize(
+    ("transitions", "expected"),
+    [
+        (["frozen"], 200),
+        (["frozen", "active"], 200),
+        (["closed"], 409),  # has a balance
+        (["frozen", "closed", "active"], 409),
+    ],
+)
+async def test_account_status_transitions(client, transitions, expected):
+    player = await new_player(client)
+    await fund(client, player, 10)
+    if "closed" in transitions:
+        await client.post(
+            "/v1/transfers", transfer_body(player, HOUSE, 10), idempotency_key=unique()
+        )
+        expected = 409 if transitions[-1] == "active" else 200
+    statuses = []
+    for status in transitions:
+        statuses.append(
+            (await client.post(f"/v1/accounts/{player}/status", {"status": status})).status
+        )
+    assert statuses[-1] == expected
+
+
+async def test_frozen_account_refuses_money(client):
+    player = await new_player(client)
+    await fund(client, player, 10)
+    await client.post(f"/v1/accounts/{player}/status", {"status": "frozen"})
+    refused = await client.post(
+        "/v1/transfers", transfer_body(player, HOUSE, 5), idempotency_key=unique()
+    )
+    assert refused.json()["type"] == "urn:regiongate:problem:account-frozen"
+    refused = await client.post(
+        "/v1/transfers", transfer_body(CLEARING, player, 5), idempotency_key=unique()
+    )
+    assert refused.json()["field"] == "credit_account_id"
+
+
+async def test_health_endpoints_need_no_credentials(ledger_node, session):
+    _, server = ledger_node
+    async with session.get(server.make_url("/health/ready")) as response:
+        assert response.status == 200
+    async with session.get(server.make_url("/health/live")) as response:
+        assert response.status == 200
