@@ -44,11 +44,15 @@ async def apply_migrations(connection: asyncpg.Connection) -> list[int]:
     """Bring the schema up to date; return the versions this call applied."""
     migrations = load_migrations()
     applied_now = []
-    await connection.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version integer PRIMARY KEY, name text NOT NULL,"
-        " applied_at timestamptz NOT NULL DEFAULT now())"
-    )
+    # CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin (both may pass the
+    # check and one then fails on the catalog's unique index), so it runs under the lock too.
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
     for migration in migrations:
         async with connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)

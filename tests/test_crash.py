@@ -1,0 +1,195 @@
+"""Crash safety: kill -9 a ledger node process while a load runs, start it again.
+
+Every request is recorded before it is sent. After the restart: every acknowledged transfer is
+in the ledger exactly once under its key; requests whose outcome the client never learned are
+retried with the same key and each applies at most once; every player's balance is exactly the
+sum of what was sent to it; and the ledger's invariants hold (nothing half-written). The same
+is then shown for a PostgreSQL restart under a running node, which must recover by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from infra.local import LedgerProcess, write_ledger_config
+from infra.services import PostgresCluster, free_port
+from ledger_node.service_auth import ServiceKeyring
+from region_router.ledger_client import LedgerClient
+from tests.conftest import SERVICE_KEYS_TEXT
+from tests.support import (
+    CLEARING,
+    assert_eventually,
+    assert_ledger_invariants,
+    new_player,
+    unique,
+)
+
+WORKERS = 32
+LOAD_BEFORE_KILL_S = 1.5
+SEED = 7
+
+
+def _ledger_process(tmp_path: Path, dsn: str) -> LedgerProcess:
+    keys = tmp_path / "service_keys"
+    keys.write_text(SERVICE_KEYS_TEXT)
+    port = free_port()
+    config = write_ledger_config(
+        tmp_path / "ledger.yaml", region="eu", dsn=dsn, port=port, service_keys_file=keys
+    )
+    return LedgerProcess(config, port, tmp_path / "ledger.log")
+
+
+async def _load(
+    client: LedgerClient,
+    players: list[str],
+    stop: asyncio.Event,
+    sent: dict,
+    acked: dict,
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    while not stop.is_set():
+        key = unique("crash")
+        payload = {
+            "debit_account_id": CLEARING,
+            "credit_account_id": rng.choice(players),
+            "amount": rng.randint(1, 1000),
+            "currency": "EUR",
+        }
+        sent[key] = payload  # recorded before sending: its outcome may never be learned
+        try:
+            response = await client.post("/v1/transfers", payload, idempotency_key=key, timeout_s=5)
+        except (TimeoutError, aiohttp.ClientError):
+            await asyncio.sleep(0.01)
+            continue
+        if response.status == 201:
+            acked[key] = response.json()["id"]
+
+
+async def _settle_unknown(client: LedgerClient, sent: dict, acked: dict) -> None:
+    """Retry every request whose answer was lost; the key makes the retry safe."""
+    for key, payload in sent.items():
+        response = await client.post("/v1/transfers", payload, idempotency_key=key)
+        assert response.status == 201, response.body
+        if key in acked:
+            assert response.replayed and response.json()["id"] == acked[key]
+
+
+async def _check_exactly_once(dsn: str, sent: dict, acked: dict, players: list[str]) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        stored = {
+            row["key"]: row["transfer_id"]
+            for row in await connection.fetch(
+                "SELECT key, transfer_id FROM idempotency_keys WHERE key = ANY($1)", list(sent)
+            )
+        }
+        for key, transfer_id in acked.items():
+            assert stored.get(key) == transfer_id, f"acknowledged {key} lost or changed"
+        count = await connection.fetchval(
+            "SELECT count(*) FROM transfers WHERE id = ANY($1)", list(stored.values())
+        )
+        assert count == len(stored) == len(sent)
+        balances = {
+            row["id"]: row["posted"]
+            for row in await connection.fetch(
+                "SELECT id, credits_posted - debits_posted AS posted FROM accounts "
+                "WHERE id = ANY($1)",
+                players,
+            )
+        }
+    finally:
+        await connection.close()
+    expected = dict.fromkeys(players, 0)
+    for payload in sent.values():
+        expected[payload["credit_account_id"]] += payload["amount"]
+    assert balances == expected
+    await assert_ledger_invariants(dsn)
+
+
+async def test_kill_9_under_load_loses_nothing_and_applies_nothing_twice(
+    fresh_dsn, tmp_path, session
+):
+    ledger = _ledger_process(tmp_path, fresh_dsn)
+    ledger.start()
+    try:
+        key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
+        client = LedgerClient(ledger.url, key, session)
+        players = [await new_player(client) for _ in range(20)]
+        sent: dict = {}
+        acked: dict = {}
+        stop = asyncio.Event()
+        workers = [
+            asyncio.create_task(_load(client, players, stop, sent, acked, SEED + i))
+            for i in range(WORKERS)
+        ]
+        await asyncio.sleep(LOAD_BEFORE_KILL_S)
+        acked_before_kill = len(acked)
+        ledger.kill(signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert acked_before_kill > 100, "the load did not run before the kill"
+        assert len(sent) > len(acked), "no request was in flight at the kill"
+        ledger.start()
+        await _settle_unknown(client, sent, acked)
+        await _check_exactly_once(fresh_dsn, sent, acked, players)
+    finally:
+        ledger.stop()
+
+
+async def test_postgres_restart_under_a_running_node(tmp_path, session):
+    """The node answers 503 while its database is down and recovers without a restart."""
+    cluster = PostgresCluster(tmp_path / "pg", free_port())
+    cluster.start()
+    ledger = None
+    try:
+        dsn = cluster.create_database("ledger_restart")
+        ledger = _ledger_process(tmp_path, dsn)
+        ledger.start()
+        key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
+        client = LedgerClient(ledger.url, key, session)
+        players = [await new_player(client) for _ in range(5)]
+        sent: dict = {}
+        acked: dict = {}
+        stop = asyncio.Event()
+        workers = [
+            asyncio.create_task(_load(client, players, stop, sent, acked, SEED + i))
+            for i in range(8)
+        ]
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(cluster.stop, "immediate")
+        down = await client.post(
+            "/v1/transfers",
+            {
+                "debit_account_id": CLEARING,
+                "credit_account_id": players[0],
+                "amount": 1,
+                "currency": "EUR",
+            },
+            idempotency_key=unique(),
+        )
+        sent_probe_status = down.status
+        await asyncio.to_thread(cluster.start)
+
+        async def serving_again() -> bool:
+            async with session.get(ledger.url + "/health/ready") as ready:
+                return ready.status == 200 and len(acked) > acked_while_down
+
+        acked_while_down = len(acked)
+        await assert_eventually(serving_again, timeout_s=30)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert sent_probe_status == 503
+        await _settle_unknown(client, sent, acked)
+        await _check_exactly_once(dsn, sent, acked, players)
+    finally:
+        if ledger is not None:
+            ledger.stop()
+        cluster.stop("immediate")

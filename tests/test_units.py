@@ -1,0 +1,118 @@
+"""Small, fast checks of the pieces around the ledger: config bounds are refused with a message
+naming the value, every result has a stable problem type, signatures bind what they sign, and
+migrations are safe when two nodes start at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from ledger_node.config import ledger_config_from_dict
+from ledger_node.errors import ConfigError
+from ledger_node.ids import region_of, ulid
+from ledger_node.migrations import apply_migrations, load_migrations
+from ledger_node.results import PROBLEMS, Result
+from ledger_node.service_auth import ServiceKey, ServiceKeyring, sign, verify
+
+BASE = {
+    "region": "eu",
+    "database": {"dsn": "postgresql://u@h/db"},
+    "currencies": [{"code": "EUR", "exponent": 2}],
+}
+
+
+def with_changes(**changes) -> dict:
+    raw = {**BASE, **changes}
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (with_changes(region="EU"), "region"),
+        (with_changes(peers=["eu"]), "peers"),
+        (with_changes(currencies=[]), "currencies"),
+        (with_changes(currencies=[{"code": "EUR", "exponent": 2}] * 2), "repeat"),
+        (with_changes(currencies=[{"code": "EUR", "exponent": 19}]), "exponent"),
+        (with_changes(batch={"size_max": 0}), "batch.size_max"),
+        (with_changes(batch={"size_max": 10**6}), "batch.size_max"),
+        (with_changes(batch={"wait_max_us": -1}), "batch.wait_max_us"),
+        (with_changes(batch={"queue_depth_max": 0}), "batch.queue_depth_max"),
+        (with_changes(batch={"bogus": 1}), "unknown keys"),
+        (with_changes(amount_max=10**16), "amount_max"),
+        (with_changes(request_timeout_ms=0), "request_timeout_ms"),
+        (with_changes(database={"dsn": "mysql://x"}), "database.dsn"),
+        (with_changes(database={"dsn": "postgresql://u:secret@h/db"}), "password"),
+        (with_changes(workers=True), "workers"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        ledger_config_from_dict(raw)
+
+
+def test_every_result_has_a_stable_problem_type():
+    for result in Result:
+        if result is Result.OK:
+            continue
+        problem = PROBLEMS[result]
+        assert 400 <= problem.status < 500
+        assert problem.type.startswith("urn:regiongate:problem:")
+
+
+def test_signature_binds_method_path_body_and_key():
+    key = ServiceKey("k1", b"s" * 32)
+    ring = ServiceKeyring([key])
+    headers = sign(key, "POST", "/v1/transfers", b'{"amount":1}', "idem-1")
+    headers["Idempotency-Key"] = "idem-1"
+    assert verify(ring, headers, "POST", "/v1/transfers", b'{"amount":1}', 60) == "k1"
+    assert verify(ring, headers, "POST", "/v1/transfers", b'{"amount":2}', 60) is None
+    assert verify(ring, headers, "GET", "/v1/transfers", b'{"amount":1}', 60) is None
+    assert verify(ring, headers, "POST", "/v1/bets", b'{"amount":1}', 60) is None
+    assert (
+        verify(
+            ring,
+            dict(headers, **{"Idempotency-Key": "idem-2"}),
+            "POST",
+            "/v1/transfers",
+            b'{"amount":1}',
+            60,
+        )
+        is None
+    )
+
+
+def test_short_or_malformed_service_keys_are_refused():
+    with pytest.raises(ConfigError, match="at least 32"):
+        ServiceKeyring.parse("k: short")
+    with pytest.raises(ConfigError, match="key_id: secret"):
+        ServiceKeyring.parse("no-separator")
+    assert "secret" not in repr(ServiceKeyring.parse("k: " + "x" * 40).signing_key).replace(
+        "secret=<", ""
+    )
+
+
+def test_ids_carry_their_region_and_sort_by_time():
+    first, second = ulid(), ulid()
+    assert len(first) == 26 and first[:9] <= second[:9]
+    assert region_of("eu-abc") == "eu"
+    assert region_of("EU-abc") is None
+    assert region_of("eu") is None
+
+
+def test_migrations_are_numbered_without_gaps():
+    assert [m.version for m in load_migrations()] == list(range(1, len(load_migrations()) + 1))
+
+
+async def test_two_nodes_migrating_at_once_apply_each_migration_once(fresh_dsn):
+    connections = [await asyncpg.connect(fresh_dsn) for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(apply_migrations(c) for c in connections))
+        flat = sorted(v for versions in applied for v in versions)
+        assert flat == [m.version for m in load_migrations()]
+        assert await apply_migrations(connections[0]) == []
+    finally:
+        for connection in connections:
+            await connection.close()
