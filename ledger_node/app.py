@@ -335,6 +335,7 @@ async def stats(request: web.Request) -> web.Response:
             "retries": batch.retries,
             "failed_batches": batch.failed_batches,
             "batch_size_max_seen": batch.batch_size_max_seen,
+            "batch_seconds_total": round(batch.batch_seconds_total, 3),
         }
     )
 

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +63,7 @@ class BatchStats:
     retries: int = 0
     failed_batches: int = 0
     batch_size_max_seen: int = 0
+    batch_seconds_total: float = 0.0
 
 
 class Batcher:
@@ -71,7 +73,7 @@ class Batcher:
         self._config = config
         self._queue: collections.deque[Submission] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self.stats = BatchStats()
 
@@ -103,16 +105,19 @@ class Batcher:
         return future
 
     def start(self) -> None:
-        ensure(self._task is None, "batcher started twice")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-batcher")
+        ensure(not self._tasks, "batcher started twice")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name=f"ledger-batch-writer-{index}")
+            for index in range(self._config.writers)
+        ]
 
     async def stop(self) -> None:
         """Finish what is queued, then stop."""
         self._stopping = True
         self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
 
     async def _run(self) -> None:
         while True:
@@ -125,6 +130,8 @@ class Batcher:
             if self._config.wait_max_us and len(self._queue) < self._config.size_max:
                 await asyncio.sleep(self._config.wait_max_us / 1_000_000)
             count = min(len(self._queue), self._config.size_max)
+            if count == 0:  # another writer took the queue while this one waited
+                continue
             batch = [self._queue.popleft() for _ in range(count)]
             try:
                 await self._execute(batch)
@@ -133,6 +140,7 @@ class Batcher:
 
     async def _execute(self, batch: list[Submission]) -> None:
         attempt = 0
+        started = time.perf_counter()
         while True:
             try:
                 async with self._pool.acquire(timeout=CONNECTION_ACQUIRE_TIMEOUT_S) as connection:
@@ -158,6 +166,7 @@ class Batcher:
             self.stats.batches += 1
             self.stats.operations += len(batch)
             self.stats.batch_size_max_seen = max(self.stats.batch_size_max_seen, len(batch))
+            self.stats.batch_seconds_total += time.perf_counter() - started
             for submission, outcome in zip(batch, outcomes, strict=True):
                 if not submission.future.done():
                     submission.future.set_result(outcome)
@@ -175,6 +184,12 @@ class Batcher:
         if rollback_accounts:
             currencies = await store.account_currencies(connection, rollback_accounts)
             account_ids.update(house_account_id(self._region, c) for c in currencies.values())
+        # Keys are read before the locks, to keep the hot rows locked for less time. A key that a
+        # concurrent batch is inserting right now is caught by its unique index at our insert
+        # (the batch is then retried and replays the stored outcome).
+        keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
+        if keys:
+            state.stored_keys = await store.read_keys(connection, keys)
         state.accounts = await store.lock_accounts(connection, sorted(account_ids))
         # The batch's time is read once its locks are held, so for any one account the times of
         # its transfers follow their commit order (balance-as-of relies on it).
@@ -184,9 +199,6 @@ class Batcher:
             state.pendings = await store.read_pendings(connection, pending_ids)
         if bet_keys:
             state.bets = await store.read_bets(connection, bet_keys)
-        keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
-        if keys:
-            state.stored_keys = await store.read_keys(connection, keys)
 
         outcomes = [_decide_with_key(state, submission) for submission in batch]
         _check_batch(state, before)

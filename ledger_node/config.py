@@ -55,12 +55,18 @@ class BatchConfig:
     """Operations waiting for a batch; past this, requests get 503 overloaded at once."""
     retry_attempts_max: int = 5
     """Times a batch is run again after losing a race (deadlock, concurrent duplicate key)."""
+    writers: int = 2
+    """Batches in flight at once, each on its own connection. Two let one batch's HTTP and
+    Python work overlap the other's database round trips and commit. Per account, order is
+    still arrival order: a later batch that touches an account waits for the earlier batch's
+    row lock and then reads its committed state."""
 
     def __post_init__(self) -> None:
         _check_range("batch.size_max", self.size_max, 1, 8192)
         _check_range("batch.wait_max_us", self.wait_max_us, 0, 100_000)
         _check_range("batch.queue_depth_max", self.queue_depth_max, 1, 1_000_000)
         _check_range("batch.retry_attempts_max", self.retry_attempts_max, 0, 20)
+        _check_range("batch.writers", self.writers, 1, 16)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ deadlocks: every batch locks its accounts in one ``ORDER BY id FOR UPDATE``. Pen
 and bet references are only ever changed by a batch that holds their accounts' locks, so reading
 them after the accounts are locked gives a consistent view without locking them too.
 
-All writes go out in one statement of data-modifying CTEs over ``unnest`` arrays: one round trip
+All writes go out in one statement of data-modifying CTEs over JSON row sets: one round trip
 for a whole batch, however large.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from ledger_node.operations import (
     AccountState,
@@ -50,6 +51,8 @@ JOIN unnest($1::text[], $2::text[]) AS k(account_id, reference)
 LEFT JOIN transfers t ON t.id = b.bet_transfer_id
 """
 
+_json_encoder = msgspec.json.Encoder()
+
 READ_KEYS = """
 SELECT key, request_hash, status_code, body, result, transfer_id
 FROM idempotency_keys WHERE key = ANY($1::text[])
@@ -64,37 +67,35 @@ WITH new_transfers AS (
         debit_version_after, credit_posted_after, credit_debits_pending_after,
         credit_credits_pending_after, credit_version_after)
     SELECT id, kind, flow, status, pending_id, debit_account_id, credit_account_id, amount,
-           currency, timeout_at, reference, round_id, metadata::jsonb, $22::timestamptz,
+           currency, timeout_at, reference, round_id, metadata, $6::timestamptz,
            dpa, ddpa, dcpa, dva, cpa, cdpa, ccpa, cva
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::bigint[], $9::text[], $10::timestamptz[], $11::text[],
-                $12::text[], $13::text[], $14::bigint[], $15::bigint[], $16::bigint[],
-                $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[])
-      AS r(id, kind, flow, status, pending_id, debit_account_id, credit_account_id, amount,
-           currency, timeout_at, reference, round_id, metadata, dpa, ddpa, dcpa, dva, cpa,
-           cdpa, ccpa, cva)
+    FROM json_to_recordset($1::json) AS r(
+        id text, kind text, flow text, status text, pending_id text, debit_account_id text,
+        credit_account_id text, amount bigint, currency text, timeout_at timestamptz,
+        reference text, round_id text, metadata jsonb, dpa bigint, ddpa bigint, dcpa bigint,
+        dva bigint, cpa bigint, cdpa bigint, ccpa bigint, cva bigint)
     RETURNING 1
 ), changed_accounts AS (
     UPDATE accounts a
     SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dpe,
         credits_pending = u.cpe, version = u.v
-    FROM unnest($23::text[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bigint[],
-                $28::bigint[]) AS u(id, dp, cp, dpe, cpe, v)
+    FROM json_to_recordset($2::json)
+      AS u(id text, dp bigint, cp bigint, dpe bigint, cpe bigint, v bigint)
     WHERE a.id = u.id
     RETURNING 1
 ), resolved_pendings AS (
     UPDATE transfers t
     SET status = u.status, resolved_amount = u.resolved_amount
-    FROM unnest($29::text[], $30::text[], $31::bigint[]) AS u(id, status, resolved_amount)
+    FROM json_to_recordset($3::json) AS u(id text, status text, resolved_amount bigint)
     WHERE t.id = u.id
     RETURNING 1
 ), changed_bets AS (
     INSERT INTO bets (account_id, reference, status, bet_transfer_id, rollback_transfer_id,
                       created_at)
     SELECT account_id, reference, status, bet_transfer_id, rollback_transfer_id,
-           $22::timestamptz
-    FROM unnest($32::text[], $33::text[], $34::text[], $35::text[], $36::text[])
-      AS b(account_id, reference, status, bet_transfer_id, rollback_transfer_id)
+           $6::timestamptz
+    FROM json_to_recordset($4::json) AS b(account_id text, reference text, status text,
+                                          bet_transfer_id text, rollback_transfer_id text)
     ON CONFLICT (account_id, reference) DO UPDATE
     SET status = EXCLUDED.status, bet_transfer_id = EXCLUDED.bet_transfer_id,
         rollback_transfer_id = EXCLUDED.rollback_transfer_id
@@ -102,11 +103,12 @@ WITH new_transfers AS (
 ), new_keys AS (
     INSERT INTO idempotency_keys (key, request_hash, operation, result, transfer_id,
                                   status_code, body, created_at)
-    SELECT key, request_hash, operation, result, transfer_id, status_code, body,
-           $22::timestamptz
-    FROM unnest($37::text[], $38::bytea[], $39::text[], $40::text[], $41::text[],
-                $42::smallint[], $43::bytea[])
-      AS k(key, request_hash, operation, result, transfer_id, status_code, body)
+    -- body is the response's JSON text, kept byte for byte (json, not jsonb, preserves it).
+    SELECT key, decode(request_hash, 'hex'), operation, result, transfer_id, status_code,
+           convert_to(body::text, 'UTF8'), $6::timestamptz
+    FROM json_to_recordset($5::json) AS k(key text, request_hash text, operation text,
+                                          result text, transfer_id text, status_code smallint,
+                                          body json)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM new_transfers) AS transfers,
@@ -149,54 +151,80 @@ async def read_keys(connection: asyncpg.Connection, keys: list[str]) -> dict[str
 
 
 def write_arguments(state: BatchState, now: datetime) -> list:
-    """The 43 parameters of WRITE_BATCH, column arrays built from the batch's decisions."""
-    rows = state.rows
-    accounts = [state.accounts[account_id] for account_id in sorted(state.touched)]
-    pendings = [p for p in state.pendings.values() if p.dirty]
-    bets = [b for b in state.bets.values() if b.dirty]
-    keys = list(state.new_keys.items())
+    """The six parameters of WRITE_BATCH. Rows travel as JSON documents that msgspec encodes in
+    C: measured, asyncpg's per-element encoding of 43 column arrays cost a fifth of the node's
+    CPU; json_to_recordset on the server is cheaper than that."""
+    rows = [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "flow": r.flow,
+            "status": r.status,
+            "pending_id": r.pending_id,
+            "debit_account_id": r.debit_account_id,
+            "credit_account_id": r.credit_account_id,
+            "amount": r.amount,
+            "currency": r.currency,
+            "timeout_at": r.timeout_at,
+            "reference": r.reference,
+            "round_id": r.round_id,
+            "metadata": msgspec.Raw(r.metadata.encode()) if r.metadata else None,
+            "dpa": r.debit_after[0],
+            "ddpa": r.debit_after[1],
+            "dcpa": r.debit_after[2],
+            "dva": r.debit_after[3],
+            "cpa": r.credit_after[0],
+            "cdpa": r.credit_after[1],
+            "ccpa": r.credit_after[2],
+            "cva": r.credit_after[3],
+        }
+        for r in state.rows
+    ]
+    accounts = [
+        {
+            "id": a.id,
+            "dp": a.debits_posted,
+            "cp": a.credits_posted,
+            "dpe": a.debits_pending,
+            "cpe": a.credits_pending,
+            "v": a.version,
+        }
+        for a in (state.accounts[account_id] for account_id in sorted(state.touched))
+    ]
+    pendings = [
+        {"id": p.id, "status": p.status, "resolved_amount": p.resolved_amount}
+        for p in state.pendings.values()
+        if p.dirty
+    ]
+    bets = [
+        {
+            "account_id": b.account_id,
+            "reference": b.reference,
+            "status": b.status,
+            "bet_transfer_id": b.bet_transfer_id,
+            "rollback_transfer_id": b.rollback_transfer_id,
+        }
+        for b in state.bets.values()
+        if b.dirty
+    ]
+    keys = [
+        {
+            "key": key,
+            "request_hash": request_hash.hex(),
+            "operation": name,
+            "result": outcome.result.value,
+            "transfer_id": outcome.transfer_id,
+            "status_code": outcome.status_code,
+            "body": msgspec.Raw(outcome.body),
+        }
+        for key, (request_hash, outcome, name) in state.new_keys.items()
+    ]
+    encode = _json_encoder.encode
     return [
-        [r.id for r in rows],
-        [r.kind for r in rows],
-        [r.flow for r in rows],
-        [r.status for r in rows],
-        [r.pending_id for r in rows],
-        [r.debit_account_id for r in rows],
-        [r.credit_account_id for r in rows],
-        [r.amount for r in rows],
-        [r.currency for r in rows],
-        [r.timeout_at for r in rows],
-        [r.reference for r in rows],
-        [r.round_id for r in rows],
-        [r.metadata for r in rows],
-        [r.debit_after[0] for r in rows],
-        [r.debit_after[1] for r in rows],
-        [r.debit_after[2] for r in rows],
-        [r.debit_after[3] for r in rows],
-        [r.credit_after[0] for r in rows],
-        [r.credit_after[1] for r in rows],
-        [r.credit_after[2] for r in rows],
-        [r.credit_after[3] for r in rows],
+        encode(rows).decode(),
+        encode(accounts).decode(),
+        encode(pendings).decode(),
+        encode(bets).decode(),
+        encode(keys).decode(),
         now,
-        [a.id for a in accounts],
-        [a.debits_posted for a in accounts],
-        [a.credits_posted for a in accounts],
-        [a.debits_pending for a in accounts],
-        [a.credits_pending for a in accounts],
-        [a.version for a in accounts],
-        [p.id for p in pendings],
-        [p.status for p in pendings],
-        [p.resolved_amount for p in pendings],
-        [b.account_id for b in bets],
-        [b.reference for b in bets],
-        [b.status for b in bets],
-        [b.bet_transfer_id for b in bets],
-        [b.rollback_transfer_id for b in bets],
-        [key for key, _ in keys],
-        [value[0] for _, value in keys],
-        [value[2] for _, value in keys],
-        [value[1].result.value for _, value in keys],
-        [value[1].transfer_id for _, value in keys],
-        [value[1].status_code for _, value in keys],
-        [value[1].body for _, value in keys],
     ]

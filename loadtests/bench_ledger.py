@@ -1,0 +1,263 @@
+"""Ledger benchmark: ``python -m loadtests.bench_ledger [--seconds N] [--clients C]``.
+
+Measures in one run, at the same client concurrency and the same durability (fsync on,
+synchronous_commit on, one fresh PostgreSQL cluster with the ledger's settings):
+
+  (a) PostgreSQL's own pgbench, built-in tpcb-like workload, scale = clients (so pgbench is not
+      held back by contention on its own branch rows);
+  (b) the ledger node's transfer endpoint over HTTP, uniformly random player accounts;
+  (c) the same, where every transfer is a bet that also credits the one house account.
+
+This machine is shared and noisy, so the figures that matter are the ratios against (a),
+measured minutes apart on the same machine. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import msgspec
+import uvloop
+
+from infra.local import LedgerProcess, ensure_service_keys, write_ledger_config
+from infra.services import PostgresCluster, free_port, postgres_bin_dir
+from ledger_node.ids import clearing_account_id
+from ledger_node.service_auth import ServiceKeyring
+from loadtests.httpload import LoadResult, run_load, signed_post
+from region_router.ledger_client import LedgerClient
+
+REGION = "eu"
+CURRENCY = "EUR"
+PLAYERS = 10_000
+FUNDING = 10**12
+
+
+def run_pgbench(cluster: PostgresCluster, clients: int, seconds: int) -> float:
+    dsn_args = ["-h", "127.0.0.1", "-p", str(cluster.port), "-U", cluster.user]
+    cluster.create_database("pgbench")
+    pgbench = str(postgres_bin_dir() / "pgbench")
+    subprocess.run(
+        [pgbench, "-i", "-q", "-s", str(clients), *dsn_args, "pgbench"],
+        check=True,
+        capture_output=True,
+    )
+    threads = min(clients, os.cpu_count() or 1)
+    output = subprocess.run(
+        [pgbench, "-c", str(clients), "-j", str(threads), "-T", str(seconds), *dsn_args, "pgbench"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
+    if match is None:
+        raise RuntimeError(f"could not read pgbench output:\n{output}")
+    return float(match[1])
+
+
+async def make_players(dsn: str, count: int) -> list[str]:
+    """Players created and funded in bulk through SQL that keeps the ledger balanced: one
+    clearing transfer per player, written exactly as the engine writes them."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        ids = [f"{REGION}-bench{i:06d}" for i in range(count)]
+        clearing = clearing_account_id(REGION, CURRENCY)
+        async with connection.transaction():
+            await connection.execute(
+                "INSERT INTO accounts (id, region, currency, kind, credits_posted, version) "
+                "SELECT id, $2, $3, 'player', $4, 1 FROM unnest($1::text[]) AS id "
+                "ON CONFLICT DO NOTHING",
+                ids,
+                REGION,
+                CURRENCY,
+                FUNDING,
+            )
+            await connection.execute(
+                "INSERT INTO transfers (id, kind, flow, status, debit_account_id, "
+                "credit_account_id, amount, currency, created_at, debit_posted_after, "
+                "debit_debits_pending_after, debit_credits_pending_after, debit_version_after, "
+                "credit_posted_after, credit_debits_pending_after, "
+                "credit_credits_pending_after, credit_version_after) "
+                "SELECT 'eu-t-fund-' || id, 'transfer', 'single', 'posted', $2, id, $3, $4, "
+                "now(), -$3::bigint * n, 0, 0, n, $3, 0, 0, 1 "
+                "FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n)",
+                ids,
+                clearing,
+                FUNDING,
+                CURRENCY,
+            )
+            await connection.execute(
+                "UPDATE accounts SET debits_posted = debits_posted + $2::bigint * $3::bigint, "
+                "version = version + $3::bigint WHERE id = $1",
+                clearing,
+                FUNDING,
+                count,
+            )
+        return ids
+    finally:
+        await connection.close()
+
+
+def summarise(result: LoadResult) -> dict:
+    return {
+        "tps": round(result.rps, 1),
+        "batch_size_mean": round(result.batch_size_mean, 1),
+        "p50_ms": round(result.percentile_ms(0.50), 2),
+        "p99_ms": round(result.percentile_ms(0.99), 2),
+        "statuses": result.statuses,
+    }
+
+
+async def ledger_runs(
+    ledger: LedgerProcess, keyring: ServiceKeyring, players: list[str], clients: int, seconds: int
+) -> tuple[LoadResult, LoadResult]:
+    key = keyring.signing_key
+    rng = random.Random(1)
+    encode = msgspec.json.encode
+    run_id = os.urandom(4).hex()
+
+    def uniform(n: int) -> bytes:
+        debit, credit = rng.sample(players, 2)
+        body = encode(
+            {
+                "debit_account_id": debit,
+                "credit_account_id": credit,
+                "amount": rng.randint(1, 1000),
+                "currency": CURRENCY,
+            }
+        )
+        return signed_post(
+            "127.0.0.1", ledger.port, "/v1/transfers", body, key, f"bench-{run_id}-u-{n}"
+        )
+
+    def hot(n: int) -> bytes:
+        # Every bet credits the region's one house account: the hot row of an iGaming ledger.
+        body = encode(
+            {
+                "account_id": rng.choice(players),
+                "amount": rng.randint(1, 1000),
+                "currency": CURRENCY,
+                "reference": f"r-{run_id}-{n}",
+            }
+        )
+        return signed_post("127.0.0.1", ledger.port, "/v1/bets", body, key, f"bench-{run_id}-h-{n}")
+
+    warmup_s = min(2.0, max(0.5, seconds / 5))
+    common = {
+        "host": "127.0.0.1",
+        "port": ledger.port,
+        "clients": clients,
+        "seconds": seconds,
+        "warmup_s": warmup_s,
+    }
+    async with aiohttp.ClientSession() as session:
+        stats_client = LedgerClient(ledger.url, key, session)
+        results = []
+        for make_request in (uniform, hot):
+            before = (await stats_client.get("/v1/stats")).json()
+            result = await run_load(make_request=make_request, **common)
+            after = (await stats_client.get("/v1/stats")).json()
+            batches = after["batches"] - before["batches"]
+            result.batch_size_mean = (
+                (after["operations"] - before["operations"]) / batches if batches else 0.0
+            )
+            results.append(result)
+    return results[0], results[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="measured seconds per run")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--workers", type=int, default=1, help="ledger node processes")
+    parser.add_argument("--batch-wait-us", type=int, default=0)
+    parser.add_argument("--writers", type=int, default=2, help="batches in flight per process")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
+        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
+
+    root = Path(tempfile.mkdtemp(prefix="regiongate-bench-"))
+    cluster = PostgresCluster(root / "pg", free_port())
+    ledger = None
+    try:
+        cluster.start()
+        print(f"(a) pgbench tpcb-like, {args.clients} clients, {args.seconds}s ...", flush=True)
+        pgbench_tps = run_pgbench(cluster, args.clients, args.seconds)
+        print(f"    pgbench_tps={pgbench_tps:.1f}", flush=True)
+
+        dsn = cluster.create_database("ledger_bench")
+        keys_file = root / "service_keys"
+        ensure_service_keys(keys_file)
+        port = free_port()
+        config = write_ledger_config(
+            root / "ledger.yaml",
+            region=REGION,
+            dsn=dsn,
+            port=port,
+            service_keys_file=keys_file,
+            extra={
+                "workers": args.workers,
+                "batch": {"wait_max_us": args.batch_wait_us, "writers": args.writers},
+                "database": {"dsn": dsn, "read_pool_size_max": 4},
+            },
+        )
+        ledger = LedgerProcess(config, port, root / "ledger.log")
+        ledger.start()
+        players = asyncio.run(make_players(dsn, PLAYERS))
+        keyring = ServiceKeyring.load(str(keys_file))
+        print(f"(b, c) ledger node, {args.clients} clients, {args.seconds}s each ...", flush=True)
+        started = time.perf_counter()
+        uniform, hot = uvloop.run(ledger_runs(ledger, keyring, players, args.clients, args.seconds))
+        print(f"    uniform: {summarise(uniform)}", flush=True)
+        print(f"    hot:     {summarise(hot)}", flush=True)
+        print(f"    ({time.perf_counter() - started:.1f}s)", flush=True)
+        check = subprocess.run(
+            [sys.executable, "-m", "regiongate_cli", "ledger", "check", "--config", str(config)],
+            capture_output=True,
+            text=True,
+        )
+        print("    invariants after the run: " + check.stdout.strip().splitlines()[-1])
+        figures = {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "ledger_workers": args.workers,
+            "batch_writers": args.writers,
+            "pgbench_tps": round(pgbench_tps, 1),
+            "ledger_tps": round(uniform.rps, 1),
+            "ledger_hot_tps": round(hot.rps, 1),
+            "ratio": round(uniform.rps / pgbench_tps, 3),
+            "hot_ratio": round(hot.rps / uniform.rps, 3) if uniform.rps else 0.0,
+            "p50_ms": round(uniform.percentile_ms(0.50), 2),
+            "p99_ms": round(uniform.percentile_ms(0.99), 2),
+            "hot_p50_ms": round(hot.percentile_ms(0.50), 2),
+            "hot_p99_ms": round(hot.percentile_ms(0.99), 2),
+            "batch_size_mean": round(uniform.batch_size_mean, 1),
+            "hot_batch_size_mean": round(hot.batch_size_mean, 1),
+            "non_2xx": sum(n for s, n in {**uniform.statuses}.items() if s >= 300)
+            + sum(n for s, n in hot.statuses.items() if s >= 300),
+            "invariants_ok": check.returncode == 0,
+        }
+        print(json.dumps(figures))
+    finally:
+        if ledger is not None:
+            ledger.stop()
+        cluster.stop("immediate")
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
