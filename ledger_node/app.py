@@ -3,7 +3,6 @@ health endpoints alone answer anonymous probes, and say nothing but up or down."
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from datetime import datetime
@@ -142,12 +141,15 @@ async def _submit(
 ) -> web.Response:
     node = request.app[NODE]
     key = _idempotency_key(request)
-    future = node.batcher.submit(
-        operation, idempotency_key=key, request_hash=_request_hash(name, path_id, struct), name=name
+    # On timeout the batch goes on (its outcome is then unknown to this caller, who retries
+    # with the same key); the problem middleware answers 503 with Retry-After.
+    outcome = await node.batcher.submit(
+        operation,
+        idempotency_key=key,
+        request_hash=_request_hash(name, path_id, struct),
+        name=name,
+        timeout_s=node.config.request_timeout_ms / 1000,
     )
-    # Shielded: a timeout here must not cancel the batch, whose outcome is then unknown to the
-    # caller, who retries with the same key.
-    outcome = await asyncio.wait_for(asyncio.shield(future), node.config.request_timeout_ms / 1000)
     content_type = JSON_CONTENT_TYPE if outcome.status_code < 400 else render.PROBLEM_CONTENT_TYPE
     headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
     return web.Response(

@@ -88,8 +88,11 @@ class Batcher:
         idempotency_key: str | None,
         request_hash: bytes,
         name: str,
+        timeout_s: float | None = None,
     ) -> asyncio.Future[Outcome]:
-        """Queue an operation; the future resolves once its batch has committed (or failed).
+        """Queue an operation; the future resolves once its batch has committed (or failed), or
+        fails with TimeoutError after timeout_s. A timed-out operation may still commit: its
+        caller must treat the outcome as unknown and retry with the same idempotency key.
 
         Enqueues synchronously, so operations submitted one after another without an await in
         between are decided in exactly that order."""
@@ -99,8 +102,12 @@ class Batcher:
             raise OverloadedError(
                 f"batch queue at its bound of {self._config.queue_depth_max}", retry_after_s=1
             )
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(Submission(operation, idempotency_key, request_hash, name, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        submission = Submission(operation, idempotency_key, request_hash, name, future)
+        if timeout_s is not None:
+            submission.timer = loop.call_later(timeout_s, _time_out, future)
+        self._queue.append(submission)
         self._wakeup.set()
         return future
 
@@ -168,6 +175,8 @@ class Batcher:
             self.stats.batch_size_max_seen = max(self.stats.batch_size_max_seen, len(batch))
             self.stats.batch_seconds_total += time.perf_counter() - started
             for submission, outcome in zip(batch, outcomes, strict=True):
+                if submission.timer is not None:
+                    submission.timer.cancel()
                 if not submission.future.done():
                     submission.future.set_result(outcome)
             return
@@ -302,5 +311,12 @@ def _fail_all(batch: list[Submission], error: LedgerError, cause: BaseException)
     if error is not cause:
         error.__cause__ = cause
     for submission in batch:
+        if submission.timer is not None:
+            submission.timer.cancel()
         if not submission.future.done():
             submission.future.set_exception(error)
+
+
+def _time_out(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("the batch did not finish in time"))

@@ -121,6 +121,7 @@ class Submission:
     request_hash: bytes
     name: str
     future: asyncio.Future[Outcome]
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)

@@ -6,7 +6,8 @@ synchronous_commit on, one fresh PostgreSQL cluster with the ledger's settings):
   (a) PostgreSQL's own pgbench, built-in tpcb-like workload, scale = clients (so pgbench is not
       held back by contention on its own branch rows);
   (b) the ledger node's transfer endpoint over HTTP, uniformly random player accounts;
-  (c) the same, where every transfer is a bet that also credits the one house account.
+  (c) the same, where every transfer also credits the one house account (the hot row);
+  (d) with --bets, bets into the house account (bet bookkeeping on top of the hot row).
 
 This machine is shared and noisy, so the figures that matter are the ratios against (a),
 measured minutes apart on the same machine. The last line printed is one JSON object.
@@ -34,7 +35,7 @@ import uvloop
 
 from infra.local import LedgerProcess, ensure_service_keys, write_ledger_config
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
-from ledger_node.ids import clearing_account_id
+from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.httpload import LoadResult, run_load, signed_post
 from region_router.ledger_client import LedgerClient
@@ -121,10 +122,16 @@ def summarise(result: LoadResult) -> dict:
 
 
 async def ledger_runs(
-    ledger: LedgerProcess, keyring: ServiceKeyring, players: list[str], clients: int, seconds: int
-) -> tuple[LoadResult, LoadResult]:
+    ledger: LedgerProcess,
+    keyring: ServiceKeyring,
+    players: list[str],
+    clients: int,
+    seconds: int,
+    with_bets: bool,
+) -> list[LoadResult]:
     key = keyring.signing_key
     rng = random.Random(1)
+    house = house_account_id(REGION, CURRENCY)
     encode = msgspec.json.encode
     run_id = os.urandom(4).hex()
 
@@ -143,7 +150,22 @@ async def ledger_runs(
         )
 
     def hot(n: int) -> bytes:
-        # Every bet credits the region's one house account: the hot row of an iGaming ledger.
+        # The same transfers, each crediting the region's one house account: the hot row of an
+        # iGaming ledger (every bet credits it).
+        body = encode(
+            {
+                "debit_account_id": rng.choice(players),
+                "credit_account_id": house,
+                "amount": rng.randint(1, 1000),
+                "currency": CURRENCY,
+            }
+        )
+        return signed_post(
+            "127.0.0.1", ledger.port, "/v1/transfers", body, key, f"bench-{run_id}-h-{n}"
+        )
+
+    def bet(n: int) -> bytes:
+        # Bets add bet bookkeeping (reference row, rollback tombstones) on top of the hot row.
         body = encode(
             {
                 "account_id": rng.choice(players),
@@ -152,7 +174,7 @@ async def ledger_runs(
                 "reference": f"r-{run_id}-{n}",
             }
         )
-        return signed_post("127.0.0.1", ledger.port, "/v1/bets", body, key, f"bench-{run_id}-h-{n}")
+        return signed_post("127.0.0.1", ledger.port, "/v1/bets", body, key, f"bench-{run_id}-b-{n}")
 
     warmup_s = min(2.0, max(0.5, seconds / 5))
     common = {
@@ -165,7 +187,7 @@ async def ledger_runs(
     async with aiohttp.ClientSession() as session:
         stats_client = LedgerClient(ledger.url, key, session)
         results = []
-        for make_request in (uniform, hot):
+        for make_request in (uniform, hot, bet) if with_bets else (uniform, hot):
             before = (await stats_client.get("/v1/stats")).json()
             result = await run_load(make_request=make_request, **common)
             after = (await stats_client.get("/v1/stats")).json()
@@ -174,7 +196,7 @@ async def ledger_runs(
                 (after["operations"] - before["operations"]) / batches if batches else 0.0
             )
             results.append(result)
-    return results[0], results[1]
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-wait-us", type=int, default=0)
     parser.add_argument("--writers", type=int, default=2, help="batches in flight per process")
     parser.add_argument("--keep", action="store_true", help="keep the data dir")
+    parser.add_argument(
+        "--bets",
+        action="store_true",
+        help="also measure /v1/bets (bet bookkeeping on top of the hot row)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
         parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
@@ -220,9 +247,14 @@ def main(argv: list[str] | None = None) -> None:
         keyring = ServiceKeyring.load(str(keys_file))
         print(f"(b, c) ledger node, {args.clients} clients, {args.seconds}s each ...", flush=True)
         started = time.perf_counter()
-        uniform, hot = uvloop.run(ledger_runs(ledger, keyring, players, args.clients, args.seconds))
+        runs = uvloop.run(
+            ledger_runs(ledger, keyring, players, args.clients, args.seconds, args.bets)
+        )
+        uniform, hot = runs[0], runs[1]
         print(f"    uniform: {summarise(uniform)}", flush=True)
         print(f"    hot:     {summarise(hot)}", flush=True)
+        if args.bets:
+            print(f"    bets:    {summarise(runs[2])}", flush=True)
         print(f"    ({time.perf_counter() - started:.1f}s)", flush=True)
         check = subprocess.run(
             [sys.executable, "-m", "regiongate_cli", "ledger", "check", "--config", str(config)],
@@ -246,10 +278,11 @@ def main(argv: list[str] | None = None) -> None:
             "hot_p99_ms": round(hot.percentile_ms(0.99), 2),
             "batch_size_mean": round(uniform.batch_size_mean, 1),
             "hot_batch_size_mean": round(hot.batch_size_mean, 1),
-            "non_2xx": sum(n for s, n in {**uniform.statuses}.items() if s >= 300)
-            + sum(n for s, n in hot.statuses.items() if s >= 300),
+            "non_2xx": sum(n for run in runs for s, n in run.statuses.items() if s >= 300),
             "invariants_ok": check.returncode == 0,
         }
+        if args.bets:
+            figures["ledger_bet_tps"] = round(runs[2].rps, 1)
         print(json.dumps(figures))
     finally:
         if ledger is not None:
