@@ -67,10 +67,10 @@ def _result_response(result: Result, **extra) -> web.Response:
     return web.Response(status=status, body=body, content_type=render.PROBLEM_CONTENT_TYPE)
 
 
-@web.middleware
-async def service_auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def authenticate(request: web.Request) -> None:
+    """Refuse any request without a valid service signature, except the health probes."""
     if request.path in ANONYMOUS_PATHS:
-        return await handler(request)
+        return
     node = request.app[NODE]
     body = await request.read()
     key_id = verify(
@@ -83,7 +83,6 @@ async def service_auth_middleware(request: web.Request, handler) -> web.StreamRe
     )
     if key_id is None:
         raise ProblemError(UNAUTHENTICATED)
-    return await handler(request)
 
 
 async def _decode(request: web.Request, cls: type, allow_empty: bool = False):
@@ -235,7 +234,7 @@ async def create_account(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     body: AccountIn = await _decode(request, AccountIn)
     _check_amount_and_currency(node, None, body.currency)
-    async with node.read_pool.acquire() as connection:
+    async with node.pool.acquire() as connection:
         result, account, replayed = await accounts.create_account(
             connection,
             region=node.config.region,
@@ -250,14 +249,14 @@ async def create_account(request: web.Request) -> web.Response:
 
 
 async def get_account(request: web.Request) -> web.Response:
-    async with request.app[NODE].read_pool.acquire() as connection:
+    async with request.app[NODE].pool.acquire() as connection:
         account = await reads.account(connection, request.match_info["account_id"])
     return _json(account) if account else _result_response(Result.ACCOUNT_NOT_FOUND)
 
 
 async def set_account_status(request: web.Request) -> web.Response:
     body: StatusIn = await _decode(request, StatusIn)
-    async with request.app[NODE].read_pool.acquire() as connection:
+    async with request.app[NODE].pool.acquire() as connection:
         result, account = await accounts.set_status(
             connection, request.match_info["account_id"], body.status
         )
@@ -274,7 +273,7 @@ async def get_balance(request: web.Request) -> web.Response:
             raise ProblemError(VALIDATION_FAILED, "as_of must be RFC 3339", field="as_of") from exc
         if as_of.tzinfo is None:
             raise ProblemError(VALIDATION_FAILED, "as_of needs a UTC offset", field="as_of")
-    async with request.app[NODE].read_pool.acquire() as connection:
+    async with request.app[NODE].pool.acquire() as connection:
         balance = await reads.balance(connection, request.match_info["account_id"], as_of)
     return _json(balance) if balance else _result_response(Result.ACCOUNT_NOT_FOUND)
 
@@ -292,7 +291,7 @@ async def get_history(request: web.Request) -> web.Response:
     if order not in ("asc", "desc"):
         raise ProblemError(VALIDATION_FAILED, "order must be asc or desc", field="order")
     account_id = request.match_info["account_id"]
-    async with node.read_pool.acquire() as connection:
+    async with node.pool.acquire() as connection:
         if await reads.account(connection, account_id) is None:
             return _result_response(Result.ACCOUNT_NOT_FOUND)
         try:
@@ -309,7 +308,7 @@ async def get_history(request: web.Request) -> web.Response:
 
 
 async def get_transfer(request: web.Request) -> web.Response:
-    async with request.app[NODE].read_pool.acquire() as connection:
+    async with request.app[NODE].pool.acquire() as connection:
         transfer = await reads.transfer(connection, request.match_info["transfer_id"])
     if transfer is None:
         return _result_response(Result.PENDING_TRANSFER_NOT_FOUND, field="transfer_id")
@@ -345,7 +344,7 @@ async def stats(request: web.Request) -> web.Response:
 def build_app(node: LedgerNode, *, manage_node: bool = True) -> web.Application:
     """The aiohttp application; with manage_node it starts and stops the node with the app."""
     app = web.Application(
-        middlewares=[problem_middleware, service_auth_middleware],
+        middlewares=[problem_middleware(authenticate)],
         client_max_size=node.config.body_size_max_bytes,
     )
     app[NODE] = node

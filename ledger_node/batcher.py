@@ -205,7 +205,16 @@ class Batcher:
         state.now = now = datetime.now(UTC)
         before = {account_id: a.snapshot() for account_id, a in state.accounts.items()}
         if pending_ids:
-            state.pendings = await store.read_pendings(connection, pending_ids)
+            # A hold created after the pre-read above has accounts this batch did not lock; to
+            # this batch it does not exist yet (its caller could not have known its id anyway).
+            state.pendings = {
+                pending_id: pending
+                for pending_id, pending in (
+                    await store.read_pendings(connection, pending_ids)
+                ).items()
+                if pending.debit_account_id in state.accounts
+                and pending.credit_account_id in state.accounts
+            }
         if bet_keys:
             state.bets = await store.read_bets(connection, bet_keys)
 

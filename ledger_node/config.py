@@ -75,7 +75,9 @@ class DatabaseConfig:
     """postgresql:// URL without a password; the password comes from password_file or the
     REGIONGATE_DATABASE_PASSWORD environment variable."""
     password_file: str | None = None
-    read_pool_size_max: int = 8
+    pool_size_max: int = 8
+    """Connections for reads and for the writes that move no money (accounts, statuses); the
+    batch writers have their own (batch.writers)."""
     connect_timeout_ms: int = 5_000
     statement_timeout_ms: int = 10_000
 
@@ -86,7 +88,7 @@ class DatabaseConfig:
             raise ConfigError(f"database.dsn must be a postgresql:// URL, got {self.dsn!r}")
         if re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", self.dsn):
             raise ConfigError("database.dsn must not carry a password; use password_file")
-        _check_range("database.read_pool_size_max", self.read_pool_size_max, 1, 256)
+        _check_range("database.pool_size_max", self.pool_size_max, 1, 256)
         _check_range("database.connect_timeout_ms", self.connect_timeout_ms, 100, 120_000)
         _check_range("database.statement_timeout_ms", self.statement_timeout_ms, 100, 600_000)
 

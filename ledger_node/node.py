@@ -41,8 +41,8 @@ class LedgerNode:
         self.config = config
         self.keyring = keyring
         self.state = NodeState.CREATED
-        self.read_pool: asyncpg.Pool | None = None
-        self.write_pool: asyncpg.Pool | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.batch_pool: asyncpg.Pool | None = None
         self.batcher: Batcher | None = None
         self._expiry_task: asyncio.Task | None = None
 
@@ -70,11 +70,11 @@ class LedgerNode:
             # growing tables the planner's statistics lag (autovacuum analyses once a minute at
             # best) and a cached plan may pick a sequential scan that grows with the table:
             # measured at 1.2-2.9 ms per batch for 32 key lookups, against 0.25 ms by index.
-            self.write_pool = await self._create_pool(
+            self.batch_pool = await self._create_pool(
                 self.config.batch.writers, {"enable_seqscan": "off"}
             )
-            self.read_pool = await self._create_pool(self.config.database.read_pool_size_max)
-            async with self.write_pool.acquire() as connection:
+            self.pool = await self._create_pool(self.config.database.pool_size_max)
+            async with self.batch_pool.acquire() as connection:
                 applied = await apply_migrations(connection)
                 if applied:
                     log.info("applied migrations %s", applied)
@@ -83,7 +83,7 @@ class LedgerNode:
             await self._close_pools()
             raise map_database_error(exc) from exc
         self.batcher = Batcher(
-            pool=self.write_pool, region=self.config.region, config=self.config.batch
+            pool=self.batch_pool, region=self.config.region, config=self.config.batch
         )
         self.batcher.start()
         self._expiry_task = asyncio.get_running_loop().create_task(
@@ -105,17 +105,17 @@ class LedgerNode:
         self.state = NodeState.STOPPED
 
     async def _close_pools(self) -> None:
-        for pool in (self.write_pool, self.read_pool):
+        for pool in (self.batch_pool, self.pool):
             if pool is not None:
                 await pool.close()
 
     async def ready(self) -> tuple[bool, str]:
         """Readiness: running, the database answers, and the schema is current."""
-        if self.state is not NodeState.RUNNING or self.read_pool is None:
+        if self.state is not NodeState.RUNNING or self.pool is None:
             return False, f"node is {self.state.value}"
         try:
             async with asyncio.timeout(READINESS_TIMEOUT_S):
-                async with self.read_pool.acquire() as connection:
+                async with self.pool.acquire() as connection:
                     if not await schema_is_current(connection):
                         return False, "schema migrations are not complete"
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -124,8 +124,8 @@ class LedgerNode:
 
     async def expire_due(self) -> int:
         """Expire every hold past its timeout, up to expiry_batch_max; return how many."""
-        ensure(self.read_pool is not None and self.batcher is not None, "node not started")
-        async with self.read_pool.acquire() as connection:
+        ensure(self.pool is not None and self.batcher is not None, "node not started")
+        async with self.pool.acquire() as connection:
             rows = await connection.fetch(DUE_PENDINGS, self.config.expiry_batch_max)
         futures = [
             self.batcher.submit(

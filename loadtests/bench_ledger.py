@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             extra={
                 "workers": args.workers,
                 "batch": {"wait_max_us": args.batch_wait_us, "writers": args.writers},
-                "database": {"dsn": dsn, "read_pool_size_max": 4},
+                "database": {"dsn": dsn, "pool_size_max": 4},
             },
         )
         ledger = LedgerProcess(config, port, root / "ledger.log")

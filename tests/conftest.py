@@ -11,17 +11,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
 from infra.services import PostgresCluster, RedisServer, free_port
 from ledger_node.app import build_app
-from ledger_node.migrations import apply_migrations
 from ledger_node.node import LedgerNode
 from ledger_node.service_auth import ServiceKeyring
 from region_router.ledger_client import LedgerClient
-from tests.support import ledger_config, unique
+from tests.support import ledger_config, migrated_database, unique
 
 SERVICE_KEYS_TEXT = "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\n"
 
@@ -52,17 +50,7 @@ def redis_server(services_dir: Path) -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def ledger_dsn(postgres: PostgresCluster) -> str:
     """The shared ledger database, migrated once; tests use unique accounts and keys in it."""
-    dsn = postgres.create_database("ledger_shared")
-
-    async def migrate() -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await apply_migrations(connection)
-        finally:
-            await connection.close()
-
-    asyncio.run(migrate())
-    return dsn
+    return migrated_database(postgres, "ledger_shared")
 
 
 @pytest.fixture

@@ -94,6 +94,23 @@ async def assert_ledger_invariants(dsn: str) -> None:
     assert not failures, failures
 
 
+def migrated_database(postgres, name: str) -> str:
+    """Create database name in the session's cluster (if missing), migrate it, return its DSN."""
+    from ledger_node.migrations import apply_migrations
+
+    dsn = postgres.create_database(name)
+
+    async def migrate() -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await apply_migrations(connection)
+        finally:
+            await connection.close()
+
+    asyncio.run(migrate())
+    return dsn
+
+
 async def ledger_snapshot(dsn: str) -> tuple:
     """Counts and account versions, to prove that a refused request wrote nothing."""
     connection = await asyncpg.connect(dsn)

@@ -45,31 +45,42 @@ def _ledger_process(tmp_path: Path, dsn: str) -> LedgerProcess:
     return LedgerProcess(config, port, tmp_path / "ledger.log")
 
 
-async def _load(
-    client: LedgerClient,
-    players: list[str],
-    stop: asyncio.Event,
-    sent: dict,
-    acked: dict,
-    seed: int,
-) -> None:
-    rng = random.Random(seed)
-    while not stop.is_set():
-        key = unique("crash")
-        payload = {
-            "debit_account_id": CLEARING,
-            "credit_account_id": rng.choice(players),
-            "amount": rng.randint(1, 1000),
-            "currency": "EUR",
-        }
-        sent[key] = payload  # recorded before sending: its outcome may never be learned
-        try:
-            response = await client.post("/v1/transfers", payload, idempotency_key=key, timeout_s=5)
-        except (TimeoutError, aiohttp.ClientError):
-            await asyncio.sleep(0.01)
-            continue
-        if response.status == 201:
-            acked[key] = response.json()["id"]
+class Load:
+    """Closed-loop deposits from many workers. Every request is recorded in sent before it is
+    sent (its outcome may never be learned); acked maps keys to the transfer ids confirmed."""
+
+    def __init__(self, client: LedgerClient, players: list[str], workers: int) -> None:
+        self.client = client
+        self.players = players
+        self.sent: dict[str, dict] = {}
+        self.acked: dict[str, str] = {}
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._run(SEED + i)) for i in range(workers)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self._stop.is_set():
+            key = unique("crash")
+            payload = {
+                "debit_account_id": CLEARING,
+                "credit_account_id": rng.choice(self.players),
+                "amount": rng.randint(1, 1000),
+                "currency": "EUR",
+            }
+            self.sent[key] = payload
+            try:
+                response = await self.client.post(
+                    "/v1/transfers", payload, idempotency_key=key, timeout_s=5
+                )
+            except (TimeoutError, aiohttp.ClientError):
+                await asyncio.sleep(0.01)
+                continue
+            if response.status == 201:
+                self.acked[key] = response.json()["id"]
 
 
 async def _settle_unknown(client: LedgerClient, sent: dict, acked: dict) -> None:
@@ -122,24 +133,17 @@ async def test_kill_9_under_load_loses_nothing_and_applies_nothing_twice(
         key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
         client = LedgerClient(ledger.url, key, session)
         players = [await new_player(client) for _ in range(20)]
-        sent: dict = {}
-        acked: dict = {}
-        stop = asyncio.Event()
-        workers = [
-            asyncio.create_task(_load(client, players, stop, sent, acked, SEED + i))
-            for i in range(WORKERS)
-        ]
+        load = Load(client, players, WORKERS)
         await asyncio.sleep(LOAD_BEFORE_KILL_S)
-        acked_before_kill = len(acked)
+        acked_before_kill = len(load.acked)
         ledger.kill(signal.SIGKILL)
         await asyncio.sleep(0.3)
-        stop.set()
-        await asyncio.gather(*workers)
+        await load.stop()
         assert acked_before_kill > 100, "the load did not run before the kill"
-        assert len(sent) > len(acked), "no request was in flight at the kill"
+        assert len(load.sent) > len(load.acked), "no request was in flight at the kill"
         ledger.start()
-        await _settle_unknown(client, sent, acked)
-        await _check_exactly_once(fresh_dsn, sent, acked, players)
+        await _settle_unknown(client, load.sent, load.acked)
+        await _check_exactly_once(fresh_dsn, load.sent, load.acked, players)
     finally:
         ledger.stop()
 
@@ -156,13 +160,7 @@ async def test_postgres_restart_under_a_running_node(tmp_path, session):
         key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
         client = LedgerClient(ledger.url, key, session)
         players = [await new_player(client) for _ in range(5)]
-        sent: dict = {}
-        acked: dict = {}
-        stop = asyncio.Event()
-        workers = [
-            asyncio.create_task(_load(client, players, stop, sent, acked, SEED + i))
-            for i in range(8)
-        ]
+        load = Load(client, players, 8)
         await asyncio.sleep(0.5)
         await asyncio.to_thread(cluster.stop, "immediate")
         down = await client.post(
@@ -180,15 +178,14 @@ async def test_postgres_restart_under_a_running_node(tmp_path, session):
 
         async def serving_again() -> bool:
             async with session.get(ledger.url + "/health/ready") as ready:
-                return ready.status == 200 and len(acked) > acked_while_down
+                return ready.status == 200 and len(load.acked) > acked_while_down
 
-        acked_while_down = len(acked)
+        acked_while_down = len(load.acked)
         await assert_eventually(serving_again, timeout_s=30)
-        stop.set()
-        await asyncio.gather(*workers)
+        await load.stop()
         assert sent_probe_status == 503
-        await _settle_unknown(client, sent, acked)
-        await _check_exactly_once(dsn, sent, acked, players)
+        await _settle_unknown(client, load.sent, load.acked)
+        await _check_exactly_once(dsn, load.sent, load.acked, players)
     finally:
         if ledger is not None:
             ledger.stop()

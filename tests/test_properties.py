@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from ledger_node import accounts as accounts_module
 from ledger_node.audit import check_invariants
-from ledger_node.migrations import apply_migrations
 from ledger_node.node import LedgerNode
 from ledger_node.operations import (
     CreateTransfer,
@@ -33,7 +32,7 @@ from ledger_node.operations import (
     SettleWin,
 )
 from ledger_node.results import Result
-from tests.support import CLEARING, HOUSE, ledger_config, unique
+from tests.support import CLEARING, HOUSE, ledger_config, migrated_database, unique
 
 PLAYERS = 3
 NAMES = [f"p{i}" for i in range(PLAYERS)] + ["house", "clearing"]
@@ -129,7 +128,7 @@ class Model:
 
 
 async def _run_example(node: LedgerNode, dsn: str, plan: list[list[tuple]]) -> None:
-    async with node.read_pool.acquire() as connection:
+    async with node.pool.acquire() as connection:
         players = []
         for _ in range(PLAYERS):
             _, account, _ = await accounts_module.create_account(
@@ -266,14 +265,4 @@ def test_ledger_matches_model_and_keeps_invariants(plan, fresh_dsn_for_propertie
 def fresh_dsn_for_properties(postgres) -> str:
     """One database for every example of this module: examples use fresh players, and the
     invariants are global, so they must hold across examples too."""
-    dsn = postgres.create_database("ledger_properties")
-
-    async def migrate() -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await apply_migrations(connection)
-        finally:
-            await connection.close()
-
-    asyncio.run(migrate())
-    return dsn
+    return migrated_database(postgres, "ledger_properties")

@@ -32,7 +32,8 @@ CREATE TABLE accounts (
 );
 
 CREATE TABLE transfers (
-    seq                 bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    -- History order and cursors; an identity is unique without an index of its own.
+    seq                 bigint GENERATED ALWAYS AS IDENTITY,
     id                  text PRIMARY KEY,
     -- What the caller asked for: a plain transfer or a game operation.
     kind                text NOT NULL CHECK (kind IN ('transfer', 'bet', 'win', 'rollback')),
@@ -44,7 +45,9 @@ CREATE TABLE transfers (
     debit_account_id    text NOT NULL REFERENCES accounts (id),
     credit_account_id   text NOT NULL REFERENCES accounts (id),
     amount              bigint NOT NULL CHECK (amount >= 0),
-    currency            text NOT NULL REFERENCES currencies (code),
+    -- No foreign key here: the engine requires it to equal both accounts' currency, and those
+    -- reference currencies (each check costs a lookup per row on the hot path).
+    currency            text NOT NULL,
     -- For a pending row once resolved: how much of it was posted (0 when voided or expired).
     resolved_amount     bigint CHECK (resolved_amount >= 0 AND resolved_amount <= amount),
     timeout_at          timestamptz,
