@@ -151,8 +151,11 @@ class Batcher:
         while True:
             try:
                 async with self._pool.acquire(timeout=CONNECTION_ACQUIRE_TIMEOUT_S) as connection:
-                    async with connection.transaction():
+                    try:
                         outcomes = await self._run_once(connection, batch)
+                    except BaseException:
+                        await _roll_back(connection)
+                        raise
             except Exception as exc:
                 error = map_database_error(exc)
                 if isinstance(error, RetryableDatabaseError) and (
@@ -184,53 +187,33 @@ class Batcher:
     async def _run_once(
         self, connection: asyncpg.Connection, batch: list[Submission]
     ) -> list[Outcome]:
+        """Decide and commit one batch in four round trips (see ledger_node.store)."""
         operations = [submission.operation for submission in batch]
         state = BatchState(now=datetime.now(UTC), region=self._region, accounts={})
         account_ids, pending_ids, bet_keys = _touched(operations)
+        # Which accounts a hold or a rollback touches never changes, so it is read before the
+        # transaction; only batches with such operations pay for it.
         if pending_ids:
             account_ids.update(await store.pending_accounts(connection, pending_ids))
         rollback_accounts = [op.account_id for op in operations if isinstance(op, Rollback)]
         if rollback_accounts:
             currencies = await store.account_currencies(connection, rollback_accounts)
             account_ids.update(house_account_id(self._region, c) for c in currencies.values())
-        # Keys are read before the locks, to keep the hot rows locked for less time. A key that a
-        # concurrent batch is inserting right now is caught by its unique index at our insert
-        # (the batch is then retried and replays the stored outcome).
+        ordered_ids = sorted(account_ids)
+        await connection.execute(store.lock_message(ordered_ids))
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
-        if keys:
-            state.stored_keys = await store.read_keys(connection, keys)
-        state.accounts = await store.lock_accounts(connection, sorted(account_ids))
+        await store.read_locked(connection, state, ordered_ids, keys, pending_ids, bet_keys)
         # The batch's time is read once its locks are held, so for any one account the times of
         # its transfers follow their commit order (balance-as-of relies on it).
-        state.now = now = datetime.now(UTC)
+        state.now = datetime.now(UTC)
         before = {account_id: a.snapshot() for account_id, a in state.accounts.items()}
-        if pending_ids:
-            # A hold created after the pre-read above has accounts this batch did not lock; to
-            # this batch it does not exist yet (its caller could not have known its id anyway).
-            state.pendings = {
-                pending_id: pending
-                for pending_id, pending in (
-                    await store.read_pendings(connection, pending_ids)
-                ).items()
-                if pending.debit_account_id in state.accounts
-                and pending.credit_account_id in state.accounts
-            }
-        if bet_keys:
-            state.bets = await store.read_bets(connection, bet_keys)
 
         outcomes = [_decide_with_key(state, submission) for submission in batch]
         _check_batch(state, before)
         if state.rows or state.new_keys or any(b.dirty for b in state.bets.values()):
-            counts = await connection.fetchrow(
-                store.WRITE_BATCH, *store.write_arguments(state, now)
-            )
-            ensure(
-                counts["transfers"] == len(state.rows)
-                and counts["accounts"] == len(state.touched)
-                and counts["keys"] == len(state.new_keys),
-                f"batch wrote {dict(counts)}, decided {len(state.rows)} transfers, "
-                f"{len(state.touched)} accounts, {len(state.new_keys)} keys",
-            )
+            # The statement checks its own row counts (regiongate_expect) before the COMMIT.
+            await connection.fetchrow(store.WRITE_BATCH, *store.write_arguments(state))
+        await connection.execute("COMMIT")
         return outcomes
 
 
@@ -324,6 +307,17 @@ def _fail_all(batch: list[Submission], error: LedgerError, cause: BaseException)
             submission.timer.cancel()
         if not submission.future.done():
             submission.future.set_exception(error)
+
+
+async def _roll_back(connection: asyncpg.Connection) -> None:
+    """End a failed batch's transaction; a connection that cannot even do that is closed, and
+    the pool replaces it."""
+    if connection.is_closed() or not connection.is_in_transaction():
+        return
+    try:
+        await connection.execute("ROLLBACK")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        connection.terminate()
 
 
 def _time_out(future: asyncio.Future) -> None:

@@ -19,8 +19,13 @@ AccountId = Annotated[
 ]
 Reference = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 TimeoutSeconds = Annotated[int, Meta(ge=1, le=365 * 24 * 3600)]
+# PostgreSQL text cannot hold NUL, so metadata refuses it here, at the edge, with a 400.
+_NO_NUL = r"^[^\x00]*$"
 Metadata = Annotated[
-    dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=256)]],
+    dict[
+        Annotated[str, Meta(min_length=1, max_length=64, pattern=_NO_NUL)],
+        Annotated[str, Meta(max_length=256, pattern=_NO_NUL)],
+    ],
     Meta(max_length=16),
 ]
 TransferId = Annotated[str, Meta(min_length=1, max_length=TRANSFER_ID_LENGTH_MAX)]

@@ -259,3 +259,21 @@ async def test_health_endpoints_need_no_credentials(ledger_node, session):
         assert response.status == 200
     async with session.get(server.make_url("/health/live")) as response:
         assert response.status == 200
+
+
+async def test_quotes_backslashes_and_unicode_round_trip_exactly(client, ledger_dsn):
+    """Batches travel to PostgreSQL as quoted literals: awkward text must come back unchanged."""
+    player = await new_player(client)
+    tricky = "o'neil \\\\ \"q\" ''; DROP TABLE accounts; -- \u00e9\u4e2d\U0001f3b2 \\u0000"
+    response = await client.post(
+        "/v1/transfers",
+        transfer_body(
+            CLEARING, player, 5, reference="ref'\\x", metadata={"note": tricky, "k'\\": "v"}
+        ),
+        idempotency_key=unique("it's"[:2]) + "-o.k",
+    )
+    assert response.status == 201, response.body
+    stored = (await client.get(f"/v1/transfers/{response.json()['id']}")).json()
+    assert stored["reference"] == "ref'\\x"
+    assert stored["metadata"] == {"note": tricky, "k'\\": "v"}
+    await assert_ledger_invariants(ledger_dsn)

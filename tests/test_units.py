@@ -10,11 +10,12 @@ import asyncpg
 import pytest
 
 from ledger_node.config import ledger_config_from_dict
-from ledger_node.errors import ConfigError
+from ledger_node.errors import ConfigError, InvariantViolation
 from ledger_node.ids import region_of, ulid
 from ledger_node.migrations import apply_migrations, load_migrations
 from ledger_node.results import PROBLEMS, Result
 from ledger_node.service_auth import ServiceKey, ServiceKeyring, sign, verify
+from ledger_node.store import sql_literal
 
 BASE = {
     "region": "eu",
@@ -100,6 +101,24 @@ def test_ids_carry_their_region_and_sort_by_time():
     assert region_of("eu-abc") == "eu"
     assert region_of("EU-abc") is None
     assert region_of("eu") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "literal"),
+    [
+        ("plain", "'plain'"),
+        ("o'neil", "'o''neil'"),
+        ("a\\b", "'a\\b'"),
+        ("''", "'" + "''" * 2 + "'"),
+    ],
+)
+def test_sql_literals_double_quotes_and_keep_backslashes(value, literal):
+    assert sql_literal(value) == literal
+
+
+def test_sql_literal_refuses_nul():
+    with pytest.raises(InvariantViolation):
+        sql_literal("a\x00b")
 
 
 def test_migrations_are_numbered_without_gaps():
