@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
         parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
 
+    # SIGTERM (a CI timeout, a kill) unwinds like Ctrl-C, so the finally below still stops the
+    # ledger node and PostgreSQL and removes the data dir.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="regiongate-bench-"))
     cluster = PostgresCluster(root / "pg", free_port())
     ledger = None
