@@ -74,7 +74,13 @@ class LedgerNode:
                 self.config.batch.writers,
                 # Batch messages carry literals quoted for standard strings: never let a server
                 # default change what a backslash means.
-                {"enable_seqscan": "off", "standard_conforming_strings": "on"},
+                # The batch statements never change shape, so plan them once (a custom plan per
+                # execution cost 0.3-0.5 ms of server CPU per batch).
+                {
+                    "enable_seqscan": "off",
+                    "standard_conforming_strings": "on",
+                    "plan_cache_mode": "force_generic_plan",
+                },
             )
             self.pool = await self._create_pool(self.config.database.pool_size_max)
             async with self.batch_pool.acquire() as connection:
