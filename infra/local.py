@@ -184,9 +184,38 @@ class LocalCluster:
                 )
                 ledger.start()
                 self.ledgers[region] = ledger
+            self._write_directory()
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def directory_file(self) -> Path:
+        return self.root / "config" / "directory.yaml"
+
+    def _write_directory(self) -> None:
+        """The directory records of this cluster, for the region router (YamlDirectory)."""
+        from region_router.directory import LedgerEndpoint, Region, RegionStatus
+        from region_router.yaml_directory import write_directory_file
+
+        currencies = tuple(currency["code"] for currency in DEFAULT_CURRENCIES)
+        write_directory_file(
+            self.directory_file,
+            [
+                Region(
+                    region,
+                    RegionStatus.ACTIVE,
+                    tuple(peer for peer in self.regions if peer != region),
+                    currencies,
+                )
+                for region in self.regions
+            ],
+            [
+                LedgerEndpoint(region, f"{region}-1", ledger.url)
+                for region, ledger in self.ledgers.items()
+            ],
+            {},
+        )
 
     def stop(self) -> None:
         for ledger in self.ledgers.values():
@@ -201,6 +230,7 @@ class LocalCluster:
             "data_dir": str(self.root),
             "redis": self.redis.url if self.redis else None,
             "service_keys_file": str(self.service_keys_file),
+            "directory_file": str(self.directory_file),
             "regions": {
                 region: {
                     "ledger": self.ledgers[region].url,
