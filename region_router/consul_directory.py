@@ -1,0 +1,251 @@
+"""The directory from Consul, through its documented HTTP API (a thin aiohttp client).
+
+Records live under one KV prefix (default ``regiongate/``):
+
+- ``<prefix>regions/<code>``: JSON ``{"status": "active", "peers": [...], "currencies": [...]}``
+- ``<prefix>overrides/<account id>``: the region code, as plain text
+
+Ledger nodes register as the service ``regiongate-ledger`` (service meta ``region``, and
+``scheme`` when not http) in their region's datacenter; a node is healthy when every check on it
+passes.
+
+Watching follows Consul's blocking-query rules (api-docs "Blocking Queries"): send the last
+``X-Consul-Index`` as ``index`` with a bounded ``wait`` (at most 10 minutes; Consul adds up to
+wait/16 of jitter, so the client timeout allows for it); reset the index to 0 when it goes
+backwards; never send an index below 1 once one has been seen; and rate-limit each watch loop,
+since a blocking query may return at once without a change. When Consul cannot be reached the
+last snapshot stays in force and the loop backs off with jitter, up to a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import msgspec
+
+from region_router.directory import (
+    DirectorySnapshot,
+    LedgerEndpoint,
+    Listener,
+    Region,
+    RegionStatus,
+    SnapshotHolder,
+)
+from region_router.errors import DirectoryError
+
+log = logging.getLogger("regiongate.router.consul")
+
+WAIT_S_MAX = 600  # Consul's own limit on a blocking query's wait
+
+
+@dataclass(frozen=True, slots=True)
+class ConsulConfig:
+    address: str = "http://127.0.0.1:8500"
+    """The local agent's HTTP address."""
+    prefix: str = "regiongate/"
+    service: str = "regiongate-ledger"
+    datacenters: tuple[str, ...] = ()
+    """Datacenters whose ledger nodes to watch (one per region); empty: the agent's own."""
+    token: str | None = None
+    """ACL token; from the environment or a file, never from committed config."""
+    wait_s: int = 30
+    """Longest a blocking query waits for a change."""
+    loop_interval_ms_min: int = 100
+    """Rate limit of each watch loop: at most one query per this interval."""
+    backoff_ms_max: int = 10_000
+    """Longest pause after a failed query."""
+    request_timeout_margin_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.address.startswith(("http://", "https://")):
+            raise DirectoryError(f"consul address must be http(s), got {self.address!r}")
+        if not self.prefix.endswith("/"):
+            raise DirectoryError(f"consul prefix must end with '/', got {self.prefix!r}")
+        if not 1 <= self.wait_s <= WAIT_S_MAX:
+            raise DirectoryError(f"wait_s must be in [1, {WAIT_S_MAX}], got {self.wait_s}")
+        if not 10 <= self.loop_interval_ms_min <= 60_000:
+            raise DirectoryError(f"loop_interval_ms_min out of range: {self.loop_interval_ms_min}")
+        if not 100 <= self.backoff_ms_max <= 600_000:
+            raise DirectoryError(f"backoff_ms_max out of range: {self.backoff_ms_max}")
+
+
+def next_index(previous: int, returned: int | None) -> int:
+    """The index to send next, by the rules of Consul's blocking-query docs."""
+    if returned is None:
+        return previous
+    if returned < previous:  # the index went backwards (a snapshot restore, a new leader)
+        return 0
+    return max(returned, 1)
+
+
+def parse_kv(entries: list[dict], prefix: str) -> tuple[list[Region], dict[str, str]]:
+    regions, overrides = [], {}
+    for entry in entries:
+        key = entry["Key"][len(prefix) :]
+        raw = base64.b64decode(entry["Value"]) if entry.get("Value") else b""
+        kind, _, name = key.partition("/")
+        if kind == "regions" and name:
+            try:
+                record = msgspec.json.decode(raw)
+                regions.append(
+                    Region(
+                        code=name,
+                        status=RegionStatus(record.get("status", "active")),
+                        peers=tuple(record.get("peers", ())),
+                        currencies=tuple(record.get("currencies", ())),
+                    )
+                )
+            except (msgspec.DecodeError, ValueError, AttributeError) as exc:
+                raise DirectoryError(f"consul key {entry['Key']}: bad region record") from exc
+        elif kind == "overrides" and name:
+            overrides[name] = raw.decode().strip()
+    return regions, overrides
+
+
+def parse_health(entries: list[dict]) -> list[LedgerEndpoint]:
+    endpoints = []
+    for entry in entries:
+        service = entry["Service"]
+        meta = service.get("Meta") or {}
+        address = service.get("Address") or entry["Node"]["Address"]
+        scheme = meta.get("scheme", "http")
+        healthy = all(check.get("Status") == "passing" for check in entry.get("Checks", []))
+        endpoints.append(
+            LedgerEndpoint(
+                region=meta.get("region", ""),
+                node_id=service["ID"],
+                url=f"{scheme}://{address}:{service['Port']}",
+                healthy=healthy,
+            )
+        )
+    return endpoints
+
+
+class ConsulDirectory:
+    def __init__(self, config: ConsulConfig) -> None:
+        self._config = config
+        self._holder = SnapshotHolder()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._regions: list[Region] = []
+        self._overrides: dict[str, str] = {}
+        self._endpoints: dict[str, list[LedgerEndpoint]] = {}
+        self.last_error: str | None = None
+
+    def snapshot(self) -> DirectorySnapshot:
+        return self._holder.snapshot()
+
+    def subscribe(self, listener: Listener):
+        return self._holder.subscribe(listener)
+
+    async def start(self) -> None:
+        headers = {"X-Consul-Token": self._config.token} if self._config.token else {}
+        self._session = aiohttp.ClientSession(headers=headers)
+        try:
+            kv_index = await self._poll_kv(0, blocking=False)
+            health_indexes = {}
+            for datacenter in self._config.datacenters or (None,):
+                health_indexes[datacenter] = await self._poll_health(datacenter, 0, False)
+            self._publish()
+        except (aiohttp.ClientError, TimeoutError, DirectoryError) as exc:
+            await self._session.close()
+            raise DirectoryError(f"cannot load the directory from Consul: {exc!r}") from exc
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._watch(self._poll_kv, kv_index), name="consul-kv")]
+        for datacenter, index in health_indexes.items():
+            self._tasks.append(
+                loop.create_task(
+                    self._watch(lambda i, b, dc=datacenter: self._poll_health(dc, i, b), index),
+                    name=f"consul-health-{datacenter or 'local'}",
+                )
+            )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._session is not None:
+            await self._session.close()
+
+    async def _get(self, path: str, params: dict, blocking: bool) -> tuple[int, int | None, list]:
+        timeout_s = (
+            self._config.wait_s * 17 / 16 + self._config.request_timeout_margin_s
+            if blocking
+            else self._config.request_timeout_margin_s
+        )
+        async with self._session.get(
+            self._config.address + path,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            index_header = response.headers.get("X-Consul-Index")
+            index = int(index_header) if index_header and index_header.isdigit() else None
+            if response.status == 404:  # no keys under the prefix yet: empty, not an error
+                return 404, index, []
+            if response.status != 200:
+                raise DirectoryError(f"consul answered {response.status} for {path}")
+            return 200, index, await response.json()
+
+    def _blocking_params(self, index: int, blocking: bool) -> dict:
+        return {"index": str(index), "wait": f"{self._config.wait_s}s"} if blocking else {}
+
+    async def _poll_kv(self, index: int, blocking: bool = True) -> int:
+        params = {"recurse": "true", **self._blocking_params(index, blocking)}
+        _, returned, entries = await self._get(f"/v1/kv/{self._config.prefix}", params, blocking)
+        self._regions, self._overrides = parse_kv(entries, self._config.prefix)
+        return next_index(index, returned)
+
+    async def _poll_health(self, datacenter: str | None, index: int, blocking: bool = True) -> int:
+        params = self._blocking_params(index, blocking)
+        if datacenter:
+            params["dc"] = datacenter
+        _, returned, entries = await self._get(
+            f"/v1/health/service/{self._config.service}", params, blocking
+        )
+        self._endpoints[datacenter or ""] = parse_health(entries)
+        return next_index(index, returned)
+
+    def _publish(self) -> None:
+        endpoints = [e for items in self._endpoints.values() for e in items]
+        known = {region.code for region in self._regions}
+        # A node registered for a region the KV does not (yet) describe is left out rather than
+        # failing the whole snapshot.
+        self._holder.publish(
+            self._regions, [e for e in endpoints if e.region in known], self._overrides
+        )
+
+    async def _watch(self, poll, index: int) -> None:
+        interval_s = self._config.loop_interval_ms_min / 1000
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                index = await poll(index, True)
+                self._publish()
+                self.last_error = None
+                failures = 0
+            except (aiohttp.ClientError, TimeoutError, DirectoryError, ValueError) as exc:
+                # Consul unreachable or answering nonsense: keep routing on the last snapshot.
+                failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "consul watch failed (%d in a row), keeping the last snapshot: %s",
+                    failures,
+                    self.last_error,
+                )
+                cap_ms = min(self._config.backoff_ms_max, 100 * 2 ** min(failures, 16))
+                await asyncio.sleep(random.uniform(cap_ms / 2, cap_ms) / 1000)
+                continue
+            elapsed_s = time.monotonic() - started
+            if elapsed_s < interval_s:
+                await asyncio.sleep(interval_s - elapsed_s)
