@@ -24,10 +24,10 @@ HOUSE = f"{REGION}-house-EUR"
 CLEARING = f"{REGION}-clearing-EUR"
 
 
-def ledger_config(dsn: str, **overrides) -> LedgerConfig:
+def ledger_config(dsn: str, region: str = REGION, **overrides) -> LedgerConfig:
     raw = {
-        "region": REGION,
-        "peers": ["us", "ap"],
+        "region": region,
+        "peers": [peer for peer in ("eu", "us", "ap") if peer != region],
         "port": 0,
         "database": {"dsn": dsn},
         "currencies": CURRENCIES,
