@@ -1,0 +1,178 @@
+"""Bearer-token authentication and the scopes that authorise a caller.
+
+Tokens are JWTs signed with asymmetric keys only (RS256, PS256, ES256, EdDSA): a gateway holds
+public keys and can verify but never mint. Keys come from a JWK set, in a file that is re-read
+when it changes, so keys rotate without a restart: publish the new key, sign with it, and
+remove the old key once no live token uses it. A token must name a known ``kid`` when the set
+holds more than one key. ``alg: none`` and HMAC algorithms are refused, which also closes the
+"public key used as an HMAC secret" confusion.
+
+Scopes (the ``scope`` claim, space separated, as RFC 8693):
+- ``wallet``: a player acting on its own accounts (the ``accounts`` claim lists them);
+- ``game:server``: a game server betting, winning and rolling back for the players of its
+  operator (the ``operator`` claim);
+- ``admin``: operators' back office, which may create accounts for others.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from gateway.errors import Forbidden, Unauthenticated
+
+ALLOWED_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+TOKEN_LENGTH_MAX = 8192
+ACCOUNTS_CLAIM_MAX = 1000
+
+
+class Scope(enum.StrEnum):
+    WALLET = "wallet"
+    GAME_SERVER = "game:server"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    client_id: str
+    scopes: frozenset[Scope]
+    accounts: frozenset[str]
+    """For a player: the accounts it owns."""
+    operator: str | None
+    """For a game server: the operator whose players it may act for."""
+
+    def require(self, scope: Scope) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"this needs the {scope.value} scope")
+
+    def may_use_wallet(self, account_id: str) -> bool:
+        return Scope.ADMIN in self.scopes or (
+            Scope.WALLET in self.scopes and account_id in self.accounts
+        )
+
+    def may_play_for(self, account_operator: str | None) -> bool:
+        """A game server acts only for players of its own operator."""
+        return Scope.ADMIN in self.scopes or (
+            Scope.GAME_SERVER in self.scopes
+            and self.operator is not None
+            and account_operator == self.operator
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    jwks_file: str
+    audience: str
+    issuer: str
+    leeway_s: int = 30
+    """Clock skew tolerated on exp, nbf and iat."""
+    reload_check_interval_s: float = 1.0
+
+
+class KeySet:
+    """The JWK set from a file, re-read when its modification time or size changes."""
+
+    def __init__(self, path: str | Path, check_interval_s: float = 1.0) -> None:
+        self._path = Path(path)
+        self._check_interval_s = check_interval_s
+        self._checked_at = 0.0
+        self._stamp: tuple[int, int] | None = None
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._load()
+
+    def _load(self) -> None:
+        stat = self._path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        document = json.loads(self._path.read_text())
+        keys = {}
+        for index, raw in enumerate(document.get("keys", [])):
+            if raw.get("kty") == "oct":
+                continue  # a shared secret never verifies a caller here
+            key = jwt.PyJWK.from_dict(raw)
+            keys[raw.get("kid") or f"#{index}"] = key
+        if not keys:
+            raise ValueError(f"JWK set {self._path} has no asymmetric keys")
+        self._keys = keys
+        self._stamp = stamp
+
+    def get(self, kid: str | None) -> jwt.PyJWK | None:
+        now = time.monotonic()
+        if now - self._checked_at >= self._check_interval_s:
+            self._checked_at = now
+            try:
+                self._load()
+            except (OSError, ValueError, jwt.PyJWKError):
+                pass  # keep the last good set; a half-written file must not lock everyone out
+        if kid is None:
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
+
+class Authenticator:
+    def __init__(self, config: AuthConfig) -> None:
+        self._config = config
+        self._keys = KeySet(config.jwks_file, config.reload_check_interval_s)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller behind an Authorization header, or Unauthenticated saying why."""
+        if not authorization:
+            raise Unauthenticated("missing bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token or len(token) > TOKEN_LENGTH_MAX:
+            raise Unauthenticated("expected 'Authorization: Bearer <token>'")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated("malformed token") from exc
+        if header.get("alg") not in ALLOWED_ALGORITHMS:
+            raise Unauthenticated(f"token algorithm {header.get('alg')!r} is not accepted")
+        key = self._keys.get(header.get("kid"))
+        if key is None:
+            raise Unauthenticated("token signed with an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[header["alg"]],
+                audience=self._config.audience,
+                issuer=self._config.issuer,
+                leeway=self._config.leeway_s,
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthenticated("token is for another audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthenticated("token from an unknown issuer") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid token: {type(exc).__name__}") from exc
+        return _principal(claims)
+
+
+def _principal(claims: dict) -> Principal:
+    scopes = set()
+    for name in str(claims.get("scope", "")).split():
+        try:
+            scopes.add(Scope(name))
+        except ValueError:
+            continue  # scopes of other services are none of ours
+    accounts = claims.get("accounts", [])
+    if not isinstance(accounts, list) or len(accounts) > ACCOUNTS_CLAIM_MAX:
+        raise Unauthenticated(f"accounts claim must be a list of at most {ACCOUNTS_CLAIM_MAX}")
+    operator = claims.get("operator")
+    return Principal(
+        subject=str(claims["sub"]),
+        client_id=str(claims.get("client_id") or claims.get("azp") or claims["sub"]),
+        scopes=frozenset(scopes),
+        accounts=frozenset(str(a) for a in accounts),
+        operator=str(operator) if operator is not None else None,
+    )
