@@ -1,0 +1,73 @@
+"""Rate limits in a real Redis: a client over its limit is refused with a Retry-After while other
+clients are unaffected; an account's limit holds across clients; tokens come back with time;
+concurrent requests never take more than the burst; a Redis outage lets requests through."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.errors import RateLimited
+from gateway.ratelimit import Limit, RateLimiter, limiter_redis
+from tests.support import assert_eventually, unique
+
+
+@pytest.fixture
+async def limiter(redis_server):
+    client = limiter_redis(redis_server.url, timeout_ms=1000)
+    yield RateLimiter(
+        client,
+        per_client=Limit(rate_per_s=5, burst=3),
+        per_account=Limit(rate_per_s=5, burst=4),
+        key_prefix=unique("rl") + ":",
+    )
+    await client.aclose()
+
+
+async def outcomes(limiter, client_id, account_id=None, count=1):
+    results = []
+    for _ in range(count):
+        try:
+            await limiter.check(client_id, account_id)
+            results.append("ok")
+        except RateLimited as exc:
+            results.append(exc.retry_after_s)
+    return results
+
+
+async def test_a_client_over_its_limit_is_refused_and_others_are_not(limiter):
+    assert await outcomes(limiter, "alice", count=3) == ["ok"] * 3
+    refused = await outcomes(limiter, "alice")
+    assert refused[0] >= 1  # Retry-After in whole seconds
+    assert await outcomes(limiter, "bob", count=3) == ["ok"] * 3
+
+
+async def test_an_account_limit_holds_across_clients(limiter):
+    results = []
+    for client in ("c1", "c2", "c3", "c4", "c5"):
+        results += await outcomes(limiter, client, account_id="eu-hot")
+    assert results[:4] == ["ok"] * 4 and results[4] != "ok"
+
+
+async def test_tokens_come_back_with_time(limiter):
+    await outcomes(limiter, "carol", count=3)
+    assert (await outcomes(limiter, "carol"))[0] != "ok"
+
+    async def refilled() -> bool:
+        return (await outcomes(limiter, "carol"))[0] == "ok"
+
+    await assert_eventually(refilled, timeout_s=3)
+
+
+async def test_concurrent_requests_never_exceed_the_burst(limiter):
+    results = await asyncio.gather(*(outcomes(limiter, "dave") for _ in range(40)))
+    assert sum(r == ["ok"] for r in results) == 3
+
+
+async def test_a_redis_outage_lets_requests_through():
+    client = limiter_redis("redis://127.0.0.1:1/0", timeout_ms=100)
+    limiter = RateLimiter(client, per_client=Limit(1, 1), per_account=Limit(1, 1), timeout_ms=100)
+    assert await outcomes(limiter, "erin", count=3) == ["ok"] * 3
+    assert limiter.stats.redis_errors == 3
+    await client.aclose()
