@@ -37,10 +37,21 @@ def _print(value) -> None:
 
 
 def cmd_ledger_serve(args) -> int:
-    from ledger_node.serve import configure_logging, serve
+    from infra.serving import configure_logging
+    from ledger_node.serve import serve
 
     configure_logging()
     serve(_config(args.config))
+    return EXIT_OK
+
+
+def cmd_gateway_serve(args) -> int:
+    from gateway.config import load_gateway_config
+    from gateway.serve import serve
+    from infra.serving import configure_logging
+
+    configure_logging()
+    serve(load_gateway_config(args.config))
     return EXIT_OK
 
 
@@ -179,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--data", help="JSON body")
     call.add_argument("--idempotency-key")
 
+    gateway = commands.add_parser("gateway", help="a region's public gateway").add_subparsers(
+        dest="gateway_command", required=True
+    )
+    gateway_serve = gateway.add_parser("serve", help="run a gateway")
+    gateway_serve.add_argument("--config", required=True, help="gateway YAML config")
+    gateway_serve.set_defaults(handler=cmd_gateway_serve)
+
     local = commands.add_parser("local", help="the local cluster").add_subparsers(
         dest="local_command", required=True
     )
@@ -191,12 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from gateway.errors import GatewayError
     from infra.errors import InfraError
     from ledger_node.errors import LedgerError
+    from region_router.errors import RouterError
 
     try:
         return args.handler(args)
-    except (LedgerError, InfraError) as exc:
+    except (LedgerError, InfraError, GatewayError, RouterError) as exc:
         print(f"regiongate: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -9,9 +9,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from aiohttp.test_utils import TestServer
 
+from infra.services import free_port
+from ledger_node.app import build_app
 from ledger_node.audit import check_invariants
 from ledger_node.config import LedgerConfig, ledger_config_from_dict
+from ledger_node.node import LedgerNode
 from region_router.ledger_client import LedgerClient
 
 REGION = "eu"
@@ -122,3 +126,33 @@ async def ledger_snapshot(dsn: str) -> tuple:
     finally:
         await connection.close()
     return transfers, keys, bets, [tuple(a) for a in accounts]
+
+
+class RegionNode:
+    """A ledger node of one region, startable again on the same port."""
+
+    def __init__(self, region: str, dsn: str, keyring) -> None:
+        self.region = region
+        self.dsn = dsn
+        self.keyring = keyring
+        self.port = free_port()
+        self.node = None
+        self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.node = LedgerNode(ledger_config(self.dsn, region=self.region), self.keyring)
+        await self.node.start()
+        self.server = TestServer(
+            build_app(self.node, manage_node=False), host="127.0.0.1", port=self.port
+        )
+        await self.server.start_server()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+            await self.node.stop()
+            self.server = None

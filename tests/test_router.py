@@ -10,54 +10,21 @@ import time
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from infra.services import free_port
-from ledger_node.app import build_app
-from ledger_node.node import LedgerNode
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.router import RegionRouter, RegionUnavailable, RouterConfig, UnroutableAccount
 from region_router.yaml_directory import YamlDirectory, write_directory_file
-from tests.support import assert_eventually, ledger_config, unique
+from tests.support import RegionNode, assert_eventually, unique
 
 BOUND_S = 5.0
-
-
-class Region2:
-    """A ledger node of one region, startable again on the same port."""
-
-    def __init__(self, region: str, dsn: str, keyring) -> None:
-        self.region = region
-        self.dsn = dsn
-        self.keyring = keyring
-        self.port = free_port()
-        self.node = None
-        self.server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.node = LedgerNode(ledger_config(self.dsn, region=self.region), self.keyring)
-        await self.node.start()
-        self.server = TestServer(
-            build_app(self.node, manage_node=False), host="127.0.0.1", port=self.port
-        )
-        await self.server.start_server()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
-            await self.node.stop()
-            self.server = None
 
 
 @pytest.fixture
 async def world(postgres, keyring, tmp_path):
     regions = {}
     for code in ("eu", "us"):
-        regions[code] = Region2(
+        regions[code] = RegionNode(
             code, postgres.create_database(unique(f"router_{code}").replace("-", "_")[:40]), keyring
         )
         await regions[code].start()

@@ -1,0 +1,355 @@
+"""The public gateway: authenticate the caller, authorise it for the account, rate-limit, and
+forward to the account's home-region ledger through the region router. Ledger answers (money
+results and problem documents alike) are passed through unchanged, including the replay header.
+
+Who may do what:
+- a player (``wallet``) reads its own accounts and moves money out of them;
+- a game server (``game:server``) bets, wins and rolls back for its operator's players, and reads
+  their balances;
+- the back office (``admin``) does all of that for anyone, and creates accounts.
+
+Idempotency keys are namespaced by client before they reach the ledger, so two clients can never
+collide on a key, nor replay each other's answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import re
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from gateway.auth import AuthConfig, Authenticator, Principal, Scope
+from gateway.config import GatewayConfig
+from gateway.errors import Forbidden
+from gateway.openapi import openapi_document
+from gateway.problems import (
+    ACCOUNT_NOT_FOUND,
+    CROSS_REGION_NOT_YET,
+    MALFORMED_JSON,
+    VALIDATION_FAILED,
+    GatewayProblem,
+    problem_middleware,
+)
+from gateway.ratelimit import Limit, RateLimiter, limiter_redis
+from ledger_node.ids import region_of
+from ledger_node.service_auth import ServiceKeyring
+from region_router.directory import Directory
+from region_router.ledger_client import LedgerResponse
+from region_router.router import RegionRouter, RouterConfig
+from region_router.yaml_directory import YamlDirectory
+
+CLIENT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,100}$")
+REPLAYED_HEADER = "Idempotent-Replayed"
+FORWARDED_QUERY = ("as_of", "limit", "cursor", "order")
+_decode = msgspec.json.Decoder(dict)
+
+
+class Gateway:
+    """Everything a request handler needs, built once per process."""
+
+    def __init__(self, config: GatewayConfig, directory: Directory | None = None) -> None:
+        self.config = config
+        self.authenticator = Authenticator(
+            AuthConfig(config.jwks_file, config.audience, config.issuer)
+        )
+        self.directory = directory or YamlDirectory(config.directory_file)
+        self.key = ServiceKeyring.load(config.service_keys_file).signing_key
+        self.session: aiohttp.ClientSession | None = None
+        self.router: RegionRouter | None = None
+        self.limiter: RateLimiter | None = None
+        self._redis = None
+        self._operators: collections.OrderedDict[str, str | None] = collections.OrderedDict()
+
+    async def start(self) -> None:
+        await self.directory.start()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=60)
+        )
+        self.router = RegionRouter(
+            directory=self.directory,
+            key=self.key,
+            session=self.session,
+            config=RouterConfig(
+                local_region=self.config.region,
+                attempt_timeout_ms=self.config.attempt_timeout_ms,
+                call_timeout_ms=self.config.call_timeout_ms,
+                retries_max=self.config.retries_max,
+            ),
+        )
+        limits = self.config.rate_limit
+        self._redis = limiter_redis(self.config.redis_url, limits.timeout_ms)
+        self.limiter = RateLimiter(
+            self._redis,
+            per_client=Limit(limits.per_client_rate_per_s, limits.per_client_burst),
+            per_account=Limit(limits.per_account_rate_per_s, limits.per_account_burst),
+            timeout_ms=limits.timeout_ms,
+            key_prefix=limits.key_prefix,
+        )
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        await self.directory.stop()
+
+    async def operator_of(self, account_id: str) -> str | None:
+        """The operator an account belongs to (its metadata), cached: it never changes."""
+        if account_id in self._operators:
+            self._operators.move_to_end(account_id)
+            return self._operators[account_id]
+        response = await self.router.call(account_id, "GET", f"/v1/accounts/{account_id}")
+        if response.status == 404:
+            raise GatewayProblem(ACCOUNT_NOT_FOUND)
+        if response.status != 200:
+            return None
+        operator = (response.json().get("metadata") or {}).get("operator")
+        self._operators[account_id] = operator
+        if len(self._operators) > self.config.operator_cache_size_max:
+            self._operators.popitem(last=False)
+        return operator
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def _principal(request: web.Request) -> Principal:
+    return request.app[GATEWAY].authenticator.authenticate(request.headers.get("Authorization"))
+
+
+def _ledger_key(request: web.Request, principal: Principal) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise GatewayProblem(
+            VALIDATION_FAILED, "Idempotency-Key header is required", field="Idempotency-Key"
+        )
+    if not CLIENT_KEY_PATTERN.match(key):
+        raise GatewayProblem(
+            VALIDATION_FAILED,
+            "1 to 100 characters of A-Z a-z 0-9 . _ : ~ -",
+            field="Idempotency-Key",
+        )
+    client_tag = hashlib.sha256(principal.client_id.encode()).hexdigest()[:16]
+    return f"{client_tag}.{key}"
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        return _decode.decode(await request.read())
+    except msgspec.ValidationError as exc:
+        raise GatewayProblem(VALIDATION_FAILED, "body must be a JSON object") from exc
+    except msgspec.DecodeError as exc:
+        raise GatewayProblem(MALFORMED_JSON, str(exc)) from exc
+
+
+def _account_field(body: dict, name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or region_of(value) is None:
+        raise GatewayProblem(VALIDATION_FAILED, f"{name} must be an account id", field=name)
+    return value
+
+
+def _pass_through(response: LedgerResponse) -> web.Response:
+    headers = {REPLAYED_HEADER: "true"} if response.replayed else None
+    content_type = response.headers.get("Content-Type", "application/json").split(";")[0]
+    return web.Response(
+        status=response.status, body=response.body, content_type=content_type, headers=headers
+    )
+
+
+def _traceparent(request: web.Request) -> str | None:
+    return request.headers.get("traceparent")
+
+
+async def _authorize_read(request: web.Request, principal: Principal, account_id: str) -> None:
+    if principal.may_use_wallet(account_id):
+        return
+    if Scope.GAME_SERVER in principal.scopes and principal.may_play_for(
+        await request.app[GATEWAY].operator_of(account_id)
+    ):
+        return
+    raise Forbidden("this account is not yours")
+
+
+async def read_account(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    principal = _principal(request)
+    account_id = request.match_info["account_id"]
+    if region_of(account_id) is None:
+        raise GatewayProblem(ACCOUNT_NOT_FOUND)
+    await gateway.limiter.check(principal.client_id, account_id)
+    await _authorize_read(request, principal, account_id)
+    suffix = request.match_info.get("suffix") or ""
+    query = {k: v for k, v in request.query.items() if k in FORWARDED_QUERY}
+    path = f"/v1/accounts/{account_id}{suffix}"
+    if query:
+        path += "?" + "&".join(f"{k}={aiohttp.helpers.quote(v, safe='')}" for k, v in query.items())
+    response = await gateway.router.call(account_id, "GET", path, traceparent=_traceparent(request))
+    return _pass_through(response)
+
+
+async def create_account(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    principal = _principal(request)
+    principal.require(Scope.ADMIN)
+    await gateway.limiter.check(principal.client_id)
+    key = _ledger_key(request, principal)
+    body = await _json_body(request)
+    region = body.pop("region", gateway.config.region)
+    operator = body.pop("operator", None)
+    if operator is not None:
+        body["metadata"] = {**(body.get("metadata") or {}), "operator": str(operator)}
+    if not isinstance(region, str) or region not in gateway.directory.snapshot().regions:
+        raise GatewayProblem(VALIDATION_FAILED, "unknown region", field="region")
+    response = await gateway.router.call_in_region(
+        region,
+        "POST",
+        "/v1/accounts",
+        body,
+        idempotency_key=key,
+        traceparent=_traceparent(request),
+    )
+    return _pass_through(response)
+
+
+async def create_transfer(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    principal = _principal(request)
+    body = await _json_body(request)
+    debit = _account_field(body, "debit_account_id")
+    credit = _account_field(body, "credit_account_id")
+    await gateway.limiter.check(principal.client_id, debit)
+    if not principal.may_use_wallet(debit):
+        raise Forbidden("money can only leave your own accounts")
+    key = _ledger_key(request, principal)
+    snapshot = gateway.directory.snapshot()
+    if snapshot.home_region(debit) != snapshot.home_region(credit):
+        raise GatewayProblem(CROSS_REGION_NOT_YET)
+    response = await gateway.router.call(
+        debit,
+        "POST",
+        "/v1/transfers",
+        body,
+        idempotency_key=key,
+        traceparent=_traceparent(request),
+    )
+    return _pass_through(response)
+
+
+async def _transfer_for(request: web.Request, principal: Principal) -> dict:
+    """A transfer the caller may see; 404 for one it may not (its existence is not leaked)."""
+    gateway = request.app[GATEWAY]
+    transfer_id = request.match_info["transfer_id"]
+    if region_of(transfer_id) is None:
+        raise GatewayProblem(ACCOUNT_NOT_FOUND, field="transfer_id")
+    response = await gateway.router.call(
+        transfer_id, "GET", f"/v1/transfers/{transfer_id}", traceparent=_traceparent(request)
+    )
+    if response.status != 200:
+        raise GatewayProblem(ACCOUNT_NOT_FOUND, "transfer not found", field="transfer_id")
+    transfer = response.json()
+    if not (
+        principal.may_use_wallet(transfer["debit_account_id"])
+        or principal.may_use_wallet(transfer["credit_account_id"])
+    ):
+        raise GatewayProblem(ACCOUNT_NOT_FOUND, "transfer not found", field="transfer_id")
+    return transfer
+
+
+async def read_transfer(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    await request.app[GATEWAY].limiter.check(principal.client_id)
+    return web.json_response(await _transfer_for(request, principal))
+
+
+async def resolve_transfer(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    principal = _principal(request)
+    await gateway.limiter.check(principal.client_id)
+    key = _ledger_key(request, principal)
+    transfer = await _transfer_for(request, principal)
+    if not principal.may_use_wallet(transfer["debit_account_id"]):
+        raise Forbidden("only the debit account's owner may post or void a hold")
+    raw = await request.read()
+    response = await gateway.router.call(
+        transfer["id"],
+        "POST",
+        f"/v1/transfers/{transfer['id']}/{request.match_info['action']}",
+        _decode.decode(raw) if raw.strip() else None,
+        idempotency_key=key,
+        traceparent=_traceparent(request),
+    )
+    return _pass_through(response)
+
+
+async def game_operation(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    principal = _principal(request)
+    if not {Scope.GAME_SERVER, Scope.ADMIN} & principal.scopes:
+        raise Forbidden("bets, wins and rollbacks need the game:server scope")
+    body = await _json_body(request)
+    account_id = _account_field(body, "account_id")
+    await gateway.limiter.check(principal.client_id, account_id)
+    key = _ledger_key(request, principal)
+    if not principal.may_play_for(await gateway.operator_of(account_id)):
+        raise Forbidden("this player belongs to another operator")
+    response = await gateway.router.call(
+        account_id,
+        "POST",
+        request.path,
+        body,
+        idempotency_key=key,
+        traceparent=_traceparent(request),
+    )
+    return _pass_through(response)
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "live"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    snapshot = request.app[GATEWAY].directory.snapshot()
+    ok = snapshot.version > 0 and request.app[GATEWAY].config.region in snapshot.regions
+    return web.json_response({"status": "ready" if ok else "not_ready"}, status=200 if ok else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+ROUTES = [
+    ("GET", "/health/live", live),
+    ("GET", "/health/ready", ready),
+    ("GET", "/v1/openapi.json", openapi),
+    ("POST", "/v1/accounts", create_account),
+    ("GET", "/v1/accounts/{account_id}", read_account),
+    ("GET", "/v1/accounts/{account_id}{suffix:/balance|/transfers}", read_account),
+    ("POST", "/v1/transfers", create_transfer),
+    ("GET", "/v1/transfers/{transfer_id}", read_transfer),
+    ("POST", "/v1/transfers/{transfer_id}/{action:post|void}", resolve_transfer),
+    ("POST", "/v1/bets", game_operation),
+    ("POST", "/v1/wins", game_operation),
+    ("POST", "/v1/rollbacks", game_operation),
+]
+
+
+def build_gateway_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        middlewares=[problem_middleware], client_max_size=gateway.config.body_size_max_bytes
+    )
+    app[GATEWAY] = gateway
+
+    async def lifecycle(app: web.Application):
+        await gateway.start()
+        yield
+        await gateway.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

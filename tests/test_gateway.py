@@ -1,0 +1,326 @@
+"""The gateway end to end: two regions (eu, us), each with a real ledger node on its own database
+and its own gateway, a YAML directory, a real Redis, and tokens from the development keys.
+
+Proved: an account of either region is answered the same through either region's gateway; the
+auth cases of the issue get 401 or 403 (no token, expired, wrong audience, alg none, a player on
+another's account, a game server outside its operator's players); a client over its rate limit
+gets 429 with Retry-After while another is unaffected; a stopped region gets 503 with
+Retry-After within a bound while the other region is unaffected, and is served again without a
+gateway restart; keys are namespaced per client; the OpenAPI document lists exactly the routes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.app import ROUTES, Gateway, build_gateway_app
+from gateway.config import GatewayConfig, RateLimitConfig
+from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
+from region_router.directory import LedgerEndpoint, Region, RegionStatus
+from region_router.yaml_directory import write_directory_file
+from tests.conftest import SERVICE_KEYS_TEXT
+from tests.support import RegionNode, assert_eventually, unique
+
+P = "urn:regiongate:problem:"
+BOUND_S = 5.0
+LIMIT_BURST = 120  # per client; more than any other test here sends as one client
+
+
+class Cluster:
+    def __init__(self, regions, gateways, session, keys) -> None:
+        self.regions = regions
+        self.gateways = gateways
+        self.session = session
+        self.keys = keys
+        self.admin = keys.mint("backoffice", "admin")
+
+    async def call(
+        self, region, method, path, *, token=None, body=None, key=None, headers=None
+    ) -> tuple[int, dict, dict]:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if key is not None:
+            all_headers["Idempotency-Key"] = key
+        url = self.gateways[region].make_url(path)
+        async with self.session.request(method, url, json=body, headers=all_headers) as response:
+            payload = await response.json(content_type=None)
+            return response.status, dict(response.headers), payload
+
+    async def account(self, region: str, operator: str = "op-1", fund: int = 0) -> str:
+        status, _, account = await self.call(
+            region,
+            "POST",
+            "/v1/accounts",
+            token=self.admin,
+            key=unique(),
+            body={"currency": "EUR", "region": region, "operator": operator},
+        )
+        assert status == 201, account
+        if fund:
+            status, _, _ = await self.call(
+                region,
+                "POST",
+                "/v1/transfers",
+                token=self.admin,
+                key=unique(),
+                body={
+                    "debit_account_id": f"{region}-clearing-EUR",
+                    "credit_account_id": account["id"],
+                    "amount": fund,
+                    "currency": "EUR",
+                },
+            )
+            assert status == 201
+        return account["id"]
+
+
+@pytest.fixture
+async def cluster(postgres, keyring, redis_server, tmp_path):
+    regions = {}
+    for code in ("eu", "us"):
+        dsn = postgres.create_database(unique(f"gw_{code}").replace("-", "_")[:40])
+        regions[code] = RegionNode(code, dsn, keyring)
+        await regions[code].start()
+    directory_file = tmp_path / "directory.yaml"
+    write_directory_file(
+        directory_file,
+        [Region("eu", RegionStatus.ACTIVE, ("us",)), Region("us", RegionStatus.ACTIVE, ("eu",))],
+        [LedgerEndpoint(code, f"{code}-1", node.url) for code, node in regions.items()],
+        {},
+    )
+    keys = ensure_dev_keys(tmp_path / "keys")
+    service_keys = tmp_path / "service_keys"
+    service_keys.write_text(SERVICE_KEYS_TEXT)
+    gateways = {}
+    limiter_prefix = unique("rl") + ":"
+    for code in ("eu", "us"):
+        config = GatewayConfig(
+            region=code,
+            directory_file=str(directory_file),
+            jwks_file=str(keys.jwks_file),
+            audience=DEV_AUDIENCE,
+            issuer=DEV_ISSUER,
+            service_keys_file=str(service_keys),
+            redis_url=redis_server.url,
+            attempt_timeout_ms=1000,
+            call_timeout_ms=2000,
+            rate_limit=RateLimitConfig(
+                per_client_rate_per_s=1,
+                per_client_burst=LIMIT_BURST,
+                per_account_rate_per_s=1000,
+                per_account_burst=1000,
+                key_prefix=limiter_prefix,
+            ),
+        )
+        gateways[code] = TestServer(build_gateway_app(Gateway(config)), host="127.0.0.1")
+        await gateways[code].start_server()
+    async with aiohttp.ClientSession() as session:
+        yield Cluster(regions, gateways, session, keys)
+    for server in gateways.values():
+        await server.close()
+    for node in regions.values():
+        await node.stop()
+
+
+async def test_every_gateway_serves_every_account(cluster):
+    eu_account = await cluster.account("eu", fund=500)
+    us_account = await cluster.account("us", fund=700)
+    for gateway in ("eu", "us"):
+        for account, expected in ((eu_account, 500), (us_account, 700)):
+            status, _, balance = await cluster.call(
+                gateway, "GET", f"/v1/accounts/{account}/balance", token=cluster.admin
+            )
+            assert status == 200 and balance["posted"] == expected
+
+
+async def test_players_and_game_servers_are_held_to_their_scopes(cluster):
+    alice = await cluster.account("eu", fund=100)
+    bob = await cluster.account("eu", fund=100)
+    other_operators_player = await cluster.account("us", operator="op-2", fund=100)
+    player = cluster.keys.mint("alice", "wallet", accounts=[alice])
+    game = cluster.keys.mint("gs-1", "game:server", operator="op-1")
+    expired = cluster.keys.mint("alice", "wallet", accounts=[alice], lifetime_s=-120)
+    wrong_audience = cluster.keys.mint("alice", "wallet", accounts=[alice], aud="elsewhere")
+    alg_none = jwt.encode(
+        {
+            "sub": "alice",
+            "aud": DEV_AUDIENCE,
+            "iss": DEV_ISSUER,
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 60,
+            "scope": "admin",
+        },
+        None,
+        algorithm="none",
+    )
+    bet = {"account_id": bob, "amount": 5, "currency": "EUR", "reference": unique("r")}
+    cases = [
+        ("no token", None, "GET", f"/v1/accounts/{alice}/balance", None, 401),
+        ("expired", expired, "GET", f"/v1/accounts/{alice}/balance", None, 401),
+        ("wrong audience", wrong_audience, "GET", f"/v1/accounts/{alice}/balance", None, 401),
+        ("alg none", alg_none, "GET", f"/v1/accounts/{alice}/balance", None, 401),
+        ("own account", player, "GET", f"/v1/accounts/{alice}/balance", None, 200),
+        ("another player's account", player, "GET", f"/v1/accounts/{bob}/balance", None, 403),
+        (
+            "money out of another's account",
+            player,
+            "POST",
+            "/v1/transfers",
+            {"debit_account_id": bob, "credit_account_id": alice, "amount": 1, "currency": "EUR"},
+            403,
+        ),
+        ("a player placing bets", player, "POST", "/v1/bets", bet, 403),
+        ("a game server for its player", game, "POST", "/v1/bets", bet, 201),
+        (
+            "a game server outside its operator",
+            game,
+            "POST",
+            "/v1/bets",
+            dict(bet, account_id=other_operators_player),
+            403,
+        ),
+        ("a player creating accounts", player, "POST", "/v1/accounts", {"currency": "EUR"}, 403),
+    ]
+    for name, token, method, path, body, expected in cases:
+        status, headers, payload = await cluster.call(
+            "eu", method, path, token=token, body=body, key=unique()
+        )
+        assert status == expected, (name, payload)
+        if status == 401:
+            assert payload["type"] == P + "unauthenticated"
+            assert headers["WWW-Authenticate"].startswith("Bearer")
+        if status == 403:
+            assert payload["type"] == P + "forbidden"
+
+
+async def test_a_client_over_its_limit_gets_429_and_others_do_not(cluster):
+    alice = await cluster.account("eu")
+    greedy = cluster.keys.mint("greedy", "wallet", accounts=[alice])
+    statuses = []
+    for _ in range(LIMIT_BURST + 5):
+        status, headers, _ = await cluster.call("eu", "GET", f"/v1/accounts/{alice}", token=greedy)
+        statuses.append(status)
+        if status == 429:
+            assert int(headers["Retry-After"]) >= 1
+            break
+    assert statuses[-1] == 429 and statuses[:-1] == [200] * (len(statuses) - 1)
+    polite = cluster.keys.mint("polite", "wallet", accounts=[alice])
+    assert (await cluster.call("eu", "GET", f"/v1/accounts/{alice}", token=polite))[0] == 200
+
+
+async def test_a_stopped_region_gets_503_and_comes_back(cluster):
+    eu_account = await cluster.account("eu")
+    us_account = await cluster.account("us")
+    await cluster.regions["us"].stop()
+    started = time.monotonic()
+    status, headers, payload = await cluster.call(
+        "eu", "GET", f"/v1/accounts/{us_account}", token=cluster.admin
+    )
+    assert status == 503 and payload["type"] == P + "region-unavailable"
+    assert int(headers["Retry-After"]) >= 1
+    assert time.monotonic() - started < BOUND_S
+    assert (await cluster.call("eu", "GET", f"/v1/accounts/{eu_account}", token=cluster.admin))[
+        0
+    ] == 200
+    await cluster.regions["us"].start()
+
+    async def served_again() -> bool:
+        return (await cluster.call("eu", "GET", f"/v1/accounts/{us_account}", token=cluster.admin))[
+            0
+        ] == 200
+
+    await assert_eventually(served_again, timeout_s=10)
+
+
+async def test_idempotency_keys_are_per_client(cluster):
+    alice = await cluster.account("eu", fund=100)
+    bob = await cluster.account("eu", fund=100)
+    transfer = {"credit_account_id": "eu-house-EUR", "amount": 10, "currency": "EUR"}
+    key = unique("shared")
+    as_alice = cluster.keys.mint("alice", "wallet", accounts=[alice])
+    as_bob = cluster.keys.mint("bob", "wallet", accounts=[bob])
+    first = await cluster.call(
+        "eu",
+        "POST",
+        "/v1/transfers",
+        token=as_alice,
+        key=key,
+        body=dict(transfer, debit_account_id=alice),
+    )
+    again = await cluster.call(
+        "eu",
+        "POST",
+        "/v1/transfers",
+        token=as_alice,
+        key=key,
+        body=dict(transfer, debit_account_id=alice),
+    )
+    other = await cluster.call(
+        "eu",
+        "POST",
+        "/v1/transfers",
+        token=as_bob,
+        key=key,
+        body=dict(transfer, debit_account_id=bob),
+    )
+    assert first[0] == again[0] == other[0] == 201
+    assert again[1].get("Idempotent-Replayed") == "true" and again[2]["id"] == first[2]["id"]
+    assert other[2]["id"] != first[2]["id"]
+
+
+async def test_ledger_problems_pass_through_and_cross_region_waits_for_sagas(cluster):
+    alice = await cluster.account("eu", fund=10)
+    us_player = await cluster.account("us")
+    token = cluster.keys.mint("alice", "wallet", accounts=[alice])
+    status, _, problem = await cluster.call(
+        "us",
+        "POST",
+        "/v1/transfers",
+        token=token,
+        key=unique(),
+        body={
+            "debit_account_id": alice,
+            "credit_account_id": "eu-house-EUR",
+            "amount": 11,
+            "currency": "EUR",
+        },
+    )
+    assert status == 422 and problem["type"] == P + "insufficient-funds"
+    status, _, problem = await cluster.call(
+        "eu",
+        "POST",
+        "/v1/transfers",
+        token=token,
+        key=unique(),
+        body={
+            "debit_account_id": alice,
+            "credit_account_id": us_player,
+            "amount": 1,
+            "currency": "EUR",
+        },
+    )
+    assert status == 422 and problem["type"] == P + "cross-region-not-supported"
+
+
+async def test_openapi_lists_exactly_the_routes(cluster):
+    status, _, document = await cluster.call("eu", "GET", "/v1/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.1")
+    documented = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    served = set()
+    for method, path, _ in ROUTES:
+        if "{suffix:" in path:
+            base = path.split("{suffix:")[0]
+            served |= {(method, base + "/balance"), (method, base + "/transfers")}
+        else:
+            served.add((method, path.replace("{action:post|void}", "post")))
+            if "{action:" in path:
+                served.add((method, path.replace("{action:post|void}", "void")))
+    assert documented == served
