@@ -158,6 +158,13 @@ def cmd_local_up(args) -> int:
     return EXIT_OK
 
 
+def cmd_local_demo(args) -> int:
+    from infra.demo import Demo
+
+    asyncio.run(Demo(Path(args.data_dir).resolve()).run())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regiongate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -202,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up = local.add_parser("up", help="start the local cluster and wait for Ctrl-C")
     up.add_argument("--data-dir", default=".local", help="where data is kept between runs")
-    up.add_argument("--regions", default="eu", help="comma-separated region codes")
+    up.add_argument("--regions", default="eu,us,ap", help="comma-separated region codes")
     up.set_defaults(handler=cmd_local_up)
+    demo = local.add_parser("demo", help="a scripted scenario through the running cluster")
+    demo.add_argument("--data-dir", default=".local")
+    demo.set_defaults(handler=cmd_local_demo)
     return parser
 
 

@@ -1,8 +1,10 @@
-"""The local cluster on one machine: per region an embedded PostgreSQL cluster and a ledger node
-process, plus one Redis. It keeps its data under one directory between runs, generates the
-development service key once (mode 0600, never committed), and stops cleanly on Ctrl-C.
+"""The local cluster on one machine, the project's main job: per region an embedded PostgreSQL
+cluster, a ledger node and an HTTPS gateway; one Redis; the YAML directory that routes between
+them. Data stays under one directory between runs. Development secrets are made once there,
+each mode 0600 and never committed: the service key, the TLS CA and server certificate, and the
+key that signs development tokens. Ctrl-C stops everything.
 
-The test suite uses the same pieces (``LedgerProcess`` for crash tests) so what is proved is
+The test suite uses the same pieces (``LedgerProcess`` in the crash tests) so what is proved is
 what a developer runs.
 """
 
@@ -12,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -31,10 +34,12 @@ DEFAULT_CURRENCIES = (
     {"code": "GBP", "exponent": 2},
     {"code": "GCOIN", "exponent": 0},
 )
-LEDGER_READY_TIMEOUT_S = 30.0
-LEDGER_STOP_TIMEOUT_S = 15.0
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
 DEFAULT_LEDGER_PORTS = {"eu": 8101, "us": 8102, "ap": 8103}
+DEFAULT_GATEWAY_PORTS = {"eu": 8441, "us": 8442, "ap": 8443}
 KEY_ID = "local-1"
+STATE_FILE = "cluster.json"
 
 
 def ensure_service_keys(path: Path) -> str:
@@ -74,12 +79,12 @@ def write_ledger_config(
     return path
 
 
-def http_ready(url: str, timeout_s: float) -> bool:
+def http_ready(url: str, timeout_s: float, context: ssl.SSLContext | None = None) -> bool:
     """Poll a readiness URL until it answers 200, bounded by timeout_s."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1.0, context=context) as response:  # noqa: S310
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -89,22 +94,50 @@ def http_ready(url: str, timeout_s: float) -> bool:
 
 
 @dataclass
-class LedgerProcess:
-    """A ledger node in its own process (``regiongate ledger serve``)."""
+class ServiceProcess:
+    """A regiongate service in its own process, started and waited for until it is ready."""
 
-    config_path: Path
-    port: int
+    argv: list[str]
+    ready_url: str
     log_path: Path
+    ssl_context: ssl.SSLContext | None = None
     process: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = LEDGER_READY_TIMEOUT_S) -> None:
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=log, start_new_session=True
+            )
+        if not http_ready(self.ready_url, timeout_s, self.ssl_context):
+            self.kill()
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise ServiceStartError(f"{' '.join(self.argv[3:5])} did not get ready:\n{tail}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.alive():
+            self.process.send_signal(signum)
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+class LedgerProcess(ServiceProcess):
+    """A ledger node in its own process (``regiongate ledger serve``)."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        super().__init__(
             [
                 sys.executable,
                 "-m",
@@ -112,86 +145,125 @@ class LedgerProcess:
                 "ledger",
                 "serve",
                 "--config",
-                str(self.config_path),
+                str(config_path),
             ],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
+            f"http://127.0.0.1:{port}/health/ready",
+            log_path,
         )
-        log.close()
-        if not http_ready(self.url + "/health/ready", timeout_s):
-            self.kill()
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise ServiceStartError(f"ledger node on port {self.port} did not get ready:\n{tail}")
+        self.config_path = config_path
+        self.port = port
 
-    def kill(self, signum: int = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signum)
-            self.process.wait(timeout=LEDGER_STOP_TIMEOUT_S)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=LEDGER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=LEDGER_STOP_TIMEOUT_S)
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 @dataclass
 class LocalCluster:
-    """The main job: regions with their PostgreSQL and ledger node, and Redis."""
+    """The main job: regions with their PostgreSQL, ledger node and gateway; Redis."""
 
     root: Path
     regions: list[str]
-    ledger_ports: dict[str, int] = field(default_factory=dict)
     postgres: dict[str, PostgresCluster] = field(default_factory=dict)
     ledgers: dict[str, LedgerProcess] = field(default_factory=dict)
+    gateways: dict[str, ServiceProcess] = field(default_factory=dict)
+    gateway_urls: dict[str, str] = field(default_factory=dict)
     redis: RedisServer | None = None
 
     @property
-    def service_keys_file(self) -> Path:
-        return self.root / "secrets" / "service_keys"
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
 
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        ensure_service_keys(self.service_keys_file)
-        try:
-            self.redis = RedisServer(self.root / "redis", free_port())
-            self.redis.start()
-            for region in self.regions:
-                cluster = PostgresCluster(self.root / "postgres" / region, free_port())
-                cluster.start()
-                self.postgres[region] = cluster
-                dsn = cluster.create_database(f"ledger_{region}")
-                port = (
-                    self.ledger_ports.get(region)
-                    or DEFAULT_LEDGER_PORTS.get(region)
-                    or (free_port())
-                )
-                config_path = write_ledger_config(
-                    self.root / "config" / f"ledger-{region}.yaml",
-                    region=region,
-                    dsn=dsn,
-                    port=port,
-                    service_keys_file=self.service_keys_file,
-                    peers=[peer for peer in self.regions if peer != region],
-                )
-                ledger = LedgerProcess(
-                    config_path, port, self.root / "logs" / f"ledger-{region}.log"
-                )
-                ledger.start()
-                self.ledgers[region] = ledger
-            self._write_directory()
-        except BaseException:
-            self.stop()
-            raise
+    @property
+    def service_keys_file(self) -> Path:
+        return self.secrets_dir / "service_keys"
 
     @property
     def directory_file(self) -> Path:
         return self.root / "config" / "directory.yaml"
+
+    def start(self) -> None:
+        from gateway.devkeys import ensure_dev_keys
+        from infra.tls import client_context, ensure_dev_certificates
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        ensure_service_keys(self.service_keys_file)
+        tls = ensure_dev_certificates(self.secrets_dir / "tls")
+        dev_keys = ensure_dev_keys(self.secrets_dir)
+        try:
+            self.redis = RedisServer(self.root / "redis", free_port())
+            self.redis.start()
+            for region in self.regions:
+                self._start_ledger(region)
+            self._write_directory()
+            for region in self.regions:
+                self._start_gateway(region, tls, dev_keys, client_context(tls.ca_cert))
+            self._write_state(tls.ca_cert, dev_keys)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_ledger(self, region: str) -> None:
+        cluster = PostgresCluster(self.root / "postgres" / region, free_port())
+        cluster.start()
+        self.postgres[region] = cluster
+        dsn = cluster.create_database(f"ledger_{region}")
+        port = DEFAULT_LEDGER_PORTS.get(region) or free_port()
+        config_path = write_ledger_config(
+            self.root / "config" / f"ledger-{region}.yaml",
+            region=region,
+            dsn=dsn,
+            port=port,
+            service_keys_file=self.service_keys_file,
+            peers=[peer for peer in self.regions if peer != region],
+        )
+        ledger = LedgerProcess(config_path, port, self.root / "logs" / f"ledger-{region}.log")
+        ledger.start()
+        self.ledgers[region] = ledger
+
+    def _start_gateway(self, region: str, tls, dev_keys, context: ssl.SSLContext) -> None:
+        from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER
+
+        port = DEFAULT_GATEWAY_PORTS.get(region) or free_port()
+        config_path = self.root / "config" / f"gateway-{region}.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "gateway": {
+                        "region": region,
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "directory_file": str(self.directory_file),
+                        "jwks_file": str(dev_keys.jwks_file),
+                        "audience": DEV_AUDIENCE,
+                        "issuer": DEV_ISSUER,
+                        "service_keys_file": str(self.service_keys_file),
+                        "redis_url": self.redis.url,
+                        "tls_cert_file": str(tls.cert),
+                        "tls_key_file": str(tls.key),
+                    }
+                },
+                sort_keys=False,
+            )
+        )
+        url = f"https://127.0.0.1:{port}"
+        gateway = ServiceProcess(
+            [
+                sys.executable,
+                "-m",
+                "regiongate_cli",
+                "gateway",
+                "serve",
+                "--config",
+                str(config_path),
+            ],
+            url + "/health/ready",
+            self.root / "logs" / f"gateway-{region}.log",
+            context,
+        )
+        gateway.start()
+        self.gateways[region] = gateway
+        self.gateway_urls[region] = url
 
     def _write_directory(self) -> None:
         """The directory records of this cluster, for the region router (YamlDirectory)."""
@@ -217,9 +289,19 @@ class LocalCluster:
             {},
         )
 
+    def _write_state(self, ca_cert: Path, dev_keys) -> None:
+        state = {
+            "gateways": self.gateway_urls,
+            "ledger_configs": {r: str(ledger.config_path) for r, ledger in self.ledgers.items()},
+            "ca_cert": str(ca_cert),
+            "dev_private_key": str(dev_keys.private_key_file),
+            "dev_jwks": str(dev_keys.jwks_file),
+        }
+        (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
+
     def stop(self) -> None:
-        for ledger in self.ledgers.values():
-            ledger.stop()
+        for service in [*self.gateways.values(), *self.ledgers.values()]:
+            service.stop()
         for cluster in self.postgres.values():
             cluster.stop()
         if self.redis is not None:
@@ -228,15 +310,16 @@ class LocalCluster:
     def describe(self) -> dict:
         return {
             "data_dir": str(self.root),
+            "gateways": self.gateway_urls,
+            "tls_ca": str(self.secrets_dir / "tls" / "dev-ca.pem"),
             "redis": self.redis.url if self.redis else None,
-            "service_keys_file": str(self.service_keys_file),
             "directory_file": str(self.directory_file),
             "regions": {
                 region: {
+                    "gateway": self.gateway_urls.get(region),
                     "ledger": self.ledgers[region].url,
-                    "config": str(self.ledgers[region].config_path),
                     "postgres": self.postgres[region].dsn(f"ledger_{region}"),
-                    "log": str(self.ledgers[region].log_path),
+                    "logs": str(self.root / "logs"),
                 }
                 for region in self.ledgers
             },
@@ -244,7 +327,10 @@ class LocalCluster:
 
 
 def run_forever(cluster: LocalCluster) -> None:
-    """Start the cluster, print where everything is, and wait for Ctrl-C or SIGTERM."""
+    """Start the cluster, print where everything is and a development token, and wait for
+    Ctrl-C or SIGTERM, restarting a service process that dies."""
+    from gateway.devkeys import ensure_dev_keys
+
     stop = False
 
     def on_signal(_signum, _frame):
@@ -255,20 +341,22 @@ def run_forever(cluster: LocalCluster) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     cluster.start()
     try:
+        token = ensure_dev_keys(cluster.secrets_dir).mint("dev-admin", "admin", lifetime_s=86400)
+        first = cluster.regions[0]
         print(json.dumps(cluster.describe(), indent=2), flush=True)
-        region = cluster.regions[0]
         print(
-            "\nready. try:\n"
-            f"  regiongate ledger call --config {cluster.ledgers[region].config_path} "
-            f"GET /v1/accounts/{region}-house-EUR/balance\n"
+            f"\ndevelopment admin token (24 h):\n{token}\n\nready. try:\n"
+            f"  curl --cacert {cluster.secrets_dir}/tls/dev-ca.pem -H 'Authorization: Bearer "
+            f"<token>' {cluster.gateway_urls[first]}/v1/accounts/{first}-house-EUR/balance\n"
+            f"  regiongate local demo      (a scripted scenario across the regions)\n"
             "Ctrl-C stops everything; data stays in the data dir for the next run.",
             flush=True,
         )
         while not stop:
-            for region, ledger in cluster.ledgers.items():
-                if ledger.process is not None and ledger.process.poll() is not None:
-                    print(f"ledger node {region} exited; restarting", flush=True)
-                    ledger.start()
+            for name, service in [*cluster.ledgers.items(), *cluster.gateways.items()]:
+                if not service.alive() and not stop:
+                    print(f"{name} service exited; restarting", flush=True)
+                    service.start()
             time.sleep(0.5)
     finally:
         print("stopping...", flush=True)

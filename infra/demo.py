@@ -1,0 +1,190 @@
+"""``regiongate local demo``: a short scripted scenario through different regions' gateways of
+the running local cluster: accounts in two regions, deposits, a bet and a win for an eu player
+placed through the us and ap gateways, a rollback, a rollback that arrives before its bet, and
+the same balance read from every gateway. It prints each step and what happened."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+from gateway.devkeys import DevKeys
+from infra.errors import ServiceStartError
+from infra.local import STATE_FILE
+from infra.tls import client_context
+
+
+class Demo:
+    def __init__(self, root: Path) -> None:
+        state_file = root / STATE_FILE
+        if not state_file.exists():
+            raise ServiceStartError(f"no running cluster in {root}: start it with ./dev up")
+        state = json.loads(state_file.read_text())
+        self.gateways: dict[str, str] = state["gateways"]
+        self.ssl = client_context(Path(state["ca_cert"]))
+        keys = DevKeys(Path(state["dev_private_key"]), Path(state["dev_jwks"]))
+        self.admin = keys.mint("demo-backoffice", "admin")
+        self.game = keys.mint("demo-game-server", "game:server", operator="demo-operator")
+        self.run_id = uuid.uuid4().hex[:8]
+        self.step = 0
+
+    async def call(self, session, region, method, path, token, body=None, note=""):
+        self.step += 1
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Idempotency-Key": f"demo-{self.run_id}-{self.step}",
+        }
+        async with session.request(
+            method, self.gateways[region] + path, json=body, headers=headers, ssl=self.ssl
+        ) as response:
+            payload = await response.json(content_type=None)
+        summary = (
+            payload.get("type", "").rsplit(":", 1)[-1]
+            if response.status >= 400
+            else (payload.get("id") or payload.get("outcome") or payload.get("posted", ""))
+        )
+        print(
+            f"{self.step:>2}. via {region} gateway  {method:4} {path:42} -> {response.status} "
+            f"{summary}  {note}"
+        )
+        return payload
+
+    async def run(self) -> None:
+        regions = list(self.gateways)
+        home, other = regions[0], regions[1 % len(regions)]
+        third = regions[2 % len(regions)]
+        async with aiohttp.ClientSession() as session:
+            alice = (
+                await self.call(
+                    session,
+                    home,
+                    "POST",
+                    "/v1/accounts",
+                    self.admin,
+                    {"currency": "EUR", "region": home, "operator": "demo-operator"},
+                    f"player alice, home {home}",
+                )
+            )["id"]
+            bob = (
+                await self.call(
+                    session,
+                    other,
+                    "POST",
+                    "/v1/accounts",
+                    self.admin,
+                    {"currency": "EUR", "region": other, "operator": "demo-operator"},
+                    f"player bob, home {other}",
+                )
+            )["id"]
+            for account, region in ((alice, home), (bob, other)):
+                await self.call(
+                    session,
+                    region,
+                    "POST",
+                    "/v1/transfers",
+                    self.admin,
+                    {
+                        "debit_account_id": f"{region}-clearing-EUR",
+                        "credit_account_id": account,
+                        "amount": 10_000,
+                        "currency": "EUR",
+                    },
+                    "deposit 100.00 EUR",
+                )
+            round_id = f"round-{self.run_id}"
+            await self.call(
+                session,
+                other,
+                "POST",
+                "/v1/bets",
+                self.game,
+                {
+                    "account_id": alice,
+                    "amount": 1_500,
+                    "currency": "EUR",
+                    "reference": f"bet-1-{self.run_id}",
+                    "round_id": round_id,
+                },
+                f"bet 15.00 for alice through the {other} gateway",
+            )
+            await self.call(
+                session,
+                third,
+                "POST",
+                "/v1/wins",
+                self.game,
+                {
+                    "account_id": alice,
+                    "amount": 4_000,
+                    "currency": "EUR",
+                    "reference": f"win-1-{self.run_id}",
+                    "round_id": round_id,
+                },
+                f"win 40.00 for alice through the {third} gateway",
+            )
+            await self.call(
+                session,
+                home,
+                "POST",
+                "/v1/bets",
+                self.game,
+                {
+                    "account_id": bob,
+                    "amount": 700,
+                    "currency": "EUR",
+                    "reference": f"bet-2-{self.run_id}",
+                },
+                "bet 7.00 for bob",
+            )
+            await self.call(
+                session,
+                third,
+                "POST",
+                "/v1/rollbacks",
+                self.game,
+                {"account_id": bob, "reference": f"bet-2-{self.run_id}"},
+                "bob's bet rolled back",
+            )
+            await self.call(
+                session,
+                home,
+                "POST",
+                "/v1/rollbacks",
+                self.game,
+                {"account_id": alice, "reference": f"bet-3-{self.run_id}"},
+                "a rollback before its bet: tombstone",
+            )
+            await self.call(
+                session,
+                home,
+                "POST",
+                "/v1/bets",
+                self.game,
+                {
+                    "account_id": alice,
+                    "amount": 100,
+                    "currency": "EUR",
+                    "reference": f"bet-3-{self.run_id}",
+                },
+                "the late bet is refused",
+            )
+            for region in regions:
+                await self.call(
+                    session,
+                    region,
+                    "GET",
+                    f"/v1/accounts/{alice}/balance",
+                    self.admin,
+                    note="alice: 100.00 - 15.00 + 40.00 = 125.00",
+                )
+            await self.call(
+                session,
+                other,
+                "GET",
+                f"/v1/accounts/{bob}/balance",
+                self.admin,
+                note="bob: 100.00, the bet rolled back",
+            )
