@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway.auth import AuthConfig, Authenticator, Principal, Scope
 from gateway.config import GatewayConfig
 from gateway.errors import Forbidden
+from gateway.observability import HOME_REGION, pool_wait_trace_config, telemetry_middleware
 from gateway.openapi import openapi_document
 from gateway.problems import (
     ACCOUNT_NOT_FOUND,
@@ -67,7 +68,8 @@ class Gateway:
     async def start(self) -> None:
         await self.directory.start()
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=60)
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=60),
+            trace_configs=[pool_wait_trace_config()],
         )
         self.router = RegionRouter(
             directory=self.directory,
@@ -161,8 +163,10 @@ def _pass_through(response: LedgerResponse) -> web.Response:
     )
 
 
-def _traceparent(request: web.Request) -> str | None:
-    return request.headers.get("traceparent")
+def _note_home(request: web.Request, account_id: str) -> None:
+    region = request.app[GATEWAY].directory.snapshot().home_region(account_id)
+    if region is not None:
+        request[HOME_REGION] = region
 
 
 async def _authorize_read(request: web.Request, principal: Principal, account_id: str) -> None:
@@ -181,6 +185,7 @@ async def read_account(request: web.Request) -> web.Response:
     account_id = request.match_info["account_id"]
     if region_of(account_id) is None:
         raise GatewayProblem(ACCOUNT_NOT_FOUND)
+    _note_home(request, account_id)
     await gateway.limiter.check(principal.client_id, account_id)
     await _authorize_read(request, principal, account_id)
     suffix = request.match_info.get("suffix") or ""
@@ -188,7 +193,7 @@ async def read_account(request: web.Request) -> web.Response:
     path = f"/v1/accounts/{account_id}{suffix}"
     if query:
         path += "?" + "&".join(f"{k}={aiohttp.helpers.quote(v, safe='')}" for k, v in query.items())
-    response = await gateway.router.call(account_id, "GET", path, traceparent=_traceparent(request))
+    response = await gateway.router.call(account_id, "GET", path)
     return _pass_through(response)
 
 
@@ -211,7 +216,6 @@ async def create_account(request: web.Request) -> web.Response:
         "/v1/accounts",
         body,
         idempotency_key=key,
-        traceparent=_traceparent(request),
     )
     return _pass_through(response)
 
@@ -222,6 +226,7 @@ async def create_transfer(request: web.Request) -> web.Response:
     body = await _json_body(request)
     debit = _account_field(body, "debit_account_id")
     credit = _account_field(body, "credit_account_id")
+    _note_home(request, debit)
     await gateway.limiter.check(principal.client_id, debit)
     if not principal.may_use_wallet(debit):
         raise Forbidden("money can only leave your own accounts")
@@ -235,7 +240,6 @@ async def create_transfer(request: web.Request) -> web.Response:
         "/v1/transfers",
         body,
         idempotency_key=key,
-        traceparent=_traceparent(request),
     )
     return _pass_through(response)
 
@@ -246,9 +250,7 @@ async def _transfer_for(request: web.Request, principal: Principal) -> dict:
     transfer_id = request.match_info["transfer_id"]
     if region_of(transfer_id) is None:
         raise GatewayProblem(ACCOUNT_NOT_FOUND, field="transfer_id")
-    response = await gateway.router.call(
-        transfer_id, "GET", f"/v1/transfers/{transfer_id}", traceparent=_traceparent(request)
-    )
+    response = await gateway.router.call(transfer_id, "GET", f"/v1/transfers/{transfer_id}")
     if response.status != 200:
         raise GatewayProblem(ACCOUNT_NOT_FOUND, "transfer not found", field="transfer_id")
     transfer = response.json()
@@ -281,7 +283,6 @@ async def resolve_transfer(request: web.Request) -> web.Response:
         f"/v1/transfers/{transfer['id']}/{request.match_info['action']}",
         _decode.decode(raw) if raw.strip() else None,
         idempotency_key=key,
-        traceparent=_traceparent(request),
     )
     return _pass_through(response)
 
@@ -293,6 +294,7 @@ async def game_operation(request: web.Request) -> web.Response:
         raise Forbidden("bets, wins and rollbacks need the game:server scope")
     body = await _json_body(request)
     account_id = _account_field(body, "account_id")
+    _note_home(request, account_id)
     await gateway.limiter.check(principal.client_id, account_id)
     key = _ledger_key(request, principal)
     if not principal.may_play_for(await gateway.operator_of(account_id)):
@@ -303,7 +305,6 @@ async def game_operation(request: web.Request) -> web.Response:
         request.path,
         body,
         idempotency_key=key,
-        traceparent=_traceparent(request),
     )
     return _pass_through(response)
 
@@ -340,7 +341,8 @@ ROUTES = [
 
 def build_gateway_app(gateway: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[problem_middleware], client_max_size=gateway.config.body_size_max_bytes
+        middlewares=[telemetry_middleware, problem_middleware],
+        client_max_size=gateway.config.body_size_max_bytes,
     )
     app[GATEWAY] = gateway
 

@@ -54,6 +54,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     workers: int = 1
+    metrics_port: int | None = None
+    """Admin port for Prometheus (/metrics); worker i serves metrics_port + i."""
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     """Both or neither; without them the gateway serves plain HTTP (tests only)."""
@@ -70,6 +72,8 @@ class GatewayConfig:
             raise GatewayConfigError(f"region must match {REGION_PATTERN.pattern}")
         _check("port", self.port, 0, 65535)
         _check("workers", self.workers, 1, 64)
+        if self.metrics_port is not None:
+            _check("metrics_port", self.metrics_port, 1, 65535 - self.workers)
         _check("body_size_max_bytes", self.body_size_max_bytes, 256, 1024 * 1024)
         _check("attempt_timeout_ms", self.attempt_timeout_ms, 10, 120_000)
         _check("call_timeout_ms", self.call_timeout_ms, 10, 300_000)

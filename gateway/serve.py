@@ -17,12 +17,17 @@ from infra.serving import (
     run_workers,
     wait_for_stop_signal,
 )
+from infra.telemetry import configure_tracing, start_metrics_site
 from infra.tls import server_context
 
 log = logging.getLogger("regiongate.gateway")
 
 
-async def _serve(config: GatewayConfig, reuse_port: bool) -> None:
+async def _serve(config: GatewayConfig, reuse_port: bool, worker_index: int) -> None:
+    configure_tracing("regiongate-gateway", config.region)
+    metrics = None
+    if config.metrics_port is not None:
+        metrics = await start_metrics_site(config.host, config.metrics_port + worker_index)
     ssl_context = None
     if config.tls_cert_file and config.tls_key_file:
         ssl_context = server_context(Path(config.tls_cert_file), Path(config.tls_key_file))
@@ -50,11 +55,13 @@ async def _serve(config: GatewayConfig, reuse_port: bool) -> None:
     )
     await wait_for_stop_signal()
     await runner.cleanup()
+    if metrics is not None:
+        await metrics.cleanup()
 
 
-def _worker(config: GatewayConfig, reuse_port: bool) -> None:
+def _worker(config: GatewayConfig, reuse_port: bool, worker_index: int) -> None:
     configure_logging()
-    uvloop.run(_serve(config, reuse_port))
+    uvloop.run(_serve(config, reuse_port, worker_index))
 
 
 def serve(config: GatewayConfig) -> None:

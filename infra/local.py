@@ -38,6 +38,7 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 DEFAULT_LEDGER_PORTS = {"eu": 8101, "us": 8102, "ap": 8103}
 DEFAULT_GATEWAY_PORTS = {"eu": 8441, "us": 8442, "ap": 8443}
+METRICS_PORT_OFFSET = 1000  # a service on port P serves Prometheus metrics on P + 1000
 KEY_ID = "local-1"
 STATE_FILE = "cluster.json"
 
@@ -216,6 +217,7 @@ class LocalCluster:
             port=port,
             service_keys_file=self.service_keys_file,
             peers=[peer for peer in self.regions if peer != region],
+            extra={"metrics_port": port + METRICS_PORT_OFFSET},
         )
         ledger = LedgerProcess(config_path, port, self.root / "logs" / f"ledger-{region}.log")
         ledger.start()
@@ -318,6 +320,11 @@ class LocalCluster:
                 region: {
                     "gateway": self.gateway_urls.get(region),
                     "ledger": self.ledgers[region].url,
+                    "metrics": [
+                        f"http://127.0.0.1:{port + METRICS_PORT_OFFSET}/metrics"
+                        for port in (self.ledgers[region].port, DEFAULT_GATEWAY_PORTS.get(region))
+                        if port
+                    ],
                     "postgres": self.postgres[region].dsn(f"ledger_{region}"),
                     "logs": str(self.root / "logs"),
                 }

@@ -36,8 +36,11 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | None = None) -> None:
+    from infra.telemetry import TraceIdFilter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
+    handler.addFilter(TraceIdFilter())
     logging.basicConfig(
         level=level or os.environ.get("REGIONGATE_LOG_LEVEL", "INFO"),
         handlers=[handler],
@@ -55,13 +58,15 @@ async def wait_for_stop_signal() -> None:
 
 
 def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int) -> None:
-    """Run target(*args, reuse_port) in this process, or in `workers` child processes that
-    share the port, forwarding SIGINT/SIGTERM to them and waiting for all to end."""
+    """Run target(*args, reuse_port, worker_index) in this process, or in `workers` child
+    processes that share the port, forwarding SIGINT/SIGTERM to them and waiting for all."""
     if workers == 1:
-        target(*args, False)
+        target(*args, False, 0)
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=target, args=(*args, True)) for _ in range(workers)]
+    processes = [
+        context.Process(target=target, args=(*args, True, index)) for index in range(workers)
+    ]
     for process in processes:
         process.start()
 

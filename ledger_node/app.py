@@ -14,6 +14,7 @@ from ledger_node import accounts, reads, render
 from ledger_node.http_errors import ProblemError, field_of, problem_middleware
 from ledger_node.ids import house_account_id, region_of
 from ledger_node.node import LedgerNode
+from ledger_node.observability import telemetry_middleware
 from ledger_node.operations import (
     CreateTransfer,
     Flow,
@@ -344,7 +345,7 @@ async def stats(request: web.Request) -> web.Response:
 def build_app(node: LedgerNode, *, manage_node: bool = True) -> web.Application:
     """The aiohttp application; with manage_node it starts and stops the node with the app."""
     app = web.Application(
-        middlewares=[problem_middleware(authenticate)],
+        middlewares=[telemetry_middleware, problem_middleware(authenticate)],
         client_max_size=node.config.body_size_max_bytes,
     )
     app[NODE] = node

@@ -34,6 +34,7 @@ from ledger_node.errors import (
 )
 from ledger_node.ids import house_account_id
 from ledger_node.invariants import ensure
+from ledger_node.observability import BATCH_RETRIES, BATCH_SECONDS, BATCH_SIZE, QUEUE_DEPTH
 from ledger_node.operations import (
     AccountState,
     BatchState,
@@ -76,6 +77,7 @@ class Batcher:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self.stats = BatchStats()
+        QUEUE_DEPTH.set_function(lambda: len(self._queue))
 
     @property
     def queue_depth(self) -> int:
@@ -163,6 +165,7 @@ class Batcher:
                 ):
                     attempt += 1
                     self.stats.retries += 1
+                    BATCH_RETRIES.inc()
                     cap_ms = min(RETRY_BACKOFF_CAP_MS, RETRY_BACKOFF_BASE_MS * 2**attempt)
                     await asyncio.sleep(random.uniform(0, cap_ms) / 1000)
                     continue
@@ -177,6 +180,8 @@ class Batcher:
             self.stats.operations += len(batch)
             self.stats.batch_size_max_seen = max(self.stats.batch_size_max_seen, len(batch))
             self.stats.batch_seconds_total += time.perf_counter() - started
+            BATCH_SIZE.observe(len(batch))
+            BATCH_SECONDS.observe(time.perf_counter() - started)
             for submission, outcome in zip(batch, outcomes, strict=True):
                 if submission.timer is not None:
                     submission.timer.cancel()

@@ -109,6 +109,8 @@ class LedgerConfig:
     port: int = 8101
     workers: int = 1
     """Processes serving the port (SO_REUSEPORT); each runs its own batcher."""
+    metrics_port: int | None = None
+    """Admin port for Prometheus (/metrics); worker i serves metrics_port + i."""
     service_keys_file: str | None = None
     """File of 'key_id: secret' lines; else REGIONGATE_SERVICE_KEYS='id:secret,...'."""
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -135,6 +137,8 @@ class LedgerConfig:
             raise ConfigError(f"currencies must not repeat a code, got {codes}")
         _check_range("port", self.port, 0, 65535)
         _check_range("workers", self.workers, 1, 64)
+        if self.metrics_port is not None:
+            _check_range("metrics_port", self.metrics_port, 1, 65535 - self.workers)
         _check_range("amount_max", self.amount_max, 1, AMOUNT_MAX_LIMIT)
         _check_range("body_size_max_bytes", self.body_size_max_bytes, 256, 1024 * 1024)
         _check_range("request_timeout_ms", self.request_timeout_ms, 100, 120_000)

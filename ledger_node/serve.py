@@ -14,13 +14,20 @@ from infra.serving import (
     run_workers,
     wait_for_stop_signal,
 )
+from infra.telemetry import configure_tracing, start_metrics_site
 from ledger_node.app import build_app
 from ledger_node.config import LedgerConfig
 from ledger_node.node import LedgerNode
 from ledger_node.service_auth import ServiceKeyring
 
 
-async def _serve(config: LedgerConfig, keyring: ServiceKeyring, reuse_port: bool) -> None:
+async def _serve(
+    config: LedgerConfig, keyring: ServiceKeyring, reuse_port: bool, worker_index: int
+) -> None:
+    configure_tracing("regiongate-ledger", config.region)
+    metrics = None
+    if config.metrics_port is not None:
+        metrics = await start_metrics_site(config.host, config.metrics_port + worker_index)
     runner = web.AppRunner(
         build_app(LedgerNode(config, keyring)), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
     )
@@ -32,11 +39,15 @@ async def _serve(config: LedgerConfig, keyring: ServiceKeyring, reuse_port: bool
     )
     await wait_for_stop_signal()
     await runner.cleanup()
+    if metrics is not None:
+        await metrics.cleanup()
 
 
-def _worker(config: LedgerConfig, keyring: ServiceKeyring, reuse_port: bool) -> None:
+def _worker(
+    config: LedgerConfig, keyring: ServiceKeyring, reuse_port: bool, worker_index: int
+) -> None:
     configure_logging()
-    uvloop.run(_serve(config, keyring, reuse_port))
+    uvloop.run(_serve(config, keyring, reuse_port, worker_index))
 
 
 def serve(config: LedgerConfig) -> None:

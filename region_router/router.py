@@ -19,12 +19,23 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter
 
+from infra.telemetry import traceparent as current_traceparent
 from ledger_node.service_auth import ServiceKey
 from region_router.directory import Directory, LedgerEndpoint, RegionStatus
 from region_router.errors import RouterError
 from region_router.ledger_client import LedgerClient, LedgerResponse
 
+tracer = trace.get_tracer("regiongate.router")
+
+UPSTREAM_ERRORS = Counter(
+    "regiongate_router_upstream_errors_total",
+    "Ledger calls that failed, by region and kind",
+    ["region", "kind"],
+)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 # Ledger answers that say "this node cannot serve now" rather than "no": the call may go to
 # another node (if the request is safe to repeat) and the node's failure count grows.
@@ -181,7 +192,6 @@ class RegionRouter:
         safe = method.upper() in SAFE_METHODS or idempotency_key is not None
         attempts = 1 + (self._config.retries_max if safe else 0)
         deadline = time.monotonic() + self._config.call_timeout_ms / 1000
-        headers = {"traceparent": traceparent} if traceparent else None
         start = next(self._turn)
         last_error: str = "no attempt made"
         for attempt in range(attempts):
@@ -190,24 +200,39 @@ class RegionRouter:
                 break
             endpoint = route.endpoints[(start + attempt) % len(route.endpoints)]
             client = LedgerClient(endpoint.url, self._key, self._session)
-            try:
-                response = await client.request(
-                    method,
-                    path,
-                    body,
-                    idempotency_key=idempotency_key,
-                    headers=headers,
-                    timeout_s=min(remaining_s, self._config.attempt_timeout_ms / 1000),
-                )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last_error = f"{endpoint.node_id}: {type(exc).__name__}"
-                self._failed(endpoint)
-            else:
+            with tracer.start_as_current_span(
+                f"ledger {method}",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "regiongate.region": route.region,
+                    "regiongate.node": endpoint.node_id,
+                    "regiongate.attempt": attempt,
+                    "regiongate.local": route.local,
+                },
+            ) as span:
+                parent = traceparent or current_traceparent()
+                try:
+                    response = await client.request(
+                        method,
+                        path,
+                        body,
+                        idempotency_key=idempotency_key,
+                        headers={"traceparent": parent} if parent else None,
+                        timeout_s=min(remaining_s, self._config.attempt_timeout_ms / 1000),
+                    )
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    response = None
+                    last_error = f"{endpoint.node_id}: {type(exc).__name__}"
+                    self._failed(endpoint, "connection")
+                else:
+                    span.set_attribute("http.response.status_code", response.status)
+            if response is not None:
                 if response.status not in RETRYABLE_STATUSES:
                     self._health.pop(endpoint.node_id, None)
                     return response
                 last_error = f"{endpoint.node_id}: HTTP {response.status}"
-                self._failed(endpoint)
+                self._failed(endpoint, str(response.status))
                 if not safe or attempt == attempts - 1:
                     return response  # the ledger's own problem answer, passed through
             if attempt < attempts - 1:
@@ -215,7 +240,8 @@ class RegionRouter:
         self.stats.unavailable += 1
         raise RegionUnavailable(route.region, last_error, self._config.retry_after_s)
 
-    def _failed(self, endpoint: LedgerEndpoint) -> None:
+    def _failed(self, endpoint: LedgerEndpoint, kind: str) -> None:
+        UPSTREAM_ERRORS.labels(endpoint.region, kind).inc()
         health = self._health.setdefault(endpoint.node_id, _NodeHealth())
         health.failures += 1
         if health.failures >= self._config.eject_after_failures:

@@ -14,12 +14,24 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.app import Gateway, build_gateway_app
+from gateway.config import GatewayConfig, RateLimitConfig
+from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
 from infra.services import PostgresCluster, RedisServer, free_port
 from ledger_node.app import build_app
 from ledger_node.node import LedgerNode
 from ledger_node.service_auth import ServiceKeyring
+from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.ledger_client import LedgerClient
-from tests.support import ledger_config, migrated_database, unique
+from region_router.yaml_directory import write_directory_file
+from tests.support import (
+    LIMIT_BURST,
+    Cluster,
+    RegionNode,
+    ledger_config,
+    migrated_database,
+    unique,
+)
 
 SERVICE_KEYS_TEXT = "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\n"
 
@@ -101,3 +113,51 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def client(ledger_node, keyring, session) -> LedgerClient:
     _, server = ledger_node
     return LedgerClient(str(server.make_url("")), keyring.signing_key, session)
+
+
+@pytest.fixture
+async def cluster(postgres, keyring, redis_server, tmp_path):
+    regions = {}
+    for code in ("eu", "us"):
+        dsn = postgres.create_database(unique(f"gw_{code}").replace("-", "_")[:40])
+        regions[code] = RegionNode(code, dsn, keyring)
+        await regions[code].start()
+    directory_file = tmp_path / "directory.yaml"
+    write_directory_file(
+        directory_file,
+        [Region("eu", RegionStatus.ACTIVE, ("us",)), Region("us", RegionStatus.ACTIVE, ("eu",))],
+        [LedgerEndpoint(code, f"{code}-1", node.url) for code, node in regions.items()],
+        {},
+    )
+    keys = ensure_dev_keys(tmp_path / "keys")
+    service_keys = tmp_path / "service_keys"
+    service_keys.write_text(SERVICE_KEYS_TEXT)
+    gateways = {}
+    limiter_prefix = unique("rl") + ":"
+    for code in ("eu", "us"):
+        config = GatewayConfig(
+            region=code,
+            directory_file=str(directory_file),
+            jwks_file=str(keys.jwks_file),
+            audience=DEV_AUDIENCE,
+            issuer=DEV_ISSUER,
+            service_keys_file=str(service_keys),
+            redis_url=redis_server.url,
+            attempt_timeout_ms=1000,
+            call_timeout_ms=2000,
+            rate_limit=RateLimitConfig(
+                per_client_rate_per_s=1,
+                per_client_burst=LIMIT_BURST,
+                per_account_rate_per_s=1000,
+                per_account_burst=1000,
+                key_prefix=limiter_prefix,
+            ),
+        )
+        gateways[code] = TestServer(build_gateway_app(Gateway(config)), host="127.0.0.1")
+        await gateways[code].start_server()
+    async with aiohttp.ClientSession() as session:
+        yield Cluster(regions, gateways, session, keys)
+    for server in gateways.values():
+        await server.close()
+    for node in regions.values():
+        await node.stop()

@@ -156,3 +156,57 @@ class RegionNode:
             await self.server.close()
             await self.node.stop()
             self.server = None
+
+
+LIMIT_BURST = 120  # the test cluster's per-client burst; more than any other test sends
+
+
+class Cluster:
+    """Two regions (eu, us), each a real ledger node and a gateway, for end-to-end tests."""
+
+    def __init__(self, regions, gateways, session, keys) -> None:
+        self.regions = regions
+        self.gateways = gateways
+        self.session = session
+        self.keys = keys
+        self.admin = keys.mint("backoffice", "admin")
+
+    async def call(
+        self, region, method, path, *, token=None, body=None, key=None, headers=None
+    ) -> tuple[int, dict, dict]:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if key is not None:
+            all_headers["Idempotency-Key"] = key
+        url = self.gateways[region].make_url(path)
+        async with self.session.request(method, url, json=body, headers=all_headers) as response:
+            payload = await response.json(content_type=None)
+            return response.status, dict(response.headers), payload
+
+    async def account(self, region: str, operator: str = "op-1", fund: int = 0) -> str:
+        status, _, account = await self.call(
+            region,
+            "POST",
+            "/v1/accounts",
+            token=self.admin,
+            key=unique(),
+            body={"currency": "EUR", "region": region, "operator": operator},
+        )
+        assert status == 201, account
+        if fund:
+            status, _, _ = await self.call(
+                region,
+                "POST",
+                "/v1/transfers",
+                token=self.admin,
+                key=unique(),
+                body={
+                    "debit_account_id": f"{region}-clearing-EUR",
+                    "credit_account_id": account["id"],
+                    "amount": fund,
+                    "currency": "EUR",
+                },
+            )
+            assert status == 201
+        return account["id"]

@@ -13,119 +13,14 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import jwt
-import pytest
-from aiohttp.test_utils import TestServer
 
-from gateway.app import ROUTES, Gateway, build_gateway_app
-from gateway.config import GatewayConfig, RateLimitConfig
-from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
-from region_router.directory import LedgerEndpoint, Region, RegionStatus
-from region_router.yaml_directory import write_directory_file
-from tests.conftest import SERVICE_KEYS_TEXT
-from tests.support import RegionNode, assert_eventually, unique
+from gateway.app import ROUTES
+from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER
+from tests.support import LIMIT_BURST, assert_eventually, unique
 
 P = "urn:regiongate:problem:"
 BOUND_S = 5.0
-LIMIT_BURST = 120  # per client; more than any other test here sends as one client
-
-
-class Cluster:
-    def __init__(self, regions, gateways, session, keys) -> None:
-        self.regions = regions
-        self.gateways = gateways
-        self.session = session
-        self.keys = keys
-        self.admin = keys.mint("backoffice", "admin")
-
-    async def call(
-        self, region, method, path, *, token=None, body=None, key=None, headers=None
-    ) -> tuple[int, dict, dict]:
-        all_headers = dict(headers or {})
-        if token is not None:
-            all_headers["Authorization"] = f"Bearer {token}"
-        if key is not None:
-            all_headers["Idempotency-Key"] = key
-        url = self.gateways[region].make_url(path)
-        async with self.session.request(method, url, json=body, headers=all_headers) as response:
-            payload = await response.json(content_type=None)
-            return response.status, dict(response.headers), payload
-
-    async def account(self, region: str, operator: str = "op-1", fund: int = 0) -> str:
-        status, _, account = await self.call(
-            region,
-            "POST",
-            "/v1/accounts",
-            token=self.admin,
-            key=unique(),
-            body={"currency": "EUR", "region": region, "operator": operator},
-        )
-        assert status == 201, account
-        if fund:
-            status, _, _ = await self.call(
-                region,
-                "POST",
-                "/v1/transfers",
-                token=self.admin,
-                key=unique(),
-                body={
-                    "debit_account_id": f"{region}-clearing-EUR",
-                    "credit_account_id": account["id"],
-                    "amount": fund,
-                    "currency": "EUR",
-                },
-            )
-            assert status == 201
-        return account["id"]
-
-
-@pytest.fixture
-async def cluster(postgres, keyring, redis_server, tmp_path):
-    regions = {}
-    for code in ("eu", "us"):
-        dsn = postgres.create_database(unique(f"gw_{code}").replace("-", "_")[:40])
-        regions[code] = RegionNode(code, dsn, keyring)
-        await regions[code].start()
-    directory_file = tmp_path / "directory.yaml"
-    write_directory_file(
-        directory_file,
-        [Region("eu", RegionStatus.ACTIVE, ("us",)), Region("us", RegionStatus.ACTIVE, ("eu",))],
-        [LedgerEndpoint(code, f"{code}-1", node.url) for code, node in regions.items()],
-        {},
-    )
-    keys = ensure_dev_keys(tmp_path / "keys")
-    service_keys = tmp_path / "service_keys"
-    service_keys.write_text(SERVICE_KEYS_TEXT)
-    gateways = {}
-    limiter_prefix = unique("rl") + ":"
-    for code in ("eu", "us"):
-        config = GatewayConfig(
-            region=code,
-            directory_file=str(directory_file),
-            jwks_file=str(keys.jwks_file),
-            audience=DEV_AUDIENCE,
-            issuer=DEV_ISSUER,
-            service_keys_file=str(service_keys),
-            redis_url=redis_server.url,
-            attempt_timeout_ms=1000,
-            call_timeout_ms=2000,
-            rate_limit=RateLimitConfig(
-                per_client_rate_per_s=1,
-                per_client_burst=LIMIT_BURST,
-                per_account_rate_per_s=1000,
-                per_account_burst=1000,
-                key_prefix=limiter_prefix,
-            ),
-        )
-        gateways[code] = TestServer(build_gateway_app(Gateway(config)), host="127.0.0.1")
-        await gateways[code].start_server()
-    async with aiohttp.ClientSession() as session:
-        yield Cluster(regions, gateways, session, keys)
-    for server in gateways.values():
-        await server.close()
-    for node in regions.values():
-        await node.stop()
 
 
 async def test_every_gateway_serves_every_account(cluster):

@@ -1,0 +1,106 @@
+"""Observability across the path of a request: one trace from the caller through the gateway,
+the router and the remote region's ledger node (W3C traceparent across processes' HTTP hops);
+Prometheus metrics for gateway latency per route and home region, and for the ledger's batches;
+JSON log lines that carry the trace id."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY, generate_latest
+
+from infra.serving import JsonLogFormatter
+from infra.telemetry import TraceIdFilter
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+def _exporter() -> InMemorySpanExporter:
+    """An in-memory exporter on the process's SDK tracer provider (installed if none is)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+        provider = trace.get_tracer_provider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_one_trace_from_gateway_to_the_remote_ledger(cluster):
+    exporter = _exporter()
+    us_account = await cluster.account("us")
+    exporter.clear()
+    status, _, _ = await cluster.call(
+        "eu",
+        "GET",
+        f"/v1/accounts/{us_account}/balance",
+        token=cluster.admin,
+        headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
+    )
+    assert status == 200
+    spans = [
+        s for s in exporter.get_finished_spans() if format(s.context.trace_id, "032x") == TRACE_ID
+    ]
+    by_kind = {s.kind.name: s for s in spans}
+    assert {"SERVER", "CLIENT"} <= set(by_kind), [s.name for s in spans]
+    servers = [s for s in spans if s.kind.name == "SERVER"]
+    gateway_span = next(
+        s for s in servers if s.parent and format(s.parent.span_id, "016x") == CALLER_SPAN
+    )
+    client_span = next(
+        s
+        for s in spans
+        if s.kind.name == "CLIENT" and s.parent.span_id == gateway_span.context.span_id
+    )
+    ledger_span = next(
+        s for s in servers if s.parent and s.parent.span_id == client_span.context.span_id
+    )
+    assert client_span.attributes["regiongate.region"] == "us"
+    assert client_span.attributes["regiongate.local"] is False
+    assert gateway_span.attributes["regiongate.home_region"] == "us"
+    assert ledger_span.attributes["http.route"] == "/v1/accounts/{account_id}/balance"
+
+
+async def test_metrics_cover_gateway_routes_and_ledger_batches(cluster):
+    eu_account = await cluster.account("eu", fund=10)
+    await cluster.call("us", "GET", f"/v1/accounts/{eu_account}/balance", token=cluster.admin)
+    text = generate_latest(REGISTRY).decode()
+    assert "regiongate_gateway_request_seconds_bucket{" in text
+    assert 'route="/v1/accounts/{account_id}{suffix}"' in text or (
+        'route="/v1/accounts/{account_id}/balance"' in text
+    )
+    assert 'home_region="eu"' in text
+    assert "regiongate_ledger_batch_size_count" in text
+    assert "regiongate_ledger_queue_depth" in text
+    assert "regiongate_ledger_request_seconds_bucket" in text
+
+
+def test_json_logs_carry_the_trace_id():
+    _exporter()
+    record_holder = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            record_holder.append(self.format(record))
+
+    handler = Capture()
+    handler.setFormatter(JsonLogFormatter())
+    handler.addFilter(TraceIdFilter())
+    logger = logging.getLogger("regiongate.test.tracing")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with trace.get_tracer("test").start_as_current_span("work") as span:
+            logger.info("inside a span")
+            expected = format(span.get_span_context().trace_id, "032x")
+    finally:
+        logger.removeHandler(handler)
+    entry = json.loads(record_holder[-1])
+    assert entry["trace_id"] == expected and entry["message"] == "inside a span"
