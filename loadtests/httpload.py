@@ -78,6 +78,21 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def signed_get(host: str, port: int, path: str, key: ServiceKey) -> bytes:
+    headers = sign(key, "GET", path, b"")
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def bearer_get(host: str, port: int, path: str, token: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", f"Authorization: Bearer {token}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 def signed_post(
     host: str, port: int, path: str, body: bytes, key: ServiceKey, idempotency_key: str
 ) -> bytes:
@@ -101,13 +116,20 @@ async def run_load(
     seconds: float,
     warmup_s: float,
     make_request: Callable[[int], bytes],
+    ssl_context=None,
 ) -> LoadResult:
     """Closed loop: each client sends its next request when the last one is answered. Only
     requests completed after the warm-up count."""
     loop = asyncio.get_running_loop()
     connections = []
     for _ in range(clients):
-        _, protocol = await loop.create_connection(_Connection, host, port)
+        _, protocol = await loop.create_connection(
+            _Connection,
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname="localhost" if ssl_context else None,
+        )
         connections.append(protocol)
     result = LoadResult()
     start = time.perf_counter()
