@@ -8,11 +8,9 @@ import time
 
 import aiohttp
 from aiohttp import web
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 from prometheus_client import Histogram
 
-from infra.telemetry import extract_context
+from infra.telemetry import server_middleware
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -30,32 +28,16 @@ POOL_WAIT_SECONDS = Histogram(
 # Handlers set it once they know the account's home region; the metrics label it.
 HOME_REGION = web.RequestKey("home_region", str)
 
-tracer = trace.get_tracer("regiongate.gateway")
-
-
-@web.middleware
-async def telemetry_middleware(request: web.Request, handler) -> web.StreamResponse:
-    route = request.match_info.route.resource
-    route_name = route.canonical if route is not None else "unmatched"
-    started = time.perf_counter()
-    status = 500
-    with tracer.start_as_current_span(
-        f"{request.method} {route_name}",
-        kind=SpanKind.SERVER,
-        context=extract_context(request.headers),
-        attributes={"http.request.method": request.method, "http.route": route_name},
-    ) as span:
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        finally:
-            span.set_attribute("http.response.status_code", status)
-            home = request.get(HOME_REGION, "")
-            span.set_attribute("regiongate.home_region", home)
-            REQUEST_SECONDS.labels(route_name, request.method, str(status), home).observe(
-                time.perf_counter() - started
-            )
+telemetry_middleware = server_middleware(
+    "regiongate.gateway",
+    REQUEST_SECONDS,
+    lambda request, route, status: (
+        route,
+        request.method,
+        str(status),
+        request.get(HOME_REGION, ""),
+    ),
+)
 
 
 def pool_wait_trace_config() -> aiohttp.TraceConfig:

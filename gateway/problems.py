@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 
 from gateway.errors import Forbidden, RateLimited, Unauthenticated
-from ledger_node.render import PROBLEM_CONTENT_TYPE, problem_body
+from ledger_node.http_errors import problem_response
 from ledger_node.results import (
     BODY_TOO_LARGE,
     INTERNAL,
@@ -41,17 +41,6 @@ class GatewayProblem(Exception):
         self.problem = problem
         self.detail = detail
         self.extra = extra
-
-
-def problem_response(
-    problem: Problem, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra
-) -> web.Response:
-    return web.Response(
-        status=problem.status,
-        body=problem_body(problem, detail, **extra),
-        content_type=PROBLEM_CONTENT_TYPE,
-        headers=headers,
-    )
 
 
 @web.middleware

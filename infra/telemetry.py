@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 
 from aiohttp import web
 from opentelemetry import context as otel_context
@@ -25,6 +27,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 log = logging.getLogger("regiongate.telemetry")
@@ -79,6 +82,39 @@ def traceparent() -> str | None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")
+
+
+def server_middleware(
+    tracer_name: str, histogram, labels: Callable[[web.Request, str, int], tuple[str, ...]]
+):
+    """The middleware every service uses: a server span continuing the caller's W3C trace, and
+    one latency observation labelled by labels(request, route, status)."""
+    tracer = trace.get_tracer(tracer_name)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        started = time.perf_counter()
+        status = 500
+        with tracer.start_as_current_span(
+            f"{request.method} {route}",
+            kind=SpanKind.SERVER,
+            context=extract_context(request.headers),
+            attributes={"http.request.method": request.method, "http.route": route},
+        ) as span:
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                values = labels(request, route, status)
+                if len(values) > 3:
+                    span.set_attribute("regiongate.home_region", values[3])
+                histogram.labels(*values).observe(time.perf_counter() - started)
+
+    return middleware
 
 
 class TraceIdFilter(logging.Filter):

@@ -43,9 +43,17 @@ class ProblemError(Exception):
 
 
 def problem_response(
-    problem: Problem, detail: str | None = None, *, retry_after_s: int | None = None, **extra
+    problem: Problem,
+    detail: str | None = None,
+    *,
+    retry_after_s: int | None = None,
+    headers: dict[str, str] | None = None,
+    **extra,
 ) -> web.Response:
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    """An RFC 9457 answer; the gateway uses it too, so both layers speak alike."""
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return web.Response(
         status=problem.status,
         body=render.problem_body(problem, detail, **extra),
