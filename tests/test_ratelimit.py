@@ -83,3 +83,40 @@ async def test_a_redis_outage_lets_requests_through():
     assert await outcomes(limiter, "erin", count=3) == ["ok"] * 3
     assert limiter.stats.redis_errors == 3
     await client.aclose()
+
+
+async def test_leases_spare_redis_and_never_exceed_the_bucket(redis_server):
+    """Two limiters (two gateway processes) share one bucket through leases: most checks make no
+    Redis call, and together they never take more than the bucket holds."""
+    clients = [limiter_redis(redis_server.url, timeout_ms=1000) for _ in range(2)]
+    prefix = unique("rl") + ":"
+    generous = Limit(rate_per_s=1000, burst=100)  # leases of 100 tokens
+    limiters = [
+        RateLimiter(
+            c, per_client=generous, per_account=generous, key_prefix=prefix, timeout_ms=1000
+        )
+        for c in clients
+    ]
+    try:
+        for _ in range(50):
+            await limiters[0].check("erin")
+        assert limiters[0].stats.redis_calls == 1 and limiters[0].stats.allowed == 50
+
+        scarce = Limit(rate_per_s=0.001, burst=10)  # no refill to speak of
+        shared = [
+            RateLimiter(
+                c, per_client=scarce, per_account=scarce, key_prefix=prefix + "s:", timeout_ms=1000
+            )
+            for c in clients
+        ]
+        allowed = 0
+        for index in range(40):
+            try:
+                await shared[index % 2].check("frank")
+                allowed += 1
+            except RateLimited:
+                pass
+        assert allowed == 10
+    finally:
+        for client in clients:
+            await client.aclose()
