@@ -16,6 +16,7 @@ Scopes (the ``scope`` claim, space separated, as RFC 8693):
 
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import time
@@ -84,6 +85,8 @@ class KeySet:
         self._checked_at = 0.0
         self._stamp: tuple[int, int] | None = None
         self._keys: dict[str, jwt.PyJWK] = {}
+        self.version = 0
+        """Grows on every reload: cached verifications made under older keys are void."""
         self._load()
 
     def _load(self) -> None:
@@ -102,8 +105,10 @@ class KeySet:
             raise ValueError(f"JWK set {self._path} has no asymmetric keys")
         self._keys = keys
         self._stamp = stamp
+        self.version += 1
 
-    def get(self, kid: str | None) -> jwt.PyJWK | None:
+    def refresh(self) -> None:
+        """Re-read the file if it changed, at most once per check interval."""
         now = time.monotonic()
         if now - self._checked_at >= self._check_interval_s:
             self._checked_at = now
@@ -111,15 +116,37 @@ class KeySet:
                 self._load()
             except (OSError, ValueError, jwt.PyJWKError):
                 pass  # keep the last good set; a half-written file must not lock everyone out
+
+    def get(self, kid: str | None) -> jwt.PyJWK | None:
+        self.refresh()
         if kid is None:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
         return self._keys.get(kid)
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    expires_at: float
+    key_set_version: int
+
+
 class Authenticator:
-    def __init__(self, config: AuthConfig) -> None:
+    """Verifies bearer tokens, remembering the ones it verified.
+
+    Signature checks were 29% of the gateway's CPU (measured with py-spy under
+    bench_gateway), and a client sends the same token with many requests. A cached
+    verification is used only for the identical token string, only until its exp (plus the
+    same leeway), and only while the key set is the one it was verified under: rotating a key
+    out revokes its tokens at once. The cache is bounded, least recently used out first."""
+
+    def __init__(self, config: AuthConfig, cache_size_max: int = 10_000) -> None:
+        if not 0 <= cache_size_max <= 1_000_000:
+            raise ValueError(f"cache_size_max must be in [0, 1000000], got {cache_size_max}")
         self._config = config
         self._keys = KeySet(config.jwks_file, config.reload_check_interval_s)
+        self._cache: collections.OrderedDict[str, _Verified] = collections.OrderedDict()
+        self._cache_size_max = cache_size_max
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an Authorization header, or Unauthenticated saying why."""
@@ -128,6 +155,21 @@ class Authenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token or len(token) > TOKEN_LENGTH_MAX:
             raise Unauthenticated("expected 'Authorization: Bearer <token>'")
+        self._keys.refresh()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.key_set_version == self._keys.version and time.time() < cached.expires_at:
+                self._cache.move_to_end(token)
+                return cached.principal
+            del self._cache[token]
+        principal, expires_at = self._verify(token)
+        if self._cache_size_max:
+            self._cache[token] = _Verified(principal, expires_at, self._keys.version)
+            if len(self._cache) > self._cache_size_max:
+                self._cache.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -155,7 +197,7 @@ class Authenticator:
             raise Unauthenticated("token from an unknown issuer") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {type(exc).__name__}") from exc
-        return _principal(claims)
+        return _principal(claims), float(claims["exp"]) + self._config.leeway_s
 
 
 def _principal(claims: dict) -> Principal:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.auth import AuthConfig, Authenticator, Scope
 from gateway.errors import Forbidden, Unauthenticated
+from tests.support import assert_eventually
 
 AUDIENCE = "regiongate"
 ISSUER = "https://auth.example.test"
@@ -149,3 +150,24 @@ def test_keys_rotate_through_the_key_set_file(keys):
         auth.authenticate("Bearer " + old_token)
     path.write_text("{ half written")
     assert auth.authenticate("Bearer " + token(new, kid="k2")).subject == "player-1"
+
+
+async def test_a_cached_token_still_expires(tmp_path):
+    key = new_key()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk(key, "k1")]}))
+    auth = Authenticator(
+        AuthConfig(str(path), AUDIENCE, ISSUER, leeway_s=0, reload_check_interval_s=0)
+    )
+    short = "Bearer " + token(key, exp=int(time.time()) + 1)
+    assert auth.authenticate(short).subject == "player-1"
+    assert auth.authenticate(short).subject == "player-1"  # from the cache
+
+    async def refused() -> bool:
+        try:
+            auth.authenticate(short)
+        except Unauthenticated:
+            return True
+        return False
+
+    await assert_eventually(refused, timeout_s=5)
