@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import re
+import urllib.parse
 
 import aiohttp
 import msgspec
@@ -192,7 +193,7 @@ async def read_account(request: web.Request) -> web.Response:
     query = {k: v for k, v in request.query.items() if k in FORWARDED_QUERY}
     path = f"/v1/accounts/{account_id}{suffix}"
     if query:
-        path += "?" + "&".join(f"{k}={aiohttp.helpers.quote(v, safe='')}" for k, v in query.items())
+        path += "?" + urllib.parse.urlencode(query)
     response = await gateway.router.call(account_id, "GET", path)
     return _pass_through(response)
 

@@ -78,7 +78,7 @@ async def authenticate(request: web.Request) -> None:
         node.keyring,
         request.headers,
         request.method,
-        request.path_qs,
+        request.raw_path,  # exactly as received: what the caller signed
         body,
         node.config.signature_skew_s_max,
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from ledger_node.service_auth import ServiceKey, sign
 
@@ -52,11 +53,14 @@ class LedgerClient:
         all_headers = {"Content-Type": "application/json"}
         if idempotency_key is not None:
             all_headers["Idempotency-Key"] = idempotency_key
-        all_headers.update(sign(self._key, method, path, payload, idempotency_key or ""))
+        # Sign and send the very same bytes: yarl would otherwise re-encode the query (':' and
+        # '+' in an as_of, say) after it was signed, and the ledger would refuse the request.
+        url = URL(self._base_url + path, encoded=True)
+        all_headers.update(sign(self._key, method, url.raw_path_qs, payload, idempotency_key or ""))
         all_headers.update(headers or {})
         async with self._session.request(
             method,
-            self._base_url + path,
+            url,
             data=payload or None,
             headers=all_headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),

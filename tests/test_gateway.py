@@ -219,3 +219,40 @@ async def test_openapi_lists_exactly_the_routes(cluster):
             if "{action:" in path:
                 served.add((method, path.replace("{action:post|void}", "void")))
     assert documented == served
+
+
+async def test_queries_pass_through_signed_intact(cluster):
+    """as_of (with ':' and '+') and history cursors reach the ledger with a valid signature."""
+    account = await cluster.account("eu", fund=5)
+    for _ in range(3):
+        await cluster.call(
+            "eu",
+            "POST",
+            "/v1/transfers",
+            token=cluster.admin,
+            key=unique(),
+            body={
+                "debit_account_id": "eu-clearing-EUR",
+                "credit_account_id": account,
+                "amount": 1,
+                "currency": "EUR",
+            },
+        )
+    status, _, balance = await cluster.call(
+        "us",
+        "GET",
+        f"/v1/accounts/{account}/balance?as_of=2000-01-01T00:00:00%2B00:00",
+        token=cluster.admin,
+    )
+    assert status == 200 and balance["posted"] == 0, balance
+    status, _, page = await cluster.call(
+        "us", "GET", f"/v1/accounts/{account}/transfers?limit=2", token=cluster.admin
+    )
+    assert status == 200 and len(page["items"]) == 2 and page["next_cursor"]
+    status, _, rest = await cluster.call(
+        "us",
+        "GET",
+        f"/v1/accounts/{account}/transfers?limit=2&cursor={page['next_cursor']}",
+        token=cluster.admin,
+    )
+    assert status == 200 and len(rest["items"]) == 2
