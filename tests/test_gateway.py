@@ -256,3 +256,56 @@ async def test_queries_pass_through_signed_intact(cluster):
         token=cluster.admin,
     )
     assert status == 200 and len(rest["items"]) == 2
+
+
+async def test_holds_are_posted_and_voided_through_the_gateway(cluster):
+    alice = await cluster.account("eu", fund=1000)
+    bob = await cluster.account("eu")
+    as_alice = cluster.keys.mint("alice", "wallet", accounts=[alice])
+    as_bob = cluster.keys.mint("bob", "wallet", accounts=[bob])
+    hold = {
+        "debit_account_id": alice,
+        "credit_account_id": bob,
+        "amount": 300,
+        "currency": "EUR",
+        "pending": True,
+        "timeout_s": 60,
+    }
+    status, _, first = await cluster.call(
+        "us", "POST", "/v1/transfers", token=as_alice, key=unique(), body=hold
+    )
+    assert status == 201 and first["status"] == "pending"
+    status, _, seen = await cluster.call("eu", "GET", f"/v1/transfers/{first['id']}", token=as_bob)
+    assert status == 200 and seen["id"] == first["id"]  # the credit side may read it
+    status, _, _ = await cluster.call(
+        "eu",
+        "POST",
+        f"/v1/transfers/{first['id']}/post",
+        token=as_bob,
+        key=unique(),
+        body={"amount": 100},
+    )
+    assert status == 403  # only the debit side posts its hold
+    status, _, posted = await cluster.call(
+        "us",
+        "POST",
+        f"/v1/transfers/{first['id']}/post",
+        token=as_alice,
+        key=unique(),
+        body={"amount": 100},
+    )
+    assert status == 201 and posted["amount"] == 100
+    status, _, second = await cluster.call(
+        "eu", "POST", "/v1/transfers", token=as_alice, key=unique(), body=hold
+    )
+    status, _, voided = await cluster.call(
+        "eu", "POST", f"/v1/transfers/{second['id']}/void", token=as_alice, key=unique()
+    )
+    assert status == 201 and voided["status"] == "voided"
+    status, _, balance = await cluster.call(
+        "eu", "GET", f"/v1/accounts/{alice}/balance", token=as_alice
+    )
+    assert (balance["posted"], balance["pending_debits"]) == (900, 0)
+    stranger = cluster.keys.mint("eve", "wallet", accounts=[])
+    status, _, _ = await cluster.call("eu", "GET", f"/v1/transfers/{first['id']}", token=stranger)
+    assert status == 404  # another's transfer is not revealed
