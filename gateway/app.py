@@ -207,8 +207,11 @@ async def create_account(request: web.Request) -> web.Response:
     body = await _json_body(request)
     region = body.pop("region", gateway.config.region)
     operator = body.pop("operator", None)
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise GatewayProblem(VALIDATION_FAILED, "metadata must be an object", field="metadata")
     if operator is not None:
-        body["metadata"] = {**(body.get("metadata") or {}), "operator": str(operator)}
+        body["metadata"] = {**(metadata or {}), "operator": str(operator)}
     if not isinstance(region, str) or region not in gateway.directory.snapshot().regions:
         raise GatewayProblem(VALIDATION_FAILED, "unknown region", field="region")
     response = await gateway.router.call_in_region(
@@ -274,15 +277,16 @@ async def resolve_transfer(request: web.Request) -> web.Response:
     principal = _principal(request)
     await gateway.limiter.check(principal.client_id)
     key = _ledger_key(request, principal)
+    # Bad input is refused before any I/O, like everywhere else.
+    body = await _json_body(request) if (await request.read()).strip() else None
     transfer = await _transfer_for(request, principal)
     if not principal.may_use_wallet(transfer["debit_account_id"]):
         raise Forbidden("only the debit account's owner may post or void a hold")
-    raw = await request.read()
     response = await gateway.router.call(
         transfer["id"],
         "POST",
         f"/v1/transfers/{transfer['id']}/{request.match_info['action']}",
-        _decode.decode(raw) if raw.strip() else None,
+        body,
         idempotency_key=key,
     )
     return _pass_through(response)

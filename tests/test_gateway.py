@@ -309,3 +309,26 @@ async def test_holds_are_posted_and_voided_through_the_gateway(cluster):
     stranger = cluster.keys.mint("eve", "wallet", accounts=[])
     status, _, _ = await cluster.call("eu", "GET", f"/v1/transfers/{first['id']}", token=stranger)
     assert status == 404  # another's transfer is not revealed
+
+
+async def test_bad_bodies_get_400_before_any_ledger_call(cluster):
+    alice = await cluster.account("eu", fund=10)
+    as_alice = cluster.keys.mint("alice", "wallet", accounts=[alice])
+    url_post = cluster.gateways["eu"].make_url(f"/v1/transfers/eu-t-{unique()}/post")
+    headers = {
+        "Authorization": f"Bearer {as_alice}",
+        "Idempotency-Key": unique(),
+        "Content-Type": "application/json",
+    }
+    async with cluster.session.post(url_post, data=b'{"amount": ', headers=headers) as response:
+        assert response.status == 400
+        assert (await response.json(content_type=None))["type"] == P + "malformed-json"
+    status, _, problem = await cluster.call(
+        "eu",
+        "POST",
+        "/v1/accounts",
+        token=cluster.admin,
+        key=unique(),
+        body={"currency": "EUR", "operator": "op-1", "metadata": ["not", "a", "map"]},
+    )
+    assert status == 400 and problem["field"] == "metadata"
