@@ -73,7 +73,7 @@ return result
 LEASE_WINDOW_S = 0.1
 """A lease takes about this much of a bucket's rate at once (at least 1, at most its burst)."""
 LEASES_MAX = 100_000
-"""Leases held per process before expired ones are swept."""
+"""Most leases a process holds; past it expired ones, then the oldest, are dropped."""
 LEASE_TTL_S = 1.0
 """Leased tokens unused after this long are dropped, so no process hoards a bucket."""
 
@@ -174,9 +174,13 @@ class RateLimiter:
                     "rate limit exceeded", retry_after_s=max(1, math.ceil(reply[1] / 1000))
                 )
             for (key, _), granted in zip(short, reply[1:], strict=True):
+                self._leases.pop(key, None)  # re-inserted last: the newest survive a trim
                 self._leases[key] = _Lease(int(granted), now + LEASE_TTL_S)
             if len(self._leases) > LEASES_MAX:
-                self._leases = {k: v for k, v in self._leases.items() if v.expires_at > now}
+                # Expired leases go first; if live ones alone exceed the bound, the oldest go
+                # too (their tokens are lost, which only makes a limit stricter).
+                live = [(k, v) for k, v in self._leases.items() if v.expires_at > now]
+                self._leases = dict(live[-LEASES_MAX:])
         for key, _ in wanted:
             self._leases[key].tokens -= cost
         self.stats.allowed += 1

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from gateway import ratelimit
 from gateway.errors import RateLimited
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
 from tests.support import assert_eventually, unique
@@ -120,3 +121,21 @@ async def test_leases_spare_redis_and_never_exceed_the_bucket(redis_server):
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def test_leases_stay_within_their_bound(redis_server, monkeypatch):
+    monkeypatch.setattr(ratelimit, "LEASES_MAX", 5)
+    client = limiter_redis(redis_server.url, timeout_ms=1000)
+    limiter = RateLimiter(
+        client,
+        per_client=Limit(1000, 100),
+        per_account=Limit(1000, 100),
+        key_prefix=unique("rl") + ":",
+        timeout_ms=1000,
+    )
+    try:
+        for index in range(40):
+            await limiter.check("grace", f"eu-account{index}")
+            assert len(limiter._leases) <= 5
+    finally:
+        await client.aclose()
