@@ -22,6 +22,7 @@ import urllib.parse
 import aiohttp
 import msgspec
 from aiohttp import web
+from opentelemetry import trace
 
 from gateway.auth import AuthConfig, Authenticator, Principal, Scope
 from gateway.config import GatewayConfig
@@ -31,13 +32,12 @@ from gateway.openapi import openapi_document
 from gateway.problems import (
     ACCOUNT_NOT_FOUND,
     CROSS_REGION_NOT_YET,
-    MALFORMED_JSON,
-    VALIDATION_FAILED,
     GatewayProblem,
     problem_middleware,
 )
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
 from ledger_node.ids import region_of
+from ledger_node.results import MALFORMED_JSON, VALIDATION_FAILED
 from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import Directory
 from region_router.ledger_client import LedgerResponse
@@ -167,7 +167,8 @@ def _pass_through(response: LedgerResponse) -> web.Response:
 def _note_home(request: web.Request, account_id: str) -> None:
     region = request.app[GATEWAY].directory.snapshot().home_region(account_id)
     if region is not None:
-        request[HOME_REGION] = region
+        request[HOME_REGION] = region  # the latency metric's label
+        trace.get_current_span().set_attribute("regiongate.home_region", region)
 
 
 async def _authorize_read(request: web.Request, principal: Principal, account_id: str) -> None:

@@ -13,10 +13,8 @@ from ledger_node.http_errors import problem_response
 from ledger_node.results import (
     BODY_TOO_LARGE,
     INTERNAL,
-    MALFORMED_JSON,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
-    VALIDATION_FAILED,
     Problem,
 )
 from region_router.router import RegionUnavailable, UnroutableAccount
@@ -56,14 +54,12 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except Forbidden as exc:
         return problem_response(FORBIDDEN, str(exc))
     except RateLimited as exc:
-        return problem_response(
-            RATE_LIMITED, str(exc), headers={"Retry-After": str(exc.retry_after_s)}
-        )
+        return problem_response(RATE_LIMITED, str(exc), retry_after_s=exc.retry_after_s)
     except RegionUnavailable as exc:
         return problem_response(
             REGION_UNAVAILABLE,
             f"region {exc.region}: {exc.reason}",
-            headers={"Retry-After": str(exc.retry_after_s)},
+            retry_after_s=exc.retry_after_s,
             region=exc.region,
         )
     except UnroutableAccount:
@@ -79,6 +75,3 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(INTERNAL)
-
-
-__all__ = ["MALFORMED_JSON", "VALIDATION_FAILED", "GatewayProblem", "problem_response"]

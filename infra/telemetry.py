@@ -109,10 +109,9 @@ def server_middleware(
                 return response
             finally:
                 span.set_attribute("http.response.status_code", status)
-                values = labels(request, route, status)
-                if len(values) > 3:
-                    span.set_attribute("regiongate.home_region", values[3])
-                histogram.labels(*values).observe(time.perf_counter() - started)
+                histogram.labels(*labels(request, route, status)).observe(
+                    time.perf_counter() - started
+                )
 
     return middleware
 
