@@ -174,13 +174,20 @@ class RateLimiter:
                     "rate limit exceeded", retry_after_s=max(1, math.ceil(reply[1] / 1000))
                 )
             for (key, _), granted in zip(short, reply[1:], strict=True):
-                self._leases.pop(key, None)  # re-inserted last: the newest survive a trim
                 self._leases[key] = _Lease(int(granted), now + LEASE_TTL_S)
             if len(self._leases) > LEASES_MAX:
                 # Expired leases go first; if live ones alone exceed the bound, the oldest go
-                # too (their tokens are lost, which only makes a limit stricter).
-                live = [(k, v) for k, v in self._leases.items() if v.expires_at > now]
-                self._leases = dict(live[-LEASES_MAX:])
+                # too (their tokens are lost, which only makes a limit stricter). The leases
+                # this request is about to spend always stay.
+                spending = {key for key, _ in wanted}
+                others = [
+                    (k, v)
+                    for k, v in self._leases.items()
+                    if v.expires_at > now and k not in spending
+                ]
+                budget = max(0, LEASES_MAX - len(spending))
+                kept = others[max(0, len(others) - budget) :] if budget else []
+                self._leases = {**dict(kept), **{k: self._leases[k] for k in spending}}
         for key, _ in wanted:
             self._leases[key].tokens -= cost
         self.stats.allowed += 1
