@@ -32,19 +32,23 @@ from ledger_node.errors import (
     RetryableDatabaseError,
     map_database_error,
 )
-from ledger_node.ids import house_account_id
+from ledger_node.ids import house_account_id, transit_account_id
 from ledger_node.invariants import ensure
 from ledger_node.observability import BATCH_RETRIES, BATCH_SECONDS, BATCH_SIZE, QUEUE_DEPTH
 from ledger_node.operations import (
     AccountState,
     BatchState,
+    CancelStep,
     CreateTransfer,
+    CreditStep,
+    FinishSaga,
     Operation,
     Outcome,
     PlaceBet,
     ResolvePending,
     Rollback,
     SettleWin,
+    StartSaga,
     Submission,
 )
 from ledger_node.render import result_problem
@@ -195,7 +199,7 @@ class Batcher:
         """Decide and commit one batch in four round trips (see ledger_node.store)."""
         operations = [submission.operation for submission in batch]
         state = BatchState(now=datetime.now(UTC), region=self._region, accounts={})
-        account_ids, pending_ids, bet_keys = _touched(operations)
+        account_ids, pending_ids, bet_keys, saga_ids, step_ids = _touched(self._region, operations)
         # Which accounts a hold or a rollback touches never changes, so it is read before the
         # transaction; only batches with such operations pay for it.
         if pending_ids:
@@ -207,7 +211,9 @@ class Batcher:
         ordered_ids = sorted(account_ids)
         await connection.execute(store.lock_message(ordered_ids))
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
-        await store.read_locked(connection, state, ordered_ids, keys, pending_ids, bet_keys)
+        await store.read_locked(
+            connection, state, ordered_ids, keys, pending_ids, bet_keys, saga_ids, step_ids
+        )
         # The batch's time is read once its locks are held, so for any one account the times of
         # its transfers follow their commit order (balance-as-of relies on it).
         state.now = datetime.now(UTC)
@@ -215,17 +221,22 @@ class Batcher:
 
         outcomes = [_decide_with_key(state, submission) for submission in batch]
         _check_batch(state, before)
-        if state.rows or state.new_keys or any(b.dirty for b in state.bets.values()):
+        if store.has_writes(state):
             # The statement checks its own row counts (regiongate_expect) before the COMMIT.
             await connection.fetchrow(store.WRITE_BATCH, *store.write_arguments(state))
         await connection.execute("COMMIT")
         return outcomes
 
 
-def _touched(operations: Iterable[Operation]) -> tuple[set[str], list[str], list[tuple[str, str]]]:
+def _touched(
+    region: str, operations: Iterable[Operation]
+) -> tuple[set[str], list[str], list[tuple[str, str]], list[str], list[str]]:
+    """What a batch must lock and read: accounts, holds, bet references, sagas, saga steps."""
     account_ids: set[str] = set()
     pending_ids: list[str] = []
     bet_keys: list[tuple[str, str]] = []
+    saga_ids: list[str] = []
+    step_ids: list[str] = []
     for op in operations:
         if isinstance(op, CreateTransfer):
             account_ids.add(op.debit_account_id)
@@ -240,7 +251,18 @@ def _touched(operations: Iterable[Operation]) -> tuple[set[str], list[str], list
             bet_keys.append((op.account_id, op.reference))
         elif isinstance(op, ResolvePending):
             pending_ids.append(op.pending_id)
-    return account_ids, pending_ids, bet_keys
+        elif isinstance(op, StartSaga):
+            account_ids.add(op.debit_account_id)
+            account_ids.add(transit_account_id(region, op.credit_region, op.currency))
+        elif isinstance(op, FinishSaga):
+            pending_ids.append(op.hold_transfer_id)
+            saga_ids.append(op.saga_id)
+        elif isinstance(op, CreditStep | CancelStep):
+            # Step 2 and its cancel lock the same transit account, so they never interleave.
+            account_ids.add(transit_account_id(region, op.origin_region, op.currency))
+            account_ids.add(op.credit_account_id)
+            step_ids.append(op.step_id)
+    return account_ids, pending_ids, bet_keys, saga_ids, step_ids
 
 
 def _decide_with_key(state: BatchState, submission: Submission) -> Outcome:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ledger_node import render
+from ledger_node import render, saga_rules
 from ledger_node.ids import new_transfer_id
 from ledger_node.invariants import ensure
 from ledger_node.operations import (
@@ -18,7 +18,10 @@ from ledger_node.operations import (
     BatchState,
     BetState,
     BetStatus,
+    CancelStep,
     CreateTransfer,
+    CreditStep,
+    FinishSaga,
     Flow,
     Kind,
     Operation,
@@ -28,13 +31,14 @@ from ledger_node.operations import (
     ResolvePending,
     Rollback,
     SettleWin,
+    StartSaga,
     Status,
     TransferRow,
 )
 from ledger_node.results import Result
 
 
-def _fail(result: Result, detail: str | None = None) -> Outcome:
+def fail(result: Result, detail: str | None = None) -> Outcome:
     status_code, body = render.result_problem(result, detail)
     return Outcome(result, status_code, body)
 
@@ -67,29 +71,31 @@ def _check_pair(
     return Result.OK, debit, credit
 
 
-def _create(state: BatchState, op: CreateTransfer) -> tuple[Outcome, TransferRow | None]:
+def create_transfer(state: BatchState, op: CreateTransfer) -> tuple[Outcome, TransferRow | None]:
     result, debit, credit = _check_pair(
         state, op.debit_account_id, op.credit_account_id, op.currency
     )
     if result is not Result.OK:
-        return _fail(result), None
+        return fail(result), None
     ensure(debit is not None and credit is not None, "checked pair lost an account")
     amount = op.amount
     if (
         debit.debits_posted + debit.debits_pending + amount > BIGINT_MAX
         or credit.credits_posted + credit.credits_pending + amount > BIGINT_MAX
     ):
-        return _fail(Result.OVERFLOWS_BALANCE), None
+        return fail(Result.OVERFLOWS_BALANCE), None
     # No overdraft: only player accounts are bounded below; system accounts (house, clearing,
     # transit) go negative by design.
     if debit.kind == "player" and debit.available < amount:
-        return _fail(Result.EXCEEDS_AVAILABLE), None
+        return fail(Result.EXCEEDS_AVAILABLE), None
 
     if op.pending:
         debit.debits_pending += amount
         credit.credits_pending += amount
         flow, status = Flow.PENDING, Status.PENDING
-        timeout_at = state.now + timedelta(seconds=op.timeout_s or 0)
+        # A saga's hold has no timeout: expiring it while its credit may have applied at the
+        # destination would create money, so only the saga resolves it.
+        timeout_at = None if op.timeout_s is None else state.now + timedelta(seconds=op.timeout_s)
     else:
         debit.debits_posted += amount
         credit.credits_posted += amount
@@ -97,7 +103,7 @@ def _create(state: BatchState, op: CreateTransfer) -> tuple[Outcome, TransferRow
     debit.version += 1
     credit.version += 1
     row = TransferRow(
-        id=new_transfer_id(state.region),
+        id=op.transfer_id or new_transfer_id(state.region),
         kind=op.kind.value,
         flow=flow.value,
         status=status.value,
@@ -124,30 +130,32 @@ def _ok_transfer(state: BatchState, row: TransferRow) -> Outcome:
     return Outcome(Result.OK, 201, render.encode(render.transfer_dict(row)), row.id)
 
 
-def _resolve(state: BatchState, op: ResolvePending) -> Outcome:
+def resolve_pending(state: BatchState, op: ResolvePending) -> Outcome:
     pending = state.pendings.get(op.pending_id)
     if pending is None:
-        return _fail(Result.PENDING_TRANSFER_NOT_FOUND)
+        return fail(Result.PENDING_TRANSFER_NOT_FOUND)
     if pending.flow != Flow.PENDING:
-        return _fail(Result.TRANSFER_NOT_PENDING_FLOW)
+        return fail(Result.TRANSFER_NOT_PENDING_FLOW)
+    if (pending.kind == Kind.SAGA) != op.by_saga:
+        return fail(Result.TRANSFER_OWNED_BY_SAGA)
     if pending.status == Status.POSTED:
-        return _fail(Result.PENDING_TRANSFER_ALREADY_POSTED)
+        return fail(Result.PENDING_TRANSFER_ALREADY_POSTED)
     if pending.status == Status.VOIDED:
-        return _fail(Result.PENDING_TRANSFER_ALREADY_VOIDED)
+        return fail(Result.PENDING_TRANSFER_ALREADY_VOIDED)
     if pending.status == Status.EXPIRED:
-        return _fail(Result.PENDING_TRANSFER_EXPIRED)
+        return fail(Result.PENDING_TRANSFER_EXPIRED)
     if (
         op.flow != Flow.EXPIRE
         and pending.timeout_at is not None
         and state.now >= pending.timeout_at
     ):
         # Past its timeout a hold can no longer be posted or voided; the expiry task releases it.
-        return _fail(Result.PENDING_TRANSFER_EXPIRED)
+        return fail(Result.PENDING_TRANSFER_EXPIRED)
     posted_amount = 0
     if op.flow == Flow.POST:
         posted_amount = pending.amount if op.amount is None else op.amount
         if posted_amount > pending.amount:
-            return _fail(Result.POST_AMOUNT_EXCEEDS_PENDING)
+            return fail(Result.POST_AMOUNT_EXCEEDS_PENDING)
     debit = state.accounts[pending.debit_account_id]
     credit = state.accounts[pending.credit_account_id]
     debit.debits_pending -= pending.amount
@@ -164,7 +172,7 @@ def _resolve(state: BatchState, op: ResolvePending) -> Outcome:
     pending.dirty = True
     row = TransferRow(
         id=new_transfer_id(state.region),
-        kind=Kind.TRANSFER.value,
+        kind=pending.kind,
         flow=op.flow.value,
         status=status.value,
         pending_id=pending.id,
@@ -185,13 +193,13 @@ def _resolve(state: BatchState, op: ResolvePending) -> Outcome:
 
 def _bet(state: BatchState, op: PlaceBet) -> Outcome:
     if op.account_id not in state.accounts:
-        return _fail(Result.ACCOUNT_NOT_FOUND)
+        return fail(Result.ACCOUNT_NOT_FOUND)
     existing = state.bets.get((op.account_id, op.reference))
     if existing is not None:
         if existing.status == BetStatus.TOMBSTONE:
-            return _fail(Result.BET_ROLLED_BACK)
-        return _fail(Result.BET_REFERENCE_EXISTS)
-    outcome, row = _create(
+            return fail(Result.BET_ROLLED_BACK)
+        return fail(Result.BET_REFERENCE_EXISTS)
+    outcome, row = create_transfer(
         state,
         CreateTransfer(
             debit_account_id=op.account_id,
@@ -220,8 +228,8 @@ def _bet(state: BatchState, op: PlaceBet) -> Outcome:
 
 def _win(state: BatchState, op: SettleWin) -> Outcome:
     if op.account_id not in state.accounts:
-        return _fail(Result.ACCOUNT_NOT_FOUND)
-    outcome, _ = _create(
+        return fail(Result.ACCOUNT_NOT_FOUND)
+    outcome, _ = create_transfer(
         state,
         CreateTransfer(
             debit_account_id=op.house_account_id,
@@ -256,7 +264,7 @@ def _rollback(state: BatchState, op: Rollback) -> Outcome:
     if bet is None:
         # The rollback came first: leave a tombstone so that the late bet is refused.
         if op.account_id not in state.accounts:
-            return _fail(Result.ACCOUNT_NOT_FOUND)
+            return fail(Result.ACCOUNT_NOT_FOUND)
         bet = BetState(
             op.account_id,
             op.reference,
@@ -280,7 +288,7 @@ def _rollback(state: BatchState, op: Rollback) -> Outcome:
         f"placed bet {key} has no transfer",
     )
     account = state.accounts[op.account_id]
-    outcome, row = _create(
+    outcome, row = create_transfer(
         state,
         CreateTransfer(
             debit_account_id=bet.house_account_id,
@@ -305,21 +313,30 @@ def _rollback(state: BatchState, op: Rollback) -> Outcome:
 def decide(state: BatchState, op: Operation) -> Outcome:
     """Apply one operation to the batch state and say what happened."""
     if isinstance(op, CreateTransfer):
-        return _create(state, op)[0]
+        return create_transfer(state, op)[0]
     if isinstance(op, ResolvePending):
-        return _resolve(state, op)
+        return resolve_pending(state, op)
     if isinstance(op, PlaceBet):
         return _bet(state, op)
     if isinstance(op, SettleWin):
         return _win(state, op)
     if isinstance(op, Rollback):
         return _rollback(state, op)
+    if isinstance(op, StartSaga):
+        return saga_rules.start_saga(state, op)
+    if isinstance(op, FinishSaga):
+        return saga_rules.finish_saga(state, op)
+    if isinstance(op, CreditStep):
+        return saga_rules.credit_step(state, op)
+    if isinstance(op, CancelStep):
+        return saga_rules.cancel_step(state, op)
     raise TypeError(f"unknown operation {type(op).__name__}")
 
 
 def pending_state_from_row(row) -> PendingState:
     return PendingState(
         id=row["id"],
+        kind=row["kind"],
         flow=row["flow"],
         status=row["status"],
         debit_account_id=row["debit_account_id"],

@@ -38,6 +38,7 @@ class Kind(enum.StrEnum):
     BET = "bet"
     WIN = "win"
     ROLLBACK = "rollback"
+    SAGA = "saga"
 
 
 class BetStatus(enum.StrEnum):
@@ -59,6 +60,8 @@ class CreateTransfer:
     round_id: str | None = None
     metadata: str | None = None
     """JSON text, already validated and bounded."""
+    transfer_id: str | None = None
+    """Set only where the id must be derived, not drawn (a saga's credit at the destination)."""
 
 
 @dataclass(slots=True)
@@ -67,6 +70,8 @@ class ResolvePending:
     flow: Flow  # POST, VOID or EXPIRE
     amount: int | None = None
     """For POST: the amount to post, up to the pending amount; None posts all of it."""
+    by_saga: bool = False
+    """A saga's hold is resolved by its saga alone, never by a public post or void."""
 
 
 @dataclass(slots=True)
@@ -98,7 +103,89 @@ class Rollback:
     round_id: str | None = None
 
 
-Operation = CreateTransfer | ResolvePending | PlaceBet | SettleWin | Rollback
+class SagaStatus(enum.StrEnum):
+    """The orchestrator's saga: held -> completed | compensated (DESIGN.md, the saga)."""
+
+    HELD = "held"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+
+
+class StepStatus(enum.StrEnum):
+    """The destination's record of a saga's step 2; every status is final."""
+
+    APPLIED = "applied"
+    REFUSED = "refused"
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class StartSaga:
+    """Step 1 at the source: hold the amount on the debit account towards the destination's
+    transit account, and write the saga's row in the same transaction."""
+
+    saga_id: str
+    debit_account_id: str
+    credit_account_id: str
+    credit_region: str
+    amount: int
+    currency: str
+    deadline_ms: int
+    lease_owner: str
+    lease_ms: int
+    reference: str | None = None
+    metadata: str | None = None
+
+
+@dataclass(slots=True)
+class FinishSaga:
+    """Step 3 (post the hold) or the compensation (void it), with the saga's final status."""
+
+    saga_id: str
+    hold_transfer_id: str
+    flow: Flow  # POST or VOID
+    credit_transfer_id: str | None
+    reason: str | None
+
+
+@dataclass(slots=True)
+class CreditStep:
+    """Step 2 at the destination: credit the account from the source's transit account, once
+    per step id, unless the step was cancelled first."""
+
+    step_id: str
+    saga_id: str
+    origin_region: str
+    credit_account_id: str
+    amount: int
+    currency: str
+    transfer_id: str
+
+
+@dataclass(slots=True)
+class CancelStep:
+    """The orchestrator gives up on step 2: the destination says it was applied, or records a
+    tombstone that refuses it for ever."""
+
+    step_id: str
+    saga_id: str
+    origin_region: str
+    credit_account_id: str
+    amount: int
+    currency: str
+
+
+Operation = (
+    CreateTransfer
+    | ResolvePending
+    | PlaceBet
+    | SettleWin
+    | Rollback
+    | StartSaga
+    | FinishSaga
+    | CreditStep
+    | CancelStep
+)
 
 
 @dataclass(slots=True)
@@ -151,6 +238,7 @@ class AccountState:
 @dataclass(slots=True)
 class PendingState:
     id: str
+    kind: str
     flow: str
     status: str
     debit_account_id: str
@@ -172,6 +260,30 @@ class BetState:
     bet_amount: int | None
     house_account_id: str | None
     dirty: bool = False
+
+
+@dataclass(slots=True)
+class SagaState:
+    """What a batch needs of a saga row: enough to start it or to finish it once."""
+
+    id: str
+    status: str
+    hold_transfer_id: str
+    new: dict | None = None
+    """The full row to insert, for a saga this batch started."""
+    finished: dict | None = None
+    """The final status and its transfers, for a saga this batch finished."""
+
+
+@dataclass(slots=True)
+class StepState:
+    step_id: str
+    status: str
+    transfer_id: str | None
+    amount: int
+    reason: str | None = None
+    new: dict | None = None
+    """The row to insert, for a step this batch decided."""
 
 
 @dataclass(slots=True)
@@ -216,6 +328,8 @@ class BatchState:
     accounts: dict[str, AccountState]
     pendings: dict[str, PendingState] = field(default_factory=dict)
     bets: dict[tuple[str, str], BetState] = field(default_factory=dict)
+    sagas: dict[str, SagaState] = field(default_factory=dict)
+    steps: dict[str, StepState] = field(default_factory=dict)
     stored_keys: dict[str, StoredKey] = field(default_factory=dict)
     new_keys: dict[str, tuple[bytes, Outcome, str]] = field(default_factory=dict)
     rows: list[TransferRow] = field(default_factory=list)

@@ -60,3 +60,35 @@ def transfer_dict(row: Any) -> dict[str, Any]:
         "metadata": msgspec.json.decode(metadata) if metadata else None,
         "created_at": rfc3339(get("created_at")),
     }
+
+
+SAGA_PUBLIC_STATUS = {"held": "pending", "completed": "completed", "compensated": "compensated"}
+
+
+def saga_dict(saga: Any) -> dict[str, Any]:
+    """A cross-region transfer as the API shows it: its status and the saga's progress. saga is
+    a sagas row, or the dict a batch inserts."""
+    get = saga.get
+    metadata = get("metadata")
+    return {
+        "id": get("id"),
+        "type": "cross_region",
+        "status": SAGA_PUBLIC_STATUS[get("status")],
+        "debit_account_id": get("debit_account_id"),
+        "credit_account_id": get("credit_account_id"),
+        "amount": get("amount"),
+        "currency": get("currency"),
+        "reference": get("reference"),
+        "metadata": msgspec.json.decode(metadata) if metadata else None,
+        "reason": get("reason"),
+        "created_at": rfc3339(get("created_at")),
+        "deadline_at": rfc3339(get("deadline_at")),
+        "finished_at": rfc3339(get("finished_at")),
+        "progress": {
+            "hold_transfer_id": get("hold_transfer_id"),
+            "credit_transfer_id": get("credit_transfer_id"),
+            "finish_transfer_id": get("finish_transfer_id"),
+            "attempts": get("attempts") or 0,
+            "last_error": get("last_error"),
+        },
+    }

@@ -42,6 +42,15 @@ class Result(enum.Enum):
     BET_ROLLED_BACK = "bet_rolled_back"
     ACCOUNT_HAS_BALANCE = "account_has_balance"
     ACCOUNT_STATUS_INVALID_TRANSITION = "account_status_invalid_transition"
+    # A cross-region transfer's hold belongs to its saga: only the saga posts or voids it.
+    TRANSFER_OWNED_BY_SAGA = "transfer_owned_by_saga"
+    # The destination of a cross-region transfer is not a peer of this region.
+    REGION_NOT_PEER = "region_not_peer"
+    SAGA_NOT_FOUND = "saga_not_found"
+    # The orchestrator cancelled this step before it arrived: refused for ever.
+    SAGA_STEP_CANCELLED = "saga_step_cancelled"
+    # The same step id with a different amount, account or currency: a bug, never applied.
+    SAGA_STEP_CONFLICT = "saga_step_conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,25 @@ PROBLEMS: dict[Result, Problem] = {
         "account-status-invalid-transition",
         "Account status cannot change that way",
         "status",
+    ),
+    Result.TRANSFER_OWNED_BY_SAGA: Problem(
+        409,
+        "transfer-owned-by-saga",
+        "This hold belongs to a cross-region transfer; only its saga resolves it",
+        "transfer_id",
+    ),
+    Result.REGION_NOT_PEER: Problem(
+        422,
+        "region-not-peer",
+        "The credit account's region is not a peer of the debit account's region",
+        "credit_account_id",
+    ),
+    Result.SAGA_NOT_FOUND: Problem(404, "transfer-not-found", "Transfer not found", "transfer_id"),
+    Result.SAGA_STEP_CANCELLED: Problem(
+        409, "saga-step-cancelled", "The cross-region transfer was cancelled before this step"
+    ),
+    Result.SAGA_STEP_CONFLICT: Problem(
+        409, "saga-step-conflict", "This saga step id was used with a different request"
     ),
 }
 

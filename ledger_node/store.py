@@ -27,6 +27,8 @@ from ledger_node.operations import (
     BatchState,
     BetState,
     PendingState,
+    SagaState,
+    StepState,
     StoredKey,
 )
 
@@ -47,7 +49,7 @@ SELECT 'k', json_build_array(key, encode(request_hash, 'hex'), status_code,
                              convert_from(body, 'UTF8'), result, transfer_id)::text
 FROM idempotency_keys WHERE key = ANY($2::text[])
 UNION ALL
-SELECT 'p', json_build_array(id, flow, status, debit_account_id, credit_account_id, amount,
+SELECT 'p', json_build_array(id, kind, flow, status, debit_account_id, credit_account_id, amount,
                              currency, timeout_at, resolved_amount)::text
 FROM transfers WHERE id = ANY($3::text[])
 UNION ALL
@@ -57,6 +59,12 @@ FROM bets b
 JOIN unnest($4::text[], $5::text[]) AS k(account_id, reference)
   ON b.account_id = k.account_id AND b.reference = k.reference
 LEFT JOIN transfers t ON t.id = b.bet_transfer_id
+UNION ALL
+SELECT 's', json_build_array(id, status, hold_transfer_id)::text
+FROM sagas WHERE id = ANY($6::text[])
+UNION ALL
+SELECT 'g', json_build_array(step_id, status, transfer_id, amount, reason)::text
+FROM saga_steps WHERE step_id = ANY($7::text[])
 """
 
 WRITE_BATCH = """
@@ -111,12 +119,46 @@ WITH new_transfers AS (
                                               result text, transfer_id text,
                                               status_code smallint, body json)
     RETURNING 1
+), new_sagas AS (
+    INSERT INTO sagas (id, status, debit_account_id, credit_account_id, credit_region, amount,
+                       currency, hold_transfer_id, reference, metadata, deadline_at,
+                       next_attempt_at, lease_owner, lease_until, created_at)
+    SELECT id, status, debit_account_id, credit_account_id, credit_region, amount, currency,
+           hold_transfer_id, reference, metadata, deadline_at, next_attempt_at, lease_owner,
+           lease_until, $1::timestamptz
+    FROM json_to_recordset($7::json) AS s(
+        id text, status text, debit_account_id text, credit_account_id text,
+        credit_region text, amount bigint, currency text, hold_transfer_id text,
+        reference text, metadata jsonb, deadline_at timestamptz, next_attempt_at timestamptz,
+        lease_owner text, lease_until timestamptz)
+    RETURNING 1
+), finished_sagas AS (
+    UPDATE sagas s
+    SET status = f.status, finish_transfer_id = f.finish_transfer_id,
+        credit_transfer_id = f.credit_transfer_id, reason = f.reason,
+        finished_at = $1::timestamptz, lease_owner = NULL, lease_until = NULL
+    FROM json_to_recordset($8::json) AS f(id text, status text, finish_transfer_id text,
+                                              credit_transfer_id text, reason text)
+    WHERE s.id = f.id AND s.status = 'held'
+    RETURNING 1
+), new_steps AS (
+    INSERT INTO saga_steps (step_id, saga_id, origin_region, status, transfer_id, amount,
+                            reason, created_at)
+    SELECT step_id, saga_id, origin_region, status, transfer_id, amount, reason,
+           $1::timestamptz
+    FROM json_to_recordset($9::json) AS g(step_id text, saga_id text, origin_region text,
+                                              status text, transfer_id text, amount bigint,
+                                              reason text)
+    RETURNING 1
 )
-SELECT regiongate_expect((SELECT count(*) FROM new_transfers), $7::bigint, 'transfers'),
-       regiongate_expect((SELECT count(*) FROM changed_accounts), $8::bigint, 'accounts'),
-       regiongate_expect((SELECT count(*) FROM resolved_pendings), $9::bigint, 'holds'),
-       regiongate_expect((SELECT count(*) FROM changed_bets), $10::bigint, 'bets'),
-       regiongate_expect((SELECT count(*) FROM new_keys), $11::bigint, 'keys')
+SELECT regiongate_expect((SELECT count(*) FROM new_transfers), $10::bigint, 'transfers'),
+       regiongate_expect((SELECT count(*) FROM changed_accounts), $11::bigint, 'accounts'),
+       regiongate_expect((SELECT count(*) FROM resolved_pendings), $12::bigint, 'holds'),
+       regiongate_expect((SELECT count(*) FROM changed_bets), $13::bigint, 'bets'),
+       regiongate_expect((SELECT count(*) FROM new_keys), $14::bigint, 'keys'),
+       regiongate_expect((SELECT count(*) FROM new_sagas), $15::bigint, 'sagas'),
+       regiongate_expect((SELECT count(*) FROM finished_sagas), $16::bigint, 'finished sagas'),
+       regiongate_expect((SELECT count(*) FROM new_steps), $17::bigint, 'saga steps')
 """
 
 _json_encoder = msgspec.json.Encoder()
@@ -155,8 +197,12 @@ async def read_locked(
     keys: list[str],
     pending_ids: list[str],
     bet_keys: list[tuple[str, str]],
+    saga_ids: list[str],
+    step_ids: list[str],
 ) -> None:
-    """Fill state with the locked accounts, stored keys, holds and bet references."""
+    """Fill state with the locked accounts, stored keys, holds, bet references, sagas and saga
+    steps. Sagas change only in batches that lock their debit account, saga steps only in
+    batches that lock their transit account, so what this reads after the locks is current."""
     rows = await connection.fetch(
         READ_LOCKED,
         account_ids,
@@ -164,6 +210,8 @@ async def read_locked(
         pending_ids,
         [key[0] for key in bet_keys],
         [key[1] for key in bet_keys],
+        saga_ids,
+        step_ids,
     )
     pendings = []
     for tag, data in rows:
@@ -176,11 +224,15 @@ async def read_locked(
                 bytes.fromhex(request_hash), status_code, body.encode(), result, transfer_id
             )
         elif tag == "p":
-            if values[7] is not None:
-                values[7] = datetime.fromisoformat(values[7])
+            if values[8] is not None:
+                values[8] = datetime.fromisoformat(values[8])
             pendings.append(PendingState(*values))
-        else:
+        elif tag == "b":
             state.bets[(values[0], values[1])] = BetState(*values)
+        elif tag == "s":
+            state.sagas[values[0]] = SagaState(*values)
+        else:
+            state.steps[values[0]] = StepState(*values)
     # A hold created after the batch's pre-read has accounts this batch did not lock; to this
     # batch it does not exist yet (its caller could not have known its id anyway).
     state.pendings = {
@@ -259,6 +311,16 @@ def write_arguments(state: BatchState) -> list:
         for key, (request_hash, outcome, name) in state.new_keys.items()
     ]
 
+    new_sagas = [
+        {**saga.new, "metadata": msgspec.Raw(saga.new["metadata"].encode())}
+        if saga.new["metadata"]
+        else saga.new
+        for saga in state.sagas.values()
+        if saga.new is not None
+    ]
+    finished_sagas = [saga.finished for saga in state.sagas.values() if saga.finished]
+    steps = [step.new for step in state.steps.values() if step.new is not None]
+
     encode = _json_encoder.encode
     return [
         state.now,
@@ -267,9 +329,25 @@ def write_arguments(state: BatchState) -> list:
         encode(pendings).decode(),
         encode(bets).decode(),
         encode(keys).decode(),
+        encode(new_sagas).decode(),
+        encode(finished_sagas).decode(),
+        encode(steps).decode(),
         len(rows),
         len(accounts),
         len(pendings),
         len(bets),
         len(keys),
+        len(new_sagas),
+        len(finished_sagas),
+        len(steps),
     ]
+
+
+def has_writes(state: BatchState) -> bool:
+    return bool(
+        state.rows
+        or state.new_keys
+        or any(b.dirty for b in state.bets.values())
+        or any(s.new is not None or s.finished for s in state.sagas.values())
+        or any(step.new is not None for step in state.steps.values())
+    )
