@@ -12,23 +12,34 @@ from aiohttp import web
 
 from ledger_node import accounts, reads, render
 from ledger_node.http_errors import ProblemError, field_of, problem_middleware
-from ledger_node.ids import house_account_id, region_of
+from ledger_node.ids import (
+    SAGA_ID_PATTERN,
+    house_account_id,
+    new_saga_id,
+    region_of,
+    saga_credit_transfer_id,
+)
 from ledger_node.node import LedgerNode
 from ledger_node.observability import telemetry_middleware
 from ledger_node.operations import (
+    CancelStep,
     CreateTransfer,
+    CreditStep,
     Flow,
     Operation,
     PlaceBet,
     ResolvePending,
     Rollback,
     SettleWin,
+    StartSaga,
 )
 from ledger_node.render import JSON_CONTENT_TYPE
 from ledger_node.results import (
+    CROSS_REGION_UNAVAILABLE,
     IDEMPOTENCY_KEY_INVALID,
     IDEMPOTENCY_KEY_MISSING,
     MALFORMED_JSON,
+    OVERLOADED,
     PROBLEMS,
     UNAUTHENTICATED,
     UNSUPPORTED_MEDIA_TYPE,
@@ -41,6 +52,7 @@ from ledger_node.schemas import (
     BetIn,
     PostIn,
     RollbackIn,
+    SagaStepIn,
     StatusIn,
     TransferIn,
     VoidIn,
@@ -150,11 +162,7 @@ async def _submit(
         name=name,
         timeout_s=node.config.request_timeout_ms / 1000,
     )
-    content_type = JSON_CONTENT_TYPE if outcome.status_code < 400 else render.PROBLEM_CONTENT_TYPE
-    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
-    return web.Response(
-        status=outcome.status_code, body=outcome.body, content_type=content_type, headers=headers
-    )
+    return _outcome_response(outcome)
 
 
 async def create_transfer(request: web.Request) -> web.Response:
@@ -308,7 +316,137 @@ async def get_history(request: web.Request) -> web.Response:
     return _json(page)
 
 
+async def create_saga(request: web.Request) -> web.Response:
+    """A cross-region transfer, orchestrated here (the debit side). Answers the final result
+    when the saga ends within saga.wait_ms, else 202 with the transfer's URL."""
+    node = request.app[NODE]
+    key = _idempotency_key(request)
+    body: TransferIn = await _decode(request, TransferIn)
+    if node.sagas is None:
+        raise ProblemError(CROSS_REGION_UNAVAILABLE, "this node has no directory of peer regions")
+    _check_local(node, "debit_account_id", body.debit_account_id)
+    _check_amount_and_currency(node, body.amount, body.currency)
+    if body.pending or body.timeout_s is not None:
+        raise ProblemError(
+            VALIDATION_FAILED, "a cross-region transfer cannot be pending", field="pending"
+        )
+    credit_region = node.home_region(body.credit_account_id)
+    if credit_region == node.config.region:
+        raise ProblemError(
+            VALIDATION_FAILED,
+            "both accounts are in this region: use POST /v1/transfers",
+            field="credit_account_id",
+        )
+    if credit_region not in node.config.peers:
+        return _result_response(Result.REGION_NOT_PEER)
+    if not node.sagas.has_room():
+        raise ProblemError(OVERLOADED, "too many cross-region transfers in flight")
+    saga = node.config.saga
+    operation = StartSaga(
+        saga_id=new_saga_id(node.config.region),
+        debit_account_id=body.debit_account_id,
+        credit_account_id=body.credit_account_id,
+        credit_region=credit_region,
+        amount=body.amount,
+        currency=body.currency,
+        deadline_ms=saga.deadline_ms,
+        lease_owner=node.sagas.owner,
+        lease_ms=saga.lease_ms,
+        reference=body.reference,
+        metadata=_metadata(body.metadata),
+    )
+    outcome = await node.batcher.submit(
+        operation,
+        idempotency_key=key,
+        request_hash=_request_hash("saga", "", body),
+        name="saga",
+        timeout_s=node.config.request_timeout_ms / 1000,
+    )
+    if outcome.status_code != 202:
+        return _outcome_response(outcome)
+    saga_id = msgspec.json.decode(outcome.body)["id"]
+    await node.sagas.wait(saga_id, saga.wait_ms / 1000)
+    async with node.pool.acquire() as connection:
+        view = await reads.saga(connection, saga_id)
+    return _saga_response(view, outcome.replayed)
+
+
+def _saga_response(view: dict, replayed: bool) -> web.Response:
+    headers = {REPLAYED_HEADER: "true"} if replayed else {}
+    if view["status"] == "completed":
+        return web.Response(
+            status=201, body=render.encode(view), content_type=JSON_CONTENT_TYPE, headers=headers
+        )
+    if view["status"] == "pending":
+        headers["Location"] = f"/v1/transfers/{view['id']}"
+        return web.Response(
+            status=202, body=render.encode(view), content_type=JSON_CONTENT_TYPE, headers=headers
+        )
+    # Compensated: nothing moved. The problem says why, and carries the transfer for reference.
+    try:
+        result = Result(view["reason"])
+    except ValueError:
+        result = Result.DEADLINE_EXCEEDED
+    status, body = render.result_problem(result, transfer=view)
+    return web.Response(
+        status=status, body=body, content_type=render.PROBLEM_CONTENT_TYPE, headers=headers
+    )
+
+
+def _outcome_response(outcome) -> web.Response:
+    content_type = JSON_CONTENT_TYPE if outcome.status_code < 400 else render.PROBLEM_CONTENT_TYPE
+    headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
+    return web.Response(
+        status=outcome.status_code, body=outcome.body, content_type=content_type, headers=headers
+    )
+
+
+async def saga_step(request: web.Request) -> web.Response:
+    """Step 2 of another region's saga, or its cancel (this node is the destination)."""
+    node = request.app[NODE]
+    saga_id = request.match_info["saga_id"]
+    match = SAGA_ID_PATTERN.match(saga_id)
+    if match is None:
+        raise ProblemError(VALIDATION_FAILED, "not a saga id", field="saga_id")
+    body: SagaStepIn = await _decode(request, SagaStepIn)
+    if match[1] != body.origin_region:
+        raise ProblemError(
+            VALIDATION_FAILED, "the saga id names another region", field="origin_region"
+        )
+    _check_local(node, "credit_account_id", body.credit_account_id)
+    _check_amount_and_currency(node, body.amount, body.currency)
+    common = {
+        "step_id": saga_id,
+        "saga_id": saga_id,
+        "origin_region": body.origin_region,
+        "credit_account_id": body.credit_account_id,
+        "amount": body.amount,
+        "currency": body.currency,
+    }
+    if request.match_info["action"] == "credit":
+        transfer_id = saga_credit_transfer_id(saga_id, node.config.region)
+        operation = CreditStep(**common, transfer_id=transfer_id)
+    else:
+        operation = CancelStep(**common)
+    # The step id is the idempotency key: the step's record answers every repeat the same way.
+    outcome = await node.batcher.submit(
+        operation,
+        idempotency_key=None,
+        request_hash=b"",
+        name="saga-step",
+        timeout_s=node.config.request_timeout_ms / 1000,
+    )
+    return _outcome_response(outcome)
+
+
 async def get_transfer(request: web.Request) -> web.Response:
+    transfer_id = request.match_info["transfer_id"]
+    if SAGA_ID_PATTERN.match(transfer_id):
+        async with request.app[NODE].pool.acquire() as connection:
+            view = await reads.saga(connection, transfer_id)
+        if view is None:
+            return _result_response(Result.SAGA_NOT_FOUND)
+        return _json(view)
     async with request.app[NODE].pool.acquire() as connection:
         transfer = await reads.transfer(connection, request.match_info["transfer_id"])
     if transfer is None:
@@ -367,6 +505,8 @@ def build_app(node: LedgerNode, *, manage_node: bool = True) -> web.Application:
     app.router.add_get(account + "/balance", get_balance)
     app.router.add_get(account + "/transfers", get_history)
     app.router.add_post("/v1/transfers", create_transfer)
+    app.router.add_post("/v1/sagas", create_saga)
+    app.router.add_post("/v1/saga-steps/{saga_id}/{action:credit|cancel}", saga_step)
     app.router.add_get("/v1/transfers/{transfer_id}", get_transfer)
     app.router.add_post("/v1/transfers/{transfer_id}/{action:post|void}", resolve_transfer)
     app.router.add_post("/v1/bets", bet_or_win)

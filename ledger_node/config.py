@@ -70,6 +70,46 @@ class BatchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SagaConfig:
+    """Bounds of the cross-region transfer saga (DESIGN.md). Every wait and retry is finite:
+    step 2 is retried with jittered backoff until deadline_ms, then cancelled; the cancel is
+    retried at the backoff cap until the destination answers (it must, for the hold to end)."""
+
+    deadline_ms: int = 30_000
+    """From the hold to the cancel: past it, the saga stops retrying step 2 and cancels it."""
+    step_timeout_ms: int = 3_000
+    """One call to the destination's ledger (several WAN round trips at most)."""
+    retry_backoff_base_ms: int = 50
+    retry_backoff_cap_ms: int = 2_000
+    lease_ms: int = 5_000
+    """How long a node owns a saga it drives; another node (or this one restarted) takes over
+    an unfinished saga once its lease has run out."""
+    recovery_interval_ms: int = 1_000
+    """How often a node looks for unfinished sagas whose lease ran out."""
+    recovery_batch_max: int = 200
+    running_max: int = 4_096
+    """Sagas one node process drives at once; past it, new cross-region transfers get 503."""
+    wait_ms: int = 5_000
+    """How long a cross-region request waits for its saga to end before answering 202."""
+
+    def __post_init__(self) -> None:
+        _check_range("saga.deadline_ms", self.deadline_ms, 100, 86_400_000)
+        _check_range("saga.step_timeout_ms", self.step_timeout_ms, 10, 120_000)
+        _check_range("saga.retry_backoff_base_ms", self.retry_backoff_base_ms, 1, 60_000)
+        _check_range(
+            "saga.retry_backoff_cap_ms",
+            self.retry_backoff_cap_ms,
+            self.retry_backoff_base_ms,
+            600_000,
+        )
+        _check_range("saga.lease_ms", self.lease_ms, 100, 600_000)
+        _check_range("saga.recovery_interval_ms", self.recovery_interval_ms, 10, 600_000)
+        _check_range("saga.recovery_batch_max", self.recovery_batch_max, 1, 10_000)
+        _check_range("saga.running_max", self.running_max, 1, 1_000_000)
+        _check_range("saga.wait_ms", self.wait_ms, 0, 120_000)
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     dsn: str
     """postgresql:// URL without a password; the password comes from password_file or the
@@ -114,6 +154,10 @@ class LedgerConfig:
     service_keys_file: str | None = None
     """File of 'key_id: secret' lines; else REGIONGATE_SERVICE_KEYS='id:secret,...'."""
     batch: BatchConfig = field(default_factory=BatchConfig)
+    directory_file: str | None = None
+    """The directory (YAML) that locates peer regions' ledger nodes, for cross-region transfers;
+    without it this node refuses them."""
+    saga: SagaConfig = field(default_factory=SagaConfig)
     amount_max: int = AMOUNT_MAX_LIMIT
     body_size_max_bytes: int = 16 * 1024
     request_timeout_ms: int = 10_000
@@ -180,6 +224,8 @@ def ledger_config_from_dict(raw: dict[str, Any]) -> LedgerConfig:
     raw["peers"] = tuple(raw.get("peers", ()))
     if "batch" in raw:
         raw["batch"] = _build(BatchConfig, raw["batch"], "batch")
+    if "saga" in raw:
+        raw["saga"] = _build(SagaConfig, raw["saga"], "saga")
     return _build(LedgerConfig, raw, "ledger")
 
 

@@ -38,6 +38,22 @@ def new_account_id(region: str) -> str:
     return f"{region}-{ulid()}"
 
 
+SAGA_ID_PATTERN = re.compile(r"^([a-z]{2,8})-s-([0-9a-z]{26})$")
+
+
+def new_saga_id(region: str) -> str:
+    return f"{region}-s-{ulid()}"
+
+
+def saga_credit_transfer_id(saga_id: str, credit_region: str) -> str:
+    """The destination's transfer id for a saga's step 2, derived from the saga id so that a
+    retried step can never make a second transfer (the primary key refuses it, too)."""
+    match = SAGA_ID_PATTERN.match(saga_id)
+    if match is None:
+        raise ValueError(f"not a saga id: {saga_id!r}")
+    return f"{credit_region}-t-{match[2]}-{match[1]}"
+
+
 def new_transfer_id(region: str) -> str:
     return f"{region}-t-{ulid()}"
 

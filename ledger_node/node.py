@@ -8,16 +8,21 @@ import contextlib
 import enum
 import logging
 
+import aiohttp
 import asyncpg
 
 from ledger_node.accounts import sync_reference_data
 from ledger_node.batcher import Batcher
 from ledger_node.config import LedgerConfig
 from ledger_node.errors import LedgerError, map_database_error
+from ledger_node.ids import region_of
 from ledger_node.invariants import ensure
 from ledger_node.migrations import apply_migrations, schema_is_current
 from ledger_node.operations import Flow, ResolvePending
+from ledger_node.saga import SagaDriver, new_owner_id
 from ledger_node.service_auth import ServiceKeyring
+from region_router.router import RegionRouter, RouterConfig
+from region_router.yaml_directory import YamlDirectory
 
 log = logging.getLogger("regiongate.ledger.node")
 
@@ -53,6 +58,9 @@ class LedgerNode:
         self.pool: asyncpg.Pool | None = None
         self.batch_pool: asyncpg.Pool | None = None
         self.batcher: Batcher | None = None
+        self.sagas: SagaDriver | None = None
+        self._directory: YamlDirectory | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._expiry_task: asyncio.Task | None = None
 
     async def _create_pool(self, size_max: int, extra_settings: dict | None = None) -> asyncpg.Pool:
@@ -105,10 +113,44 @@ class LedgerNode:
             pool=self.batch_pool, region=self.config.region, config=self.config.batch
         )
         self.batcher.start()
+        if self.config.directory_file:
+            await self._start_sagas()
         self._expiry_task = asyncio.get_running_loop().create_task(
             self._expire_loop(), name="ledger-expiry"
         )
         self.state = NodeState.RUNNING
+
+    async def _start_sagas(self) -> None:
+        """The saga orchestrator: a router to peer regions' ledgers over a keep-alive pool
+        (a saga's steps cost one WAN round trip each, never a new connection), and the
+        recovery worker that resumes unfinished sagas, starting with those of a crashed run."""
+        saga = self.config.saga
+        self._directory = YamlDirectory(self.config.directory_file)
+        await self._directory.start()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=512, limit_per_host=256, keepalive_timeout=60)
+        )
+        router = RegionRouter(
+            directory=self._directory,
+            key=self.keyring.signing_key,
+            session=self._session,
+            config=RouterConfig(
+                local_region=self.config.region,
+                attempt_timeout_ms=saga.step_timeout_ms,
+                call_timeout_ms=saga.step_timeout_ms,
+                retries_max=1,
+                eject_for_ms=max(10, min(5_000, saga.retry_backoff_cap_ms)),
+            ),
+        )
+        self.sagas = SagaDriver(
+            pool=self.pool,
+            batcher=self.batcher,
+            router=router,
+            region=self.config.region,
+            config=saga,
+            owner=new_owner_id(self.config.region),
+        )
+        self.sagas.start()
 
     async def stop(self) -> None:
         if self.state is not NodeState.RUNNING:
@@ -118,6 +160,12 @@ class LedgerNode:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
+        if self.sagas is not None:
+            await self.sagas.stop()
+        if self._session is not None:
+            await self._session.close()
+        if self._directory is not None:
+            await self._directory.stop()
         if self.batcher is not None:
             await self.batcher.stop()
         await self._close_pools()
@@ -127,6 +175,12 @@ class LedgerNode:
         for pool in (self.batch_pool, self.pool):
             if pool is not None:
                 await pool.close()
+
+    def home_region(self, account_id: str) -> str | None:
+        """An account's home region: the directory's re-home override first, else its id."""
+        if self._directory is not None:
+            return self._directory.snapshot().home_region(account_id)
+        return region_of(account_id)
 
     async def ready(self) -> tuple[bool, str]:
         """Readiness: running, the database answers, and the schema is current."""

@@ -30,6 +30,23 @@ BATCH_RETRIES = Counter(
     "regiongate_ledger_batch_retries_total", "Batches run again after losing a race"
 )
 QUEUE_DEPTH = Gauge("regiongate_ledger_queue_depth", "Operations waiting for a batch")
+SAGA_OUTCOMES = Counter(
+    "regiongate_saga_outcomes_total",
+    "Cross-region transfers ended, by outcome and destination region",
+    ["outcome", "region"],
+)
+SAGA_SECONDS = Histogram(
+    "regiongate_saga_seconds",
+    "From the hold to the saga's end, as seen by the node that ended it",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SAGA_STEP_ERRORS = Counter(
+    "regiongate_saga_step_errors_total",
+    "Calls to a destination ledger whose outcome was unknown, by destination region",
+    ["region"],
+)
+SAGAS_RUNNING = Gauge("regiongate_sagas_running", "Sagas this process is driving now")
 
 telemetry_middleware = server_middleware(
     "regiongate.ledger",

@@ -130,3 +130,11 @@ async def history(
         items.append(item)
     next_cursor = encode_cursor(rows[-1]["seq"], order) if len(rows) == limit else None
     return {"account_id": account_id, "items": items, "next_cursor": next_cursor}
+
+
+SAGA = "SELECT * FROM sagas WHERE id = $1"
+
+
+async def saga(connection: asyncpg.Connection, saga_id: str) -> dict | None:
+    row = await connection.fetchrow(SAGA, saga_id)
+    return None if row is None else render.saga_dict(row)

@@ -51,6 +51,9 @@ class Result(enum.Enum):
     SAGA_STEP_CANCELLED = "saga_step_cancelled"
     # The same step id with a different amount, account or currency: a bug, never applied.
     SAGA_STEP_CONFLICT = "saga_step_conflict"
+    # The destination did not confirm before the saga's deadline; it was cancelled there and
+    # the hold voided here: nothing moved.
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,11 @@ PROBLEMS: dict[Result, Problem] = {
     Result.SAGA_STEP_CONFLICT: Problem(
         409, "saga-step-conflict", "This saga step id was used with a different request"
     ),
+    Result.DEADLINE_EXCEEDED: Problem(
+        422,
+        "cross-region-timeout",
+        "The destination region did not confirm in time; the transfer was compensated",
+    ),
 }
 
 # Problems that do not come from a ledger decision: input, auth, limits, availability.
@@ -175,6 +183,9 @@ IDEMPOTENCY_KEY_MISSING = Problem(
 )
 IDEMPOTENCY_KEY_INVALID = Problem(
     400, "idempotency-key-invalid", "Idempotency-Key header is malformed", "Idempotency-Key"
+)
+CROSS_REGION_UNAVAILABLE = Problem(
+    503, "cross-region-unavailable", "Cross-region transfers are not available on this node"
 )
 UNAUTHENTICATED = Problem(401, "unauthenticated", "Missing or invalid service credentials")
 NOT_FOUND = Problem(404, "not-found", "No such resource")

@@ -78,7 +78,27 @@ class RollbackIn(Struct, forbid_unknown_fields=True):
     round_id: Reference | None = None
 
 
+class SagaStepIn(Struct, forbid_unknown_fields=True):
+    """Step 2 of a cross-region transfer, or its cancel, as the source's orchestrator sends it;
+    the step id is the saga id in the path."""
+
+    origin_region: Annotated[str, Meta(pattern=r"^[a-z]{2,8}$")]
+    credit_account_id: AccountId
+    amount: Amount
+    currency: CurrencyCode
+
+
 DECODERS = {
     cls: msgspec.json.Decoder(cls)
-    for cls in (TransferIn, PostIn, VoidIn, AccountIn, StatusIn, BetIn, WinIn, RollbackIn)
+    for cls in (
+        TransferIn,
+        PostIn,
+        VoidIn,
+        AccountIn,
+        StatusIn,
+        BetIn,
+        WinIn,
+        RollbackIn,
+        SagaStepIn,
+    )
 }

@@ -70,7 +70,7 @@ async def fund(client: LedgerClient, account_id: str, amount: int, currency: str
     response = await client.post(
         "/v1/transfers",
         {
-            "debit_account_id": f"{REGION}-clearing-{currency}",
+            "debit_account_id": f"{account_id.split('-', 1)[0]}-clearing-{currency}",
             "credit_account_id": account_id,
             "amount": amount,
             "currency": currency,
@@ -131,10 +131,11 @@ async def ledger_snapshot(dsn: str) -> tuple:
 class RegionNode:
     """A ledger node of one region, startable again on the same port."""
 
-    def __init__(self, region: str, dsn: str, keyring) -> None:
+    def __init__(self, region: str, dsn: str, keyring, **overrides) -> None:
         self.region = region
         self.dsn = dsn
         self.keyring = keyring
+        self.overrides = overrides
         self.port = free_port()
         self.node = None
         self.server = None
@@ -144,7 +145,8 @@ class RegionNode:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.node = LedgerNode(ledger_config(self.dsn, region=self.region), self.keyring)
+        config = ledger_config(self.dsn, region=self.region, **self.overrides)
+        self.node = LedgerNode(config, self.keyring)
         await self.node.start()
         self.server = TestServer(
             build_app(self.node, manage_node=False), host="127.0.0.1", port=self.port
@@ -210,3 +212,146 @@ class Cluster:
             )
             assert status == 201
         return account["id"]
+
+
+# Saga tests run fast clocks: a deadline of 1.5 s, short leases, quick recovery passes.
+SAGA_TEST_CONFIG = {
+    "deadline_ms": 1_500,
+    "step_timeout_ms": 400,
+    "retry_backoff_base_ms": 20,
+    "retry_backoff_cap_ms": 200,
+    "lease_ms": 1_000,
+    "recovery_interval_ms": 100,
+    "wait_ms": 3_000,
+}
+
+
+class SagaWorld:
+    """Regions as separate ledger processes (so a test can kill -9 one), each reaching the
+    others' ledgers only through a WAN link it can delay or cut. Each region sees the others
+    through its own directory file, as each region's Consul datacenter would."""
+
+    def __init__(self, root, postgres, keys_text: str, regions=("eu", "us", "ap"), **options):
+        self.root = root
+        self.postgres = postgres
+        self.keys_text = keys_text
+        self.regions = tuple(regions)
+        self.saga = {**SAGA_TEST_CONFIG, **options.pop("saga", {})}
+        self.own_postgres = options.pop("own_postgres", False)
+        self.one_way_delay_ms = options.pop("one_way_delay_ms", 0)
+        self.clusters: dict = {}
+        self.dsns: dict[str, str] = {}
+        self.ledgers: dict = {}
+        self.wan = None
+
+    def start(self) -> None:
+        from infra.local import LedgerProcess, write_ledger_config
+        from infra.services import PostgresCluster
+        from infra.wan import WanThread
+        from region_router.directory import LedgerEndpoint, Region, RegionStatus
+        from region_router.yaml_directory import write_directory_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        keys_file = self.root / "service_keys"
+        keys_file.write_text(self.keys_text)
+        ports = {region: free_port() for region in self.regions}
+        self.wan = WanThread()
+        self.wan.start()
+        for region in self.regions:
+            for peer in self.regions:
+                if peer != region:
+                    self.wan.add(
+                        f"{region}>{peer}",
+                        "127.0.0.1",
+                        ports[peer],
+                        one_way_delay_ms=self.one_way_delay_ms,
+                    )
+        for region in self.regions:
+            if self.own_postgres:
+                cluster = PostgresCluster(self.root / f"pg-{region}", free_port())
+                cluster.start()
+                self.clusters[region] = cluster
+                self.dsns[region] = cluster.create_database(f"ledger_{region}")
+            else:
+                name = unique(f"saga_{region}").replace("-", "_")[:40]
+                self.dsns[region] = self.postgres.create_database(name)
+            peers = [peer for peer in self.regions if peer != region]
+            directory = self.root / f"directory-{region}.yaml"
+            write_directory_file(
+                directory,
+                [
+                    Region(code, RegionStatus.ACTIVE, tuple(p for p in self.regions if p != code))
+                    for code in self.regions
+                ],
+                [
+                    LedgerEndpoint(
+                        code,
+                        f"{code}-1",
+                        f"http://127.0.0.1:{ports[code]}"
+                        if code == region
+                        else self.wan.links[f"{region}>{code}"].url,
+                    )
+                    for code in self.regions
+                ],
+                {},
+            )
+            config = write_ledger_config(
+                self.root / f"ledger-{region}.yaml",
+                region=region,
+                dsn=self.dsns[region],
+                port=ports[region],
+                service_keys_file=keys_file,
+                peers=peers,
+                extra={
+                    "directory_file": str(directory),
+                    "saga": self.saga,
+                    "expiry_interval_ms": 100,
+                    "request_timeout_ms": 5_000,
+                },
+            )
+            self.ledgers[region] = LedgerProcess(
+                config, ports[region], self.root / f"ledger-{region}.log"
+            )
+        for ledger in self.ledgers.values():
+            ledger.start()
+
+    def url(self, region: str) -> str:
+        return self.ledgers[region].url
+
+    def link(self, source: str, destination: str, action: str, *args) -> None:
+        """cut / heal / drop_connections / set_delay, on both directions between two regions."""
+        for name in (f"{source}>{destination}", f"{destination}>{source}"):
+            self.wan.call(name, action, *args)
+
+    def kill(self, region: str) -> None:
+        self.ledgers[region].kill()
+
+    def restart(self, region: str) -> None:
+        self.ledgers[region].start()
+
+    def stop(self) -> None:
+        for ledger in self.ledgers.values():
+            ledger.stop()
+        if self.wan is not None:
+            self.wan.stop()
+        for cluster in self.clusters.values():
+            cluster.stop(mode="immediate")
+
+    async def audit(self, grace_s: float = 10.0) -> dict:
+        """Every cross-region check; the failures, by check name (empty when all pass)."""
+        from ledger_node.global_audit import audit_regions
+
+        results = await audit_regions(self.dsns, grace_s=grace_s)
+        return {r.name: r.violations[:5] for r in results if not r.ok}
+
+    async def unfinished_sagas(self) -> int:
+        count = 0
+        for dsn in self.dsns.values():
+            connection = await asyncpg.connect(dsn)
+            try:
+                count += await connection.fetchval(
+                    "SELECT count(*) FROM sagas WHERE status = 'held'"
+                )
+            finally:
+                await connection.close()
+        return count

@@ -48,9 +48,10 @@ CREATE TABLE saga_steps (
     step_id       text PRIMARY KEY,
     saga_id       text NOT NULL,
     origin_region text NOT NULL,
-    -- applied: step 2 credited the account; cancelled: the orchestrator gave up first, so a
-    -- late step 2 with this id is refused for ever (the tombstone).
-    status        text NOT NULL CHECK (status IN ('applied', 'cancelled')),
+    -- applied: step 2 credited the account; refused: step 2 was refused (account closed,
+    -- currency mismatch...), for ever; cancelled: the orchestrator gave up first, so a late
+    -- step 2 with this id is refused for ever (the tombstone).
+    status        text NOT NULL CHECK (status IN ('applied', 'refused', 'cancelled')),
     transfer_id   text UNIQUE REFERENCES transfers (id),
     amount        bigint NOT NULL CHECK (amount > 0),
     -- For a refused step, the destination's result code (account_closed, currency_mismatch...).
