@@ -104,11 +104,16 @@ class ServiceProcess:
     ssl_context: ssl.SSLContext | None = None
     process: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def start(self, timeout_s: float = READY_TIMEOUT_S, env: dict[str, str] | None = None) -> None:
+        """Start and wait until ready; env adds to (never replaces) this process's environment."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.argv, stdout=log, stderr=log, start_new_session=True
+                self.argv,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         if not http_ready(self.ready_url, timeout_s, self.ssl_context):
             self.kill()

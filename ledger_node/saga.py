@@ -31,6 +31,7 @@ import enum
 import logging
 import os
 import random
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -85,6 +86,18 @@ ORDER BY next_attempt_at LIMIT $1
 """
 
 _decode = msgspec.json.Decoder()
+
+# Fault injection for the crash tests: the process kills itself (SIGKILL, as kill -9 would) at
+# the named step boundary. Read once at start; production never sets it.
+CRASH_AT_ENV = "REGIONGATE_SAGA_CRASH_AT"
+CRASH_POINTS = frozenset({"hold", "answer", "finish"})
+_CRASH_AT = os.environ.get(CRASH_AT_ENV)
+
+
+def _crash_point(name: str) -> None:
+    if _CRASH_AT == name:
+        log.warning("fault injection: killing this process at step boundary %r", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Verdict(enum.Enum):
@@ -231,11 +244,14 @@ class SagaDriver:
         if saga is None:
             return  # already ended, or another node holds its lease
         attempt = saga["attempts"]
+        _crash_point("hold")
         while True:
             cancel = datetime.now(UTC) >= saga["deadline_at"]
             answer = await self._call_step(saga, cancel)
             if answer.verdict is not Verdict.UNKNOWN:
+                _crash_point("answer")
                 await self._finish(saga, answer)
+                _crash_point("finish")
                 return
             SAGA_STEP_ERRORS.labels(saga["credit_region"]).inc()
             attempt += 1

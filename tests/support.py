@@ -326,8 +326,8 @@ class SagaWorld:
     def kill(self, region: str) -> None:
         self.ledgers[region].kill()
 
-    def restart(self, region: str) -> None:
-        self.ledgers[region].start()
+    def restart(self, region: str, env: dict[str, str] | None = None) -> None:
+        self.ledgers[region].start(env=env)
 
     def stop(self) -> None:
         for ledger in self.ledgers.values():
