@@ -31,7 +31,6 @@ from gateway.observability import HOME_REGION, pool_wait_trace_config, telemetry
 from gateway.openapi import openapi_document
 from gateway.problems import (
     ACCOUNT_NOT_FOUND,
-    CROSS_REGION_NOT_YET,
     GatewayProblem,
     problem_middleware,
 )
@@ -157,7 +156,10 @@ def _account_field(body: dict, name: str) -> str:
 
 
 def _pass_through(response: LedgerResponse) -> web.Response:
-    headers = {REPLAYED_HEADER: "true"} if response.replayed else None
+    headers = {REPLAYED_HEADER: "true"} if response.replayed else {}
+    location = response.headers.get("Location")
+    if location is not None and location.startswith("/v1/transfers/"):
+        headers["Location"] = location  # the ledger's paths for transfers are the public ones
     content_type = response.headers.get("Content-Type", "application/json").split(";")[0]
     return web.Response(
         status=response.status, body=response.body, content_type=content_type, headers=headers
@@ -237,12 +239,13 @@ async def create_transfer(request: web.Request) -> web.Response:
         raise Forbidden("money can only leave your own accounts")
     key = _ledger_key(request, principal)
     snapshot = gateway.directory.snapshot()
-    if snapshot.home_region(debit) != snapshot.home_region(credit):
-        raise GatewayProblem(CROSS_REGION_NOT_YET)
+    # Across regions, the debit side's ledger orchestrates the saga (DESIGN.md): one call to
+    # it, which answers the final result, or 202 and the transfer's URL if the saga runs on.
+    cross_region = snapshot.home_region(debit) != snapshot.home_region(credit)
     response = await gateway.router.call(
         debit,
         "POST",
-        "/v1/transfers",
+        "/v1/sagas" if cross_region else "/v1/transfers",
         body,
         idempotency_key=key,
     )

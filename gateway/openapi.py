@@ -38,6 +38,7 @@ def _operation(
     idempotent=False,
     params: list | None = None,
     ok: str = "200",
+    accepted: bool = False,
 ) -> dict:
     operation = {
         "summary": summary,
@@ -56,6 +57,12 @@ def _operation(
             "503": PROBLEM,
         },
     }
+    if accepted:
+        operation["responses"]["202"] = {
+            "description": "Accepted: a cross-region transfer still running; poll Location",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {}}},
+        }
     if body is not None:
         operation["requestBody"] = {
             "required": True,
@@ -189,10 +196,14 @@ def openapi_document() -> dict:
             },
             "/v1/transfers": {
                 "post": _operation(
-                    "Move money, at once or as a hold",
+                    "Move money, at once or as a hold. Between accounts of different regions"
+                    " the transfer is a saga: 201 when it completed within the wait, 202 with"
+                    " a Location to poll while it runs, a problem when it was compensated"
+                    " (the problem's transfer member shows it). Holds stay within a region.",
                     scopes="wallet (from own accounts), admin",
                     idempotent=True,
                     ok="201",
+                    accepted=True,
                     body=_object(
                         ["debit_account_id", "credit_account_id", "amount", "currency"],
                         debit_account_id=ACCOUNT_ID,

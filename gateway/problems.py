@@ -28,9 +28,6 @@ REGION_UNAVAILABLE = Problem(
     503, "region-unavailable", "The account's home region cannot be reached; retry later"
 )
 ACCOUNT_NOT_FOUND = Problem(404, "account-not-found", "Account not found", "account_id")
-CROSS_REGION_NOT_YET = Problem(
-    422, "cross-region-not-supported", "Accounts in different regions (sagas come later)"
-)
 
 
 class GatewayProblem(Exception):

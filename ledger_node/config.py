@@ -89,8 +89,9 @@ class SagaConfig:
     recovery_batch_max: int = 200
     running_max: int = 4_096
     """Sagas one node process drives at once; past it, new cross-region transfers get 503."""
-    wait_ms: int = 5_000
-    """How long a cross-region request waits for its saga to end before answering 202."""
+    wait_ms: int = 2_000
+    """How long a cross-region request waits for its saga to end before answering 202. Keep
+    it below the gateway's attempt_timeout_ms, or the gateway gives up on the answer first."""
 
     def __post_init__(self) -> None:
         _check_range("saga.deadline_ms", self.deadline_ms, 100, 86_400_000)

@@ -26,6 +26,7 @@ from region_router.ledger_client import LedgerClient
 from region_router.yaml_directory import write_directory_file
 from tests.support import (
     LIMIT_BURST,
+    SAGA_TEST_CONFIG,
     Cluster,
     RegionNode,
     ledger_config,
@@ -118,17 +119,20 @@ async def client(ledger_node, keyring, session) -> LedgerClient:
 @pytest.fixture
 async def cluster(postgres, keyring, redis_server, tmp_path):
     regions = {}
+    directory_file = tmp_path / "directory.yaml"
     for code in ("eu", "us"):
         dsn = postgres.create_database(unique(f"gw_{code}").replace("-", "_")[:40])
-        regions[code] = RegionNode(code, dsn, keyring)
-        await regions[code].start()
-    directory_file = tmp_path / "directory.yaml"
+        regions[code] = RegionNode(
+            code, dsn, keyring, directory_file=str(directory_file), saga=SAGA_TEST_CONFIG
+        )
     write_directory_file(
         directory_file,
         [Region("eu", RegionStatus.ACTIVE, ("us",)), Region("us", RegionStatus.ACTIVE, ("eu",))],
         [LedgerEndpoint(code, f"{code}-1", node.url) for code, node in regions.items()],
         {},
     )
+    for node in regions.values():
+        await node.start()
     keys = ensure_dev_keys(tmp_path / "keys")
     service_keys = tmp_path / "service_keys"
     service_keys.write_text(SERVICE_KEYS_TEXT)

@@ -169,7 +169,7 @@ async def test_idempotency_keys_are_per_client(cluster):
     assert other[2]["id"] != first[2]["id"]
 
 
-async def test_ledger_problems_pass_through_and_cross_region_waits_for_sagas(cluster):
+async def test_ledger_problems_pass_through_and_cross_region_transfers_run_a_saga(cluster):
     alice = await cluster.account("eu", fund=10)
     us_player = await cluster.account("us")
     token = cluster.keys.mint("alice", "wallet", accounts=[alice])
@@ -200,7 +200,17 @@ async def test_ledger_problems_pass_through_and_cross_region_waits_for_sagas(clu
             "currency": "EUR",
         },
     )
-    assert status == 422 and problem["type"] == P + "cross-region-not-supported"
+    assert status == 201, problem
+    transfer = problem
+    assert transfer["type"] == "cross_region" and transfer["status"] == "completed"
+    # Any region's gateway shows it, to either side's owner.
+    bob = cluster.keys.mint("bob", "wallet", accounts=[us_player])
+    status, _, shown = await cluster.call("us", "GET", f"/v1/transfers/{transfer['id']}", token=bob)
+    assert status == 200 and shown["status"] == "completed"
+    status, _, balance = await cluster.call(
+        "us", "GET", f"/v1/accounts/{us_player}/balance", token=bob
+    )
+    assert status == 200 and balance["posted"] == 1
 
 
 async def test_openapi_lists_exactly_the_routes(cluster):
