@@ -154,8 +154,41 @@ def cmd_local_up(args) -> int:
     from infra.local import LocalCluster, run_forever
 
     regions = [region.strip() for region in args.regions.split(",") if region.strip()]
-    run_forever(LocalCluster(root=Path(args.data_dir).resolve(), regions=regions))
+    cluster = LocalCluster(
+        root=Path(args.data_dir).resolve(),
+        regions=regions,
+        wan_one_way_delay_ms=args.wan_delay_ms,
+    )
+    run_forever(cluster)
     return EXIT_OK
+
+
+def cmd_audit(args) -> int:
+    """The cross-region audit (ledger_node.global_audit) over every region's database."""
+    from ledger_node.global_audit import audit_regions
+
+    dsns = {}
+    if args.dsn:
+        for item in args.dsn:
+            region, _, dsn = item.partition("=")
+            dsns[region] = dsn
+    else:
+        state_file = Path(args.data_dir) / "cluster.json"
+        try:
+            dsns = json.loads(state_file.read_text())["ledger_dsns"]
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"cannot read the local cluster's databases from {state_file}: {exc}")
+            return EXIT_FAILED
+    results = asyncio.run(audit_regions(dsns, grace_s=args.grace_s))
+    failed = 0
+    for result in results:
+        print(f"[{'ok' if result.ok else 'FAIL'}] {result.name}")
+        for violation in result.violations[:20]:
+            print(f"    {json.dumps(violation, default=str)}")
+        failed += not result.ok
+    regions = ", ".join(sorted(dsns))
+    print(f"audited regions {regions}: {len(results) - failed} passed, {failed} failed")
+    return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
 def cmd_local_demo(args) -> int:
@@ -210,10 +243,28 @@ def build_parser() -> argparse.ArgumentParser:
     up = local.add_parser("up", help="start the local cluster and wait for Ctrl-C")
     up.add_argument("--data-dir", default=".local", help="where data is kept between runs")
     up.add_argument("--regions", default="eu,us,ap", help="comma-separated region codes")
+    up.add_argument(
+        "--wan-delay-ms",
+        type=float,
+        default=None,
+        help="route traffic between regions through WAN proxies with this one-way delay",
+    )
     up.set_defaults(handler=cmd_local_up)
     demo = local.add_parser("demo", help="a scripted scenario through the running cluster")
     demo.add_argument("--data-dir", default=".local")
     demo.set_defaults(handler=cmd_local_demo)
+
+    audit = commands.add_parser(
+        "audit", help="check money invariants across every region; exit 1 on any violation"
+    )
+    audit.add_argument("--data-dir", default=".local", help="the local cluster to audit")
+    audit.add_argument(
+        "--dsn", action="append", help="REGION=postgresql://... (repeat); overrides --data-dir"
+    )
+    audit.add_argument(
+        "--grace-s", type=float, default=10.0, help="how far past its deadline a saga may run"
+    )
+    audit.set_defaults(handler=cmd_audit)
     return parser
 
 

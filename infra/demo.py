@@ -1,7 +1,8 @@
 """``regiongate local demo``: a short scripted scenario through different regions' gateways of
 the running local cluster: accounts in two regions, deposits, a bet and a win for an eu player
-placed through the us and ap gateways, a rollback, a rollback that arrives before its bet, and
-the same balance read from every gateway. It prints each step and what happened."""
+placed through the us and ap gateways, a rollback, a rollback that arrives before its bet, a
+transfer between players of two regions (a saga), the same balance read from every gateway, and
+the audit across regions. It prints each step and what happened."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Demo:
             raise ServiceStartError(f"no running cluster in {root}: start it with ./dev up")
         state = json.loads(state_file.read_text())
         self.gateways: dict[str, str] = state["gateways"]
+        self.dsns: dict[str, str] = state.get("ledger_dsns", {})
         self.ssl = client_context(Path(state["ca_cert"]))
         keys = DevKeys(Path(state["dev_private_key"]), Path(state["dev_jwks"]))
         self.admin = keys.mint("demo-backoffice", "admin")
@@ -171,6 +173,21 @@ class Demo:
                 },
                 "the late bet is refused",
             )
+            await self.call(
+                session,
+                home,
+                "POST",
+                "/v1/transfers",
+                self.admin,
+                {
+                    "debit_account_id": alice,
+                    "credit_account_id": bob,
+                    "amount": 2_500,
+                    "currency": "EUR",
+                    "reference": "p2p",
+                },
+                f"alice pays bob 25.00 across regions: a saga {home} -> {other}",
+            )
             for region in regions:
                 await self.call(
                     session,
@@ -178,7 +195,7 @@ class Demo:
                     "GET",
                     f"/v1/accounts/{alice}/balance",
                     self.admin,
-                    note="alice: 100.00 - 15.00 + 40.00 = 125.00",
+                    note="alice: 100.00 - 15.00 + 40.00 - 25.00 = 100.00",
                 )
             await self.call(
                 session,
@@ -186,5 +203,16 @@ class Demo:
                 "GET",
                 f"/v1/accounts/{bob}/balance",
                 self.admin,
-                note="bob: 100.00, the bet rolled back",
+                note="bob: 100.00, the bet rolled back, + 25.00 from alice = 125.00",
             )
+        await self.audit()
+
+    async def audit(self) -> None:
+        from ledger_node.global_audit import audit_regions
+
+        results = await audit_regions(self.dsns)
+        failed = [result.name for result in results if not result.ok]
+        print(
+            f"audit across {', '.join(sorted(self.dsns))}: {len(results) - len(failed)} checks "
+            f"passed" + (f", FAILED: {failed}" if failed else "")
+        )

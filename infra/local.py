@@ -27,6 +27,7 @@ import yaml
 
 from infra.errors import ServiceStartError
 from infra.services import PostgresCluster, RedisServer, free_port
+from infra.wan import WanThread
 
 DEFAULT_CURRENCIES = (
     {"code": "EUR", "exponent": 2},
@@ -175,6 +176,11 @@ class LocalCluster:
     gateways: dict[str, ServiceProcess] = field(default_factory=dict)
     gateway_urls: dict[str, str] = field(default_factory=dict)
     redis: RedisServer | None = None
+    wan_one_way_delay_ms: float | None = None
+    """With a value, every link between two regions goes through a WAN proxy (infra.wan) that
+    adds this one-way delay; None connects regions directly."""
+    wan: WanThread | None = None
+    ledger_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def secrets_dir(self) -> Path:
@@ -184,24 +190,30 @@ class LocalCluster:
     def service_keys_file(self) -> Path:
         return self.secrets_dir / "service_keys"
 
-    @property
-    def directory_file(self) -> Path:
-        return self.root / "config" / "directory.yaml"
+    def directory_file(self, region: str) -> Path:
+        """Each region's view of the directory: the others' ledgers as reached from it (through
+        its WAN links, when there are any), as each region's Consul datacenter would show."""
+        return self.root / "config" / f"directory-{region}.yaml"
 
     def start(self) -> None:
         from gateway.devkeys import ensure_dev_keys
         from infra.tls import client_context, ensure_dev_certificates
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config").mkdir(parents=True, exist_ok=True)
         ensure_service_keys(self.service_keys_file)
         tls = ensure_dev_certificates(self.secrets_dir / "tls")
         dev_keys = ensure_dev_keys(self.secrets_dir)
         try:
             self.redis = RedisServer(self.root / "redis", free_port())
             self.redis.start()
+            self.ledger_ports = {
+                region: DEFAULT_LEDGER_PORTS.get(region) or free_port() for region in self.regions
+            }
+            self._start_wan()
+            for region in self.regions:
+                self._write_directory(region)
             for region in self.regions:
                 self._start_ledger(region)
-            self._write_directory()
             for region in self.regions:
                 self._start_gateway(region, tls, dev_keys, client_context(tls.ca_cert))
             self._write_state(tls.ca_cert, dev_keys)
@@ -214,7 +226,7 @@ class LocalCluster:
         cluster.start()
         self.postgres[region] = cluster
         dsn = cluster.create_database(f"ledger_{region}")
-        port = DEFAULT_LEDGER_PORTS.get(region) or free_port()
+        port = self.ledger_ports[region]
         config_path = write_ledger_config(
             self.root / "config" / f"ledger-{region}.yaml",
             region=region,
@@ -222,7 +234,10 @@ class LocalCluster:
             port=port,
             service_keys_file=self.service_keys_file,
             peers=[peer for peer in self.regions if peer != region],
-            extra={"metrics_port": port + METRICS_PORT_OFFSET},
+            extra={
+                "metrics_port": port + METRICS_PORT_OFFSET,
+                "directory_file": str(self.directory_file(region)),
+            },
         )
         ledger = LedgerProcess(config_path, port, self.root / "logs" / f"ledger-{region}.log")
         ledger.start()
@@ -240,7 +255,7 @@ class LocalCluster:
                         "region": region,
                         "host": "127.0.0.1",
                         "port": port,
-                        "directory_file": str(self.directory_file),
+                        "directory_file": str(self.directory_file(region)),
                         "jwks_file": str(dev_keys.jwks_file),
                         "audience": DEV_AUDIENCE,
                         "issuer": DEV_ISSUER,
@@ -272,14 +287,34 @@ class LocalCluster:
         self.gateways[region] = gateway
         self.gateway_urls[region] = url
 
-    def _write_directory(self) -> None:
-        """The directory records of this cluster, for the region router (YamlDirectory)."""
+    def _start_wan(self) -> None:
+        if self.wan_one_way_delay_ms is None:
+            return
+        self.wan = WanThread()
+        self.wan.start()
+        for region in self.regions:
+            for peer in self.regions:
+                if peer != region:
+                    self.wan.add(
+                        f"{region}>{peer}",
+                        "127.0.0.1",
+                        self.ledger_ports[peer],
+                        one_way_delay_ms=self.wan_one_way_delay_ms,
+                    )
+
+    def _ledger_url(self, source: str, region: str) -> str:
+        if self.wan is not None and source != region:
+            return self.wan.links[f"{source}>{region}"].url
+        return f"http://127.0.0.1:{self.ledger_ports[region]}"
+
+    def _write_directory(self, source: str) -> None:
+        """One region's directory records, for its router (YamlDirectory)."""
         from region_router.directory import LedgerEndpoint, Region, RegionStatus
         from region_router.yaml_directory import write_directory_file
 
         currencies = tuple(currency["code"] for currency in DEFAULT_CURRENCIES)
         write_directory_file(
-            self.directory_file,
+            self.directory_file(source),
             [
                 Region(
                     region,
@@ -290,8 +325,8 @@ class LocalCluster:
                 for region in self.regions
             ],
             [
-                LedgerEndpoint(region, f"{region}-1", ledger.url)
-                for region, ledger in self.ledgers.items()
+                LedgerEndpoint(region, f"{region}-1", self._ledger_url(source, region))
+                for region in self.regions
             ],
             {},
         )
@@ -300,6 +335,8 @@ class LocalCluster:
         state = {
             "gateways": self.gateway_urls,
             "ledger_configs": {r: str(ledger.config_path) for r, ledger in self.ledgers.items()},
+            "ledger_dsns": {r: c.dsn(f"ledger_{r}") for r, c in self.postgres.items()},
+            "wan_one_way_delay_ms": self.wan_one_way_delay_ms,
             "ca_cert": str(ca_cert),
             "dev_private_key": str(dev_keys.private_key_file),
             "dev_jwks": str(dev_keys.jwks_file),
@@ -309,6 +346,8 @@ class LocalCluster:
     def stop(self) -> None:
         for service in [*self.gateways.values(), *self.ledgers.values()]:
             service.stop()
+        if self.wan is not None:
+            self.wan.stop()
         for cluster in self.postgres.values():
             cluster.stop()
         if self.redis is not None:
@@ -320,7 +359,8 @@ class LocalCluster:
             "gateways": self.gateway_urls,
             "tls_ca": str(self.secrets_dir / "tls" / "dev-ca.pem"),
             "redis": self.redis.url if self.redis else None,
-            "directory_file": str(self.directory_file),
+            "directory_files": [str(self.directory_file(region)) for region in self.regions],
+            "wan_one_way_delay_ms": self.wan_one_way_delay_ms,
             "regions": {
                 region: {
                     "gateway": self.gateway_urls.get(region),
