@@ -181,6 +181,11 @@ class LocalCluster:
     adds this one-way delay; None connects regions directly."""
     wan: WanThread | None = None
     ledger_ports: dict[str, int] = field(default_factory=dict)
+    fixed_ports: bool = True
+    """The well-known ports (8101.., 8441..); False takes free ones (benchmarks, tests)."""
+    gateway_extra: dict = field(default_factory=dict)
+    """Settings merged into every gateway's config (a benchmark lifts the rate limits)."""
+    ledger_extra: dict = field(default_factory=dict)
 
     @property
     def secrets_dir(self) -> Path:
@@ -207,7 +212,9 @@ class LocalCluster:
             self.redis = RedisServer(self.root / "redis", free_port())
             self.redis.start()
             self.ledger_ports = {
-                region: DEFAULT_LEDGER_PORTS.get(region) or free_port() for region in self.regions
+                region: (DEFAULT_LEDGER_PORTS.get(region) if self.fixed_ports else None)
+                or free_port()
+                for region in self.regions
             }
             self._start_wan()
             for region in self.regions:
@@ -237,6 +244,7 @@ class LocalCluster:
             extra={
                 "metrics_port": port + METRICS_PORT_OFFSET,
                 "directory_file": str(self.directory_file(region)),
+                **self.ledger_extra,
             },
         )
         ledger = LedgerProcess(config_path, port, self.root / "logs" / f"ledger-{region}.log")
@@ -246,7 +254,7 @@ class LocalCluster:
     def _start_gateway(self, region: str, tls, dev_keys, context: ssl.SSLContext) -> None:
         from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER
 
-        port = DEFAULT_GATEWAY_PORTS.get(region) or free_port()
+        port = (DEFAULT_GATEWAY_PORTS.get(region) if self.fixed_ports else None) or free_port()
         config_path = self.root / "config" / f"gateway-{region}.yaml"
         config_path.write_text(
             yaml.safe_dump(
@@ -263,6 +271,7 @@ class LocalCluster:
                         "redis_url": self.redis.url,
                         "tls_cert_file": str(tls.cert),
                         "tls_key_file": str(tls.key),
+                        **self.gateway_extra,
                     }
                 },
                 sort_keys=False,

@@ -364,10 +364,27 @@ async def create_saga(request: web.Request) -> web.Response:
     )
     if outcome.status_code != 202:
         return _outcome_response(outcome)
-    saga_id = msgspec.json.decode(outcome.body)["id"]
-    await node.sagas.wait(saga_id, saga.wait_ms / 1000)
-    async with node.pool.acquire() as connection:
-        view = await reads.saga(connection, saga_id)
+    started = msgspec.json.decode(outcome.body)
+    row = None
+    if not outcome.replayed:
+        # This request started the saga, so its batch gave this process the lease: drive it
+        # from what the batch wrote, with no claim and no read back (the row as inserted).
+        row = {
+            **started,
+            "status": "held",
+            "credit_region": operation.credit_region,
+            "metadata": operation.metadata,
+            "hold_transfer_id": outcome.transfer_id,
+            "deadline_at": datetime.fromisoformat(started["deadline_at"]),
+            "created_at": datetime.fromisoformat(started["created_at"]),
+            "attempts": 0,
+        }
+    final = await node.sagas.wait(started["id"], saga.wait_ms / 1000, row)
+    if row is not None and final is not None:
+        view = render.saga_dict({**row, **final})
+    else:
+        async with node.pool.acquire() as connection:
+            view = await reads.saga(connection, started["id"])
     return _saga_response(view, outcome.replayed)
 
 

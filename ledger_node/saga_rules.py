@@ -97,9 +97,8 @@ def finish_saga(state: BatchState, op: FinishSaga) -> Outcome:
         "credit_transfer_id": op.credit_transfer_id,
         "reason": op.reason,
     }
-    return Outcome(
-        Result.OK, 200, render.encode({"id": saga.id, "status": status.value}), outcome.transfer_id
-    )
+    body = {"id": saga.id, "status": status.value, "finished_at": render.rfc3339(state.now)}
+    return Outcome(Result.OK, 200, render.encode(body), outcome.transfer_id)
 
 
 def _step_body(step: StepState, saga_id: str) -> bytes:

@@ -66,6 +66,8 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     batch_size_mean: float = 0.0
+    error_samples: dict[int, bytes] = field(default_factory=dict)
+    """One response body per status >= 300, to say what went wrong."""
 
     @property
     def rps(self) -> float:
@@ -91,6 +93,20 @@ def signed_get(host: str, port: int, path: str, key: ServiceKey) -> bytes:
 def bearer_get(host: str, port: int, path: str, token: str) -> bytes:
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", f"Authorization: Bearer {token}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def bearer_post(
+    host: str, port: int, path: str, body: bytes, token: str, idempotency_key: str
+) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        f"Authorization: Bearer {token}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        f"Idempotency-Key: {idempotency_key}",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def signed_post(
@@ -142,13 +158,15 @@ async def run_load(
             sent = time.perf_counter()
             if sent >= stop_at:
                 return
-            status, _ = await connection.request(make_request(index * 1_000_000_000 + sequence))
+            status, body = await connection.request(make_request(index * 1_000_000_000 + sequence))
             sequence += 1
             done = time.perf_counter()
             if done >= measure_from and done < stop_at:
                 result.requests += 1
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 result.latencies_ms.append((done - sent) * 1000)
+                if status >= 300:
+                    result.error_samples.setdefault(status, body[:300])
 
     await asyncio.gather(*(client(i, c) for i, c in enumerate(connections)))
     result.elapsed_s = seconds

@@ -1,0 +1,207 @@
+"""Saga benchmark: ``python -m loadtests.bench_saga [--seconds N] [--one-way-delay-ms D]
+[--clients C]``.
+
+Two regions (eu, us) of the local cluster, each with its PostgreSQL, ledger node and HTTPS
+gateway, with every link between them through the WAN proxy (infra.wan) at a one-way delay of
+D ms (default 40, so an 80 ms round trip). Closed-loop clients post transfers to the eu gateway
+with bearer tokens and idempotency keys, as game clients would:
+
+  cross  eu player -> us player: a saga (hold in eu, credit in us over the WAN, post in eu);
+  intra  eu player -> eu player, for comparison.
+
+The round trip is measured, not assumed: a health call through the same WAN link. One WAN round
+trip is the floor for a cross-region transfer, so ``rtt_multiple_p50`` (cross p50 over that
+round trip) says how close the saga gets to it. After the load the cross-region audit runs.
+
+The last line is one JSON object: ``rtt_ms``, ``cross_p50_ms``, ``cross_p99_ms``,
+``cross_tps``, ``intra_p50_ms``, ``intra_tps``, ``rtt_multiple_p50``, ``audit_failures``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import uvloop
+
+from gateway.devkeys import ensure_dev_keys
+from infra.local import LocalCluster
+from infra.tls import client_context
+from ledger_node.global_audit import audit_regions
+from ledger_node.service_auth import ServiceKeyring
+from loadtests.httpload import LoadResult, bearer_post, run_load
+from region_router.ledger_client import LedgerClient
+
+FUNDS = 10**12
+UNLIMITED = {
+    "per_client_rate_per_s": 1_000_000,
+    "per_client_burst": 10_000_000,
+    "per_account_rate_per_s": 1_000_000,
+    "per_account_burst": 10_000_000,
+}
+
+
+async def _accounts(client: LedgerClient, region: str, count: int, funds: int) -> list[str]:
+    accounts = []
+    for _ in range(count):
+        response = await client.post(
+            "/v1/accounts", {"currency": "EUR"}, idempotency_key=uuid.uuid4().hex
+        )
+        account = response.json()["id"]
+        if funds:
+            funded = await client.post(
+                "/v1/transfers",
+                {
+                    "debit_account_id": f"{region}-clearing-EUR",
+                    "credit_account_id": account,
+                    "amount": funds,
+                    "currency": "EUR",
+                },
+                idempotency_key=uuid.uuid4().hex,
+            )
+            if funded.status != 201:
+                raise RuntimeError(f"funding failed: {funded.body!r}")
+        accounts.append(account)
+    return accounts
+
+
+async def _rtt_ms(url: str, samples: int = 60) -> float:
+    """Median round trip of a health call through the WAN link (keep-alive, so one trip)."""
+    timings = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(samples):
+            started = time.perf_counter()
+            async with session.get(url + "/health/live") as response:
+                await response.read()
+            timings.append((time.perf_counter() - started) * 1000)
+    timings.sort()
+    return timings[len(timings) // 2]
+
+
+async def measure(args, cluster: LocalCluster, token: str) -> dict:
+    key = ServiceKeyring.load(str(cluster.service_keys_file)).signing_key
+    async with aiohttp.ClientSession() as session:
+        eu = LedgerClient(cluster.ledgers["eu"].url, key, session)
+        us = LedgerClient(cluster.ledgers["us"].url, key, session)
+        payers = await _accounts(eu, "eu", args.clients, FUNDS)
+        remote = await _accounts(us, "us", args.clients, 0)
+        local = await _accounts(eu, "eu", args.clients, 0)
+    rtt_ms = await _rtt_ms(cluster.wan.links["eu>us"].url)
+    port = int(cluster.gateway_urls["eu"].rsplit(":", 1)[1])
+    run = uuid.uuid4().hex[:8]
+    encode = msgspec.json.encode
+
+    def transfers(payees: list[str], label: str):
+        def make(n: int) -> bytes:
+            index = n // 1_000_000_000
+            body = encode(
+                {
+                    "debit_account_id": payers[index],
+                    "credit_account_id": payees[index],
+                    "amount": 1,
+                    "currency": "EUR",
+                }
+            )
+            return bearer_post(
+                "127.0.0.1", port, "/v1/transfers", body, token, f"{run}-{label}-{n}"
+            )
+
+        return make
+
+    common = {
+        "host": "127.0.0.1",
+        "port": port,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "warmup_s": min(3.0, max(1.0, args.seconds / 5)),
+        "ssl_context": client_context(cluster.secrets_dir / "tls" / "dev-ca.pem"),
+    }
+    cross = await run_load(make_request=transfers(remote, "cross"), **common)
+    intra = await run_load(make_request=transfers(local, "intra"), **common)
+    return {"rtt_ms": rtt_ms, "cross": cross, "intra": intra}
+
+
+def _summary(result: LoadResult) -> dict:
+    return {
+        "tps": round(result.rps, 1),
+        "p50_ms": round(result.percentile_ms(0.5), 2),
+        "p99_ms": round(result.percentile_ms(0.99), 2),
+        "statuses": result.statuses,
+        "errors": {
+            status: body.decode(errors="replace") for status, body in result.error_samples.items()
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--one-way-delay-ms", type=float, default=40.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
+        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
+    if not 0 <= args.one_way_delay_ms <= 5_000:
+        parser.error("--one-way-delay-ms must be in [0, 5000]")
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    root = Path(tempfile.mkdtemp(prefix="regiongate-bench-saga-"))
+    cluster = LocalCluster(
+        root=root,
+        regions=["eu", "us"],
+        wan_one_way_delay_ms=args.one_way_delay_ms,
+        fixed_ports=False,
+        gateway_extra={"rate_limit": UNLIMITED},
+    )
+    try:
+        cluster.start()
+        token = ensure_dev_keys(cluster.secrets_dir).mint("bench", "admin")
+        print(
+            f"transfers through the eu gateway, {args.clients} clients, {args.seconds}s each, "
+            f"WAN one-way delay {args.one_way_delay_ms} ms: cross-region, then intra-region ...",
+            flush=True,
+        )
+        results = uvloop.run(measure(args, cluster, token))
+        cross, intra = results["cross"], results["intra"]
+        print(f"    round trip through the WAN link: {results['rtt_ms']:.2f} ms", flush=True)
+        print(f"    cross {_summary(cross)}", flush=True)
+        print(f"    intra {_summary(intra)}", flush=True)
+        audit = uvloop.run(
+            audit_regions({r: c.dsn(f"ledger_{r}") for r, c in cluster.postgres.items()})
+        )
+        failures = [result.name for result in audit if not result.ok]
+        print(f"    audit: {len(audit) - len(failures)} checks passed, failed: {failures}")
+        rtt_ms = results["rtt_ms"]
+        figures = {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "one_way_delay_ms": args.one_way_delay_ms,
+            "rtt_ms": round(rtt_ms, 2),
+            "cross_p50_ms": round(cross.percentile_ms(0.5), 2),
+            "cross_p99_ms": round(cross.percentile_ms(0.99), 2),
+            "cross_tps": round(cross.rps, 1),
+            "intra_p50_ms": round(intra.percentile_ms(0.5), 2),
+            "intra_p99_ms": round(intra.percentile_ms(0.99), 2),
+            "intra_tps": round(intra.rps, 1),
+            "rtt_multiple_p50": round(cross.percentile_ms(0.5) / rtt_ms, 3) if rtt_ms else None,
+            "non_2xx": sum(n for r in (cross, intra) for s, n in r.statuses.items() if s >= 300),
+            "audit_failures": len(failures),
+        }
+        print(json.dumps(figures))
+    finally:
+        cluster.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
