@@ -27,7 +27,7 @@ import yaml
 
 from infra.errors import ServiceStartError
 from infra.services import PostgresCluster, RedisServer, free_port
-from infra.wan import WanThread
+from infra.wan import WanProcess
 
 DEFAULT_CURRENCIES = (
     {"code": "EUR", "exponent": 2},
@@ -179,7 +179,7 @@ class LocalCluster:
     wan_one_way_delay_ms: float | None = None
     """With a value, every link between two regions goes through a WAN proxy (infra.wan) that
     adds this one-way delay; None connects regions directly."""
-    wan: WanThread | None = None
+    wan: WanProcess | None = None
     ledger_ports: dict[str, int] = field(default_factory=dict)
     fixed_ports: bool = True
     """The well-known ports (8101.., 8441..); False takes free ones (benchmarks, tests)."""
@@ -299,17 +299,12 @@ class LocalCluster:
     def _start_wan(self) -> None:
         if self.wan_one_way_delay_ms is None:
             return
-        self.wan = WanThread()
-        self.wan.start()
+        self.wan = WanProcess(self.wan_one_way_delay_ms, self.root / "logs" / "wan.log")
         for region in self.regions:
             for peer in self.regions:
                 if peer != region:
-                    self.wan.add(
-                        f"{region}>{peer}",
-                        "127.0.0.1",
-                        self.ledger_ports[peer],
-                        one_way_delay_ms=self.wan_one_way_delay_ms,
-                    )
+                    self.wan.add(f"{region}>{peer}", self.ledger_ports[peer])
+        self.wan.start()
 
     def _ledger_url(self, source: str, region: str) -> str:
         if self.wan is not None and source != region:

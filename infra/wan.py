@@ -7,18 +7,24 @@ The delay is applied per chunk with its arrival time, so a link keeps its bandwi
 waits until ``arrival + delay``, not behind the previous chunk's wait. Buffers are bounded
 (``buffer_chunks_max`` per direction; a full buffer stops reading, which is TCP backpressure).
 
-The tests drive links from their own event loop; the local cluster and the benchmark run them
-in a thread (``WanThread``).
+Tests drive links in a thread of their own (``WanThread``), so they can cut and heal them; the
+local cluster and the benchmark run them in a process of their own (``WanProcess``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("regiongate.wan")
 
@@ -201,3 +207,89 @@ class WanThread:
 
 async def _call(function, *args):
     return function(*args)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAddress:
+    name: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class WanProcess:
+    """Links served by a process of their own (``python -m infra.wan``), so that copying every
+    byte between regions never competes for a GIL with the caller (the local cluster's
+    launcher, the benchmark's load generator). Fixed delay, no control: tests that cut and heal
+    links use WanLink or WanThread."""
+
+    def __init__(self, one_way_delay_ms: float, log_path: Path) -> None:
+        self.one_way_delay_ms = one_way_delay_ms
+        self.log_path = log_path
+        self.links: dict[str, LinkAddress] = {}
+        self._targets: dict[str, int] = {}
+        self._process: subprocess.Popen | None = None
+
+    def add(self, name: str, target_port: int) -> None:
+        self._targets[name] = target_port
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "infra.wan", "--one-way-delay-ms", str(self.one_way_delay_ms)]
+        for name, port in self._targets.items():
+            argv += ["--link", f"{name}={port}"]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self._process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=log_file, start_new_session=True
+            )
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the WAN proxy did not start; see {self.log_path}")
+        ports = json.loads(line)
+        self.links = {name: LinkAddress(name, port) for name, port in ports.items()}
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+
+
+async def _serve(one_way_delay_ms: float, targets: dict[str, int]) -> None:
+    links = [
+        WanLink(name, "127.0.0.1", port, one_way_delay_ms=one_way_delay_ms)
+        for name, port in targets.items()
+    ]
+    for link in links:
+        await link.start()
+    print(json.dumps({link.name: link.port for link in links}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    for link in links:
+        await link.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="WAN links between regions (TCP proxies)")
+    parser.add_argument("--one-way-delay-ms", type=float, default=0.0)
+    parser.add_argument("--link", action="append", default=[], help="NAME=TARGET_PORT (repeat)")
+    args = parser.parse_args(argv)
+    targets = {}
+    for item in args.link:
+        name, _, port = item.partition("=")
+        targets[name] = int(port)
+    import uvloop
+
+    uvloop.run(_serve(args.one_way_delay_ms, targets))
+
+
+if __name__ == "__main__":
+    main()
