@@ -41,11 +41,14 @@ DEFAULT_LEDGER_PORTS = {"eu": 8101, "us": 8102, "ap": 8103}
 DEFAULT_GATEWAY_PORTS = {"eu": 8441, "us": 8442, "ap": 8443}
 METRICS_PORT_OFFSET = 1000  # a service on port P serves Prometheus metrics on P + 1000
 KEY_ID = "local-1"
+PEER_KEY_ID = "local-peer-1"
 STATE_FILE = "cluster.json"
 
 
 def ensure_service_keys(path: Path) -> str:
-    """The development service keys file, made once with a fresh random secret."""
+    """The development service keys file, made once with fresh random secrets: the key the
+    gateways sign with (first) and the key ledgers sign saga steps with (PEER_KEY_ID; a data dir
+    from before it existed gets it added)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -53,6 +56,9 @@ def ensure_service_keys(path: Path) -> str:
             handle.write(
                 f"# development service keys; never commit\n{KEY_ID}: {secrets.token_hex(32)}\n"
             )
+    if not any(line.startswith(f"{PEER_KEY_ID}:") for line in path.read_text().splitlines()):
+        with open(path, "a") as handle:
+            handle.write(f"{PEER_KEY_ID}: {secrets.token_hex(32)}\n")
     return path.read_text()
 
 
@@ -244,6 +250,7 @@ class LocalCluster:
             extra={
                 "metrics_port": port + METRICS_PORT_OFFSET,
                 "directory_file": str(self.directory_file(region)),
+                "peer_key_ids": [PEER_KEY_ID],
                 **self.ledger_extra,
             },
         )

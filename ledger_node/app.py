@@ -36,6 +36,7 @@ from ledger_node.operations import (
 from ledger_node.render import JSON_CONTENT_TYPE
 from ledger_node.results import (
     CROSS_REGION_UNAVAILABLE,
+    FORBIDDEN,
     IDEMPOTENCY_KEY_INVALID,
     IDEMPOTENCY_KEY_MISSING,
     MALFORMED_JSON,
@@ -61,6 +62,7 @@ from ledger_node.schemas import (
 from ledger_node.service_auth import verify
 
 NODE = web.AppKey("node", LedgerNode)
+KEY_ID = web.RequestKey("key_id", str)  # the service key that signed the request
 REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,128}$")
 ANONYMOUS_PATHS = frozenset({"/health/live", "/health/ready"})
@@ -96,6 +98,7 @@ async def authenticate(request: web.Request) -> None:
     )
     if key_id is None:
         raise ProblemError(UNAUTHENTICATED)
+    request[KEY_ID] = key_id
 
 
 async def _decode(request: web.Request, cls: type, allow_empty: bool = False):
@@ -421,6 +424,11 @@ def _outcome_response(outcome) -> web.Response:
 async def saga_step(request: web.Request) -> web.Response:
     """Step 2 of another region's saga, or its cancel (this node is the destination)."""
     node = request.app[NODE]
+    peer_key_ids = node.config.peer_key_ids
+    if peer_key_ids and request.get(KEY_ID) not in peer_key_ids:
+        # Step 2 takes money out of a transit account: only another region's ledger may ask,
+        # never a gateway, whose key faces the internet's traffic.
+        raise ProblemError(FORBIDDEN, "saga steps take only peer ledgers' keys")
     saga_id = request.match_info["saga_id"]
     match = SAGA_ID_PATTERN.match(saga_id)
     if match is None:

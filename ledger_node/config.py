@@ -159,6 +159,10 @@ class LedgerConfig:
     """The directory (YAML) that locates peer regions' ledger nodes, for cross-region transfers;
     without it this node refuses them."""
     saga: SagaConfig = field(default_factory=SagaConfig)
+    peer_key_ids: tuple[str, ...] = ()
+    """Service key ids of other regions' ledgers. When set, saga steps are accepted only when
+    signed with one of them (a gateway's key cannot credit an account out of a transit
+    account), and this node signs its own saga steps with the first."""
     amount_max: int = AMOUNT_MAX_LIMIT
     body_size_max_bytes: int = 16 * 1024
     request_timeout_ms: int = 10_000
@@ -223,6 +227,7 @@ def ledger_config_from_dict(raw: dict[str, Any]) -> LedgerConfig:
         for index, item in enumerate(raw["currencies"])
     )
     raw["peers"] = tuple(raw.get("peers", ()))
+    raw["peer_key_ids"] = tuple(raw.get("peer_key_ids", ()))
     if "batch" in raw:
         raw["batch"] = _build(BatchConfig, raw["batch"], "batch")
     if "saga" in raw:

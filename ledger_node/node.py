@@ -14,7 +14,7 @@ import asyncpg
 from ledger_node.accounts import sync_reference_data
 from ledger_node.batcher import Batcher
 from ledger_node.config import LedgerConfig
-from ledger_node.errors import LedgerError, map_database_error
+from ledger_node.errors import ConfigError, LedgerError, map_database_error
 from ledger_node.ids import region_of
 from ledger_node.invariants import ensure
 from ledger_node.migrations import apply_migrations, schema_is_current
@@ -130,9 +130,14 @@ class LedgerNode:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=512, limit_per_host=256, keepalive_timeout=60)
         )
+        key = self.keyring.signing_key
+        if self.config.peer_key_ids:
+            key = self.keyring.get(self.config.peer_key_ids[0])
+            if key is None:
+                raise ConfigError(f"peer key {self.config.peer_key_ids[0]!r} is not in the keyring")
         router = RegionRouter(
             directory=self._directory,
-            key=self.keyring.signing_key,
+            key=key,
             session=self._session,
             config=RouterConfig(
                 local_region=self.config.region,

@@ -187,6 +187,7 @@ IDEMPOTENCY_KEY_INVALID = Problem(
 CROSS_REGION_UNAVAILABLE = Problem(
     503, "cross-region-unavailable", "Cross-region transfers are not available on this node"
 )
+FORBIDDEN = Problem(403, "forbidden", "This service key may not call this endpoint")
 UNAUTHENTICATED = Problem(401, "unauthenticated", "Missing or invalid service credentials")
 NOT_FOUND = Problem(404, "not-found", "No such resource")
 METHOD_NOT_ALLOWED = Problem(405, "method-not-allowed", "Method not allowed")

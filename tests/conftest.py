@@ -34,7 +34,10 @@ from tests.support import (
     unique,
 )
 
-SERVICE_KEYS_TEXT = "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\n"
+SERVICE_KEYS_TEXT = (
+    "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\ntest-peer: " + "c3" * 32 + "\n"
+)
+PEER_KEY_ID = "test-peer"  # what ledgers sign saga steps with
 
 
 @pytest.fixture(scope="session")

@@ -307,6 +307,7 @@ class SagaWorld:
                     "saga": self.saga,
                     "expiry_interval_ms": 100,
                     "request_timeout_ms": 5_000,
+                    "peer_key_ids": ["test-peer"],
                 },
             )
             self.ledgers[region] = LedgerProcess(

@@ -15,7 +15,7 @@ import pytest
 
 from ledger_node.ids import saga_credit_transfer_id
 from region_router.ledger_client import LedgerClient
-from tests.conftest import SERVICE_KEYS_TEXT
+from tests.conftest import PEER_KEY_ID, SERVICE_KEYS_TEXT
 from tests.support import (
     SagaWorld,
     assert_eventually,
@@ -40,6 +40,12 @@ async def clients(world, keyring, session):
         region: LedgerClient(world.url(region), keyring.signing_key, session)
         for region in world.regions
     }
+
+
+@pytest.fixture
+async def peer_us(world, keyring, session):
+    """The us ledger as another region's ledger calls it: signed with the peer key."""
+    return LedgerClient(world.url("us"), keyring.get(PEER_KEY_ID), session)
 
 
 async def _players(clients, fund_eu: int = 1_000) -> tuple[str, str]:
@@ -110,7 +116,7 @@ async def test_insufficient_funds_ends_the_saga_before_anything_moves(world, cli
     await _clean(world)
 
 
-async def test_a_refusal_at_the_destination_compensates_for_good(world, clients):
+async def test_a_refusal_at_the_destination_compensates_for_good(world, clients, peer_us):
     payer, payee = await _players(clients)
     frozen = await clients["us"].post(f"/v1/accounts/{payee}/status", {"status": "frozen"})
     assert frozen.status == 200
@@ -125,7 +131,7 @@ async def test_a_refusal_at_the_destination_compensates_for_good(world, clients)
 
     # Unfrozen later, a late copy of step 2 is still refused: the refusal was recorded.
     await clients["us"].post(f"/v1/accounts/{payee}/status", {"status": "active"})
-    late = await clients["us"].post(
+    late = await peer_us.post(
         f"/v1/saga-steps/{problem['transfer']['id']}/credit",
         {"origin_region": "eu", "credit_account_id": payee, "amount": 250, "currency": "EUR"},
     )
@@ -134,7 +140,7 @@ async def test_a_refusal_at_the_destination_compensates_for_good(world, clients)
     await _clean(world)
 
 
-async def test_a_saga_hold_belongs_to_its_saga(world, clients):
+async def test_a_saga_hold_belongs_to_its_saga(world, clients, peer_us):
     payer, payee = await _players(clients)
     world.link("eu", "us", "cut")
     try:
@@ -163,7 +169,7 @@ async def test_a_saga_hold_belongs_to_its_saga(world, clients):
     assert shown["progress"]["attempts"] >= 1 and shown["progress"]["last_error"]
     assert (await balance(clients["eu"], payer))["available"] == 1_000
     assert (await balance(clients["us"], payee))["posted"] == 0
-    late = await clients["us"].post(
+    late = await peer_us.post(
         f"/v1/saga-steps/{saga['id']}/credit",
         {"origin_region": "eu", "credit_account_id": payee, "amount": 400, "currency": "EUR"},
     )
@@ -184,7 +190,7 @@ async def test_a_short_cut_heals_within_the_deadline_and_completes(world, client
     await _clean(world)
 
 
-async def test_cancel_racing_a_late_step_two_has_one_winner(world, clients, session):
+async def test_cancel_racing_a_late_step_two_has_one_winner(world, clients, peer_us):
     """Step 2 and its cancel, sent together many times for many saga ids straight at the
     destination: every step id ends applied or cancelled, never both, every answer agrees with
     the record, and the payee received exactly the applied amounts."""
@@ -193,7 +199,7 @@ async def test_cancel_racing_a_late_step_two_has_one_winner(world, clients, sess
     body = {"origin_region": "eu", "credit_account_id": payee, "amount": 7, "currency": "EUR"}
 
     async def call(saga_id: str, action: str):
-        response = await clients["us"].post(f"/v1/saga-steps/{saga_id}/{action}", body)
+        response = await peer_us.post(f"/v1/saga-steps/{saga_id}/{action}", body)
         return saga_id, response.json().get("step_status")
 
     calls = [call(s, a) for s in saga_ids for a in ("credit", "cancel", "credit", "cancel")]
@@ -217,3 +223,14 @@ async def test_cancel_racing_a_late_step_two_has_one_winner(world, clients, sess
             },
             idempotency_key=unique(),
         )
+
+
+async def test_only_peer_ledgers_may_call_saga_steps(world, clients):
+    """A gateway's key is valid for the ledger API, but not for step 2, which takes money out
+    of a transit account: 403, and nothing is written."""
+    payee = await new_player(clients["us"])
+    body = {"origin_region": "eu", "credit_account_id": payee, "amount": 9, "currency": "EUR"}
+    for action in ("credit", "cancel"):
+        response = await clients["us"].post(f"/v1/saga-steps/eu-s-{'0' * 26}/{action}", body)
+        assert response.status == 403 and response.json()["type"].endswith("forbidden")
+    assert (await balance(clients["us"], payee))["posted"] == 0
