@@ -193,6 +193,13 @@ def main(argv: list[str] | None = None) -> None:
             "intra_p99_ms": round(intra.percentile_ms(0.99), 2),
             "intra_tps": round(intra.rps, 1),
             "rtt_multiple_p50": round(cross.percentile_ms(0.5) / rtt_ms, 3) if rtt_ms else None,
+            # What the saga adds over an intra-region transfer at the same concurrency, in round
+            # trips: the WAN's share of the latency, apart from this machine's own queueing.
+            "added_over_intra_rtt_multiple_p50": round(
+                (cross.percentile_ms(0.5) - intra.percentile_ms(0.5)) / rtt_ms, 3
+            )
+            if rtt_ms
+            else None,
             "non_2xx": sum(n for r in (cross, intra) for s, n in r.statuses.items() if s >= 300),
             "audit_failures": len(failures),
         }
