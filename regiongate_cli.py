@@ -154,10 +154,17 @@ def cmd_local_up(args) -> int:
     from infra.local import LocalCluster, run_forever
 
     regions = [region.strip() for region in args.regions.split(",") if region.strip()]
+    topology = None
+    if args.topology is not None:
+        from infra.terraform import EXAMPLE_VARS, topology_directory
+
+        topology = topology_directory(Path(args.topology) if args.topology else EXAMPLE_VARS)
+        regions = [record["code"] for record in topology["regions"]]
     cluster = LocalCluster(
         root=Path(args.data_dir).resolve(),
         regions=regions,
         wan_one_way_delay_ms=args.wan_delay_ms,
+        topology=topology,
     )
     run_forever(cluster)
     return EXIT_OK
@@ -248,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="route traffic between regions through WAN proxies with this one-way delay",
+    )
+    up.add_argument(
+        "--topology",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="TFVARS",
+        help="take the regions from Terraform's region map (the topology module applied to "
+        "TFVARS, default terraform/environments/example/terraform.tfvars)",
     )
     up.set_defaults(handler=cmd_local_up)
     demo = local.add_parser("demo", help="a scripted scenario through the running cluster")

@@ -71,6 +71,7 @@ def write_ledger_config(
     service_keys_file: Path,
     peers: list[str] | None = None,
     extra: dict | None = None,
+    currencies: list[dict] | None = None,
 ) -> Path:
     config = {
         "region": region,
@@ -79,7 +80,7 @@ def write_ledger_config(
         "port": port,
         "service_keys_file": str(service_keys_file),
         "database": {"dsn": dsn},
-        "currencies": list(DEFAULT_CURRENCIES),
+        "currencies": currencies or list(DEFAULT_CURRENCIES),
     }
     config.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +193,9 @@ class LocalCluster:
     gateway_extra: dict = field(default_factory=dict)
     """Settings merged into every gateway's config (a benchmark lifts the rate limits)."""
     ledger_extra: dict = field(default_factory=dict)
+    topology: dict | None = None
+    """Directory records from the Terraform topology module (infra.terraform): the regions,
+    their statuses and currencies come from the same region map as the cloud's."""
 
     @property
     def secrets_dir(self) -> Path:
@@ -247,6 +251,7 @@ class LocalCluster:
             port=port,
             service_keys_file=self.service_keys_file,
             peers=[peer for peer in self.regions if peer != region],
+            currencies=self._ledger_currencies(),
             extra={
                 "metrics_port": port + METRICS_PORT_OFFSET,
                 "directory_file": str(self.directory_file(region)),
@@ -303,6 +308,18 @@ class LocalCluster:
         self.gateways[region] = gateway
         self.gateway_urls[region] = url
 
+    def _ledger_currencies(self) -> list[dict]:
+        """Every ledger knows every currency the directory names (a transit account per peer
+        and currency), the defaults included."""
+        if self.topology is None:
+            return list(DEFAULT_CURRENCIES)
+        from infra.terraform import currency_config
+
+        codes = {c["code"] for c in DEFAULT_CURRENCIES}
+        codes.update(code for r in self.topology["regions"] for code in r["currencies"])
+        known = {c["code"]: c for c in DEFAULT_CURRENCIES}
+        return [known.get(c["code"], c) for c in currency_config(codes)]
+
     def _start_wan(self) -> None:
         if self.wan_one_way_delay_ms is None:
             return
@@ -324,14 +341,17 @@ class LocalCluster:
         from region_router.yaml_directory import write_directory_file
 
         currencies = tuple(currency["code"] for currency in DEFAULT_CURRENCIES)
+        records = {r["code"]: r for r in (self.topology or {}).get("regions", [])}
         write_directory_file(
             self.directory_file(source),
             [
                 Region(
                     region,
-                    RegionStatus.ACTIVE,
+                    RegionStatus(records[region]["status"])
+                    if region in records
+                    else RegionStatus.ACTIVE,
                     tuple(peer for peer in self.regions if peer != region),
-                    currencies,
+                    tuple(records[region]["currencies"]) if region in records else currencies,
                 )
                 for region in self.regions
             ],
