@@ -170,6 +170,47 @@ def cmd_local_up(args) -> int:
     return EXIT_OK
 
 
+def cmd_load_run(args) -> int:
+    from loadtests.run import run_profile
+
+    return run_profile(
+        profile_name=args.profile,
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        run_time=args.time,
+        data_dir=Path(args.data_dir).resolve(),
+        results_root=Path(args.results),
+    )
+
+
+def cmd_load_size(args) -> int:
+    from loadtests.sizing import measure_capacity, parse_peak, render, size
+
+    try:
+        peaks = [parse_peak(text) for text in args.peak]
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    capacity = measure_capacity(
+        [Path(p) for p in args.results or []], [Path(p) for p in args.bench or []], args.p99_ms
+    )
+    plan = size(peaks, capacity, args.p99_ms, args.headroom)
+    print(render(plan))
+    print(json.dumps(plan))
+    return EXIT_OK
+
+
+def cmd_load_plot(args) -> int:
+    from loadtests.sizing import plot_step_load
+
+    knee = plot_step_load(Path(args.results))
+    if knee is None:
+        print("no step-load history in that folder (run a profile with a shape)")
+        return EXIT_FAILED
+    print(f"{Path(args.results) / 'knee.png'}: knee at {json.dumps(knee)}")
+    return EXIT_OK
+
+
 def cmd_audit(args) -> int:
     """The cross-region audit (ledger_node.global_audit) over every region's database."""
     from ledger_node.global_audit import audit_regions
@@ -269,6 +310,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo = local.add_parser("demo", help="a scripted scenario through the running cluster")
     demo.add_argument("--data-dir", default=".local")
     demo.set_defaults(handler=cmd_local_demo)
+
+    load = commands.add_parser("load", help="Locust load runs and capacity sizing").add_subparsers(
+        dest="load_command", required=True
+    )
+    run = load.add_parser("run", help="run a profile headless against the local cluster")
+    run.add_argument("--profile", default="smoke", help="a name in loadtests/profiles, or a path")
+    run.add_argument("--users", type=int, default=20)
+    run.add_argument("--spawn-rate", type=float, default=10.0)
+    run.add_argument("--time", default="60s", help="Locust run time (30s, 5m, 1h)")
+    run.add_argument("--data-dir", default=".local", help="the running local cluster")
+    run.add_argument("--results", default="results", help="reports go in a new folder here")
+    run.set_defaults(handler=cmd_load_run)
+    sizing = load.add_parser("size", help="ledger nodes and gateway workers for a peak")
+    sizing.add_argument("--results", action="append", help="a results folder of load run")
+    sizing.add_argument("--bench", action="append", help="a file with a benchmark's output")
+    sizing.add_argument(
+        "--peak", action="append", required=True, help="REGION:OPERATION=RATE, e.g. eu:bets=20000"
+    )
+    sizing.add_argument("--p99-ms", type=float, default=50.0)
+    sizing.add_argument("--headroom", type=float, default=0.3, help="fraction kept free")
+    sizing.set_defaults(handler=cmd_load_size)
+    plot = load.add_parser("plot", help="knee.png of a step-load results folder")
+    plot.add_argument("results")
+    plot.set_defaults(handler=cmd_load_plot)
 
     audit = commands.add_parser(
         "audit", help="check money invariants across every region; exit 1 on any violation"

@@ -1,0 +1,251 @@
+"""``regiongate load run``: one profile, headless, against the running local cluster.
+
+1. create and fund the profile's players through the gateways (admin token from the cluster's
+   development keys), so every run starts from known balances;
+2. run Locust headless (``loadtests/locustfile.py``) for the given time and users, writing its
+   CSV and HTML reports into a fresh folder under ``results/``;
+3. wait for the cross-region transfers still running to end, then run the audit across every
+   region's ledger and say in the report whether money was conserved;
+4. write ``summary.json`` (and plot the knee for a step-load profile); exit 1 when a request
+   failed unexpectedly or the audit found a violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import html
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from gateway.devkeys import DevKeys
+from infra.local import STATE_FILE
+from infra.tls import client_context
+from ledger_node.global_audit import audit_regions
+from loadtests.profiles import Profile, load_profile
+
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+OPERATOR = "load-operator"
+SETUP_CONCURRENCY = 16
+SAGA_SETTLE_S = 60.0
+SETTLE_POLL_S = 0.5
+
+
+def _state(data_dir: Path) -> dict:
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        raise SystemExit(f"no running local cluster in {data_dir}: start it with ./dev up")
+    return json.loads(path.read_text())
+
+
+async def create_players(profile: Profile, state: dict) -> dict[str, list[str]]:
+    """The profile's players, in their home regions, each funded with profile.funding."""
+    keys = DevKeys(Path(state["dev_private_key"]), Path(state["dev_jwks"]))
+    token = keys.mint(f"load-setup-{uuid.uuid4().hex[:8]}", "admin")
+    ssl = client_context(Path(state["ca_cert"]))
+    headers = {"Authorization": f"Bearer {token}"}
+    limit = asyncio.Semaphore(SETUP_CONCURRENCY)
+    players: dict[str, list[str]] = {region: [] for region in profile.regions}
+
+    async def one(session: aiohttp.ClientSession, region: str) -> None:
+        gateway = state["gateways"][region]
+        async with limit:
+            body = {"currency": profile.currency, "region": region, "operator": OPERATOR}
+            async with session.post(
+                gateway + "/v1/accounts",
+                json=body,
+                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+                ssl=ssl,
+            ) as response:
+                account = await response.json()
+                if response.status != 201:
+                    raise SystemExit(f"creating a player in {region} failed: {account}")
+            deposit = {
+                "debit_account_id": f"{region}-clearing-{profile.currency}",
+                "credit_account_id": account["id"],
+                "amount": profile.funding,
+                "currency": profile.currency,
+            }
+            async with session.post(
+                gateway + "/v1/transfers",
+                json=deposit,
+                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+                ssl=ssl,
+            ) as response:
+                if response.status != 201:
+                    raise SystemExit(f"funding a player failed: {await response.text()}")
+        players[region].append(account["id"])
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(
+            *(one(session, region) for region in profile.regions
+              for _ in range(profile.players[region]))
+        )  # fmt: skip
+    return players
+
+
+async def _sagas_running(dsns: dict[str, str]) -> int:
+    running = 0
+    for dsn in dsns.values():
+        connection = await asyncpg.connect(dsn)
+        try:
+            running += await connection.fetchval("SELECT count(*) FROM sagas WHERE status = 'held'")
+        finally:
+            await connection.close()
+    return running
+
+
+async def settle_and_audit(dsns: dict[str, str]) -> dict:
+    # Polls the databases (the sagas' state lives there, not in this process), bounded.
+    for _ in range(int(SAGA_SETTLE_S / SETTLE_POLL_S)):
+        if not await _sagas_running(dsns):
+            break
+        await asyncio.sleep(SETTLE_POLL_S)
+    results = await audit_regions(dsns)
+    failed = {r.name: r.violations[:5] for r in results if not r.ok}
+    return {
+        "clean": not failed,
+        "checks": len(results),
+        "failed": failed,
+        "sagas_running": await _sagas_running(dsns),
+    }
+
+
+def read_aggregate(results_dir: Path) -> dict:
+    """The Aggregated row of Locust's stats CSV, and its failures."""
+    stats_file = results_dir / "locust_stats.csv"
+    totals: dict = {}
+    if stats_file.exists():
+        with stats_file.open() as handle:
+            for row in csv.DictReader(handle):
+                if row["Name"] == "Aggregated":
+                    totals = {
+                        "requests": int(row["Request Count"]),
+                        "failures": int(row["Failure Count"]),
+                        "rps": float(row["Requests/s"]),
+                        "p50_ms": float(row["50%"]),
+                        "p95_ms": float(row["95%"]),
+                        "p99_ms": float(row["99%"]),
+                    }
+    failures = []
+    failures_file = results_dir / "locust_failures.csv"
+    if failures_file.exists():
+        with failures_file.open() as handle:
+            failures = [
+                {"name": r["Name"], "error": r["Error"], "count": int(r["Occurrences"])}
+                for r in csv.DictReader(handle)
+            ]
+    return {"totals": totals, "failures": failures}
+
+
+def _annotate_report(report: Path, summary: dict) -> None:
+    """Say in Locust's HTML report whether money was conserved, and the business outcomes."""
+    if not report.exists():
+        return
+    audit = summary["audit"]
+    verdict = (
+        "Audit after the run: clean. Money was conserved in every region and across regions."
+        if audit["clean"]
+        else f"Audit after the run FAILED: {html.escape(json.dumps(audit['failed']))}"
+    )
+    outcomes = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{count}</td></tr>"
+        for name, count in summary.get("regiongate", {}).get("outcomes", {}).items()
+    )
+    banner = (
+        f'<div style="padding:12px;margin:12px;border:2px solid '
+        f'{"#2a2" if audit["clean"] else "#c22"}"><h2>regiongate</h2><p>{verdict}</p>'
+        f"<table><tr><th>outcome</th><th>count</th></tr>{outcomes}</table></div>"
+    )
+    text = report.read_text()
+    report.write_text(text.replace("</body>", banner + "</body>", 1))
+
+
+def run_profile(
+    *,
+    profile_name: str,
+    users: int,
+    spawn_rate: float,
+    run_time: str,
+    data_dir: Path,
+    results_root: Path,
+) -> int:
+    profile = load_profile(profile_name)
+    state = _state(data_dir)
+    missing = set(profile.regions) - set(state["gateways"])
+    if missing:
+        raise SystemExit(f"profile {profile.name} needs regions {sorted(missing)}; not running")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    results_dir = (results_root / f"{stamp}-{profile.name}").resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    print(f"creating and funding {sum(profile.players.values())} players ...", flush=True)
+    players = asyncio.run(create_players(profile, state))
+    config = {
+        "profile": str(Path(profile_name) if Path(profile_name).suffix else profile_name),
+        "gateways": {region: state["gateways"][region] for region in profile.regions},
+        "ca_cert": state["ca_cert"],
+        "dev_private_key": state["dev_private_key"],
+        "dev_jwks": state["dev_jwks"],
+        "players": players,
+        "operator": OPERATOR,
+        "results_dir": str(results_dir),
+    }
+    config_file = results_dir / "load.json"
+    config_file.write_text(json.dumps(config, indent=2))
+    argv = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--csv", str(results_dir / "locust"), "--csv-full-history",
+        "--html", str(results_dir / "report.html"), "--only-summary", "--stop-timeout", "10",
+        "--loglevel", "WARNING",
+    ]  # fmt: skip
+    if profile.shape is None:
+        argv += ["--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", run_time]
+    print(f"locust: profile {profile.name}, results in {results_dir}", flush=True)
+    started = time.monotonic()
+    completed = subprocess.run(
+        argv, env={**os.environ, "REGIONGATE_LOAD_CONFIG": str(config_file)}, check=False
+    )
+    elapsed_s = time.monotonic() - started
+    print("waiting for cross-region transfers to end, then auditing every region ...", flush=True)
+    audit = asyncio.run(settle_and_audit(state["ledger_dsns"]))
+    stats_file = results_dir / "regiongate_stats.json"
+    summary = {
+        "profile": profile.name,
+        "users": users if profile.shape is None else "step shape",
+        "run_time": run_time if profile.shape is None else None,
+        "elapsed_s": round(elapsed_s, 1),
+        "locust_exit_code": completed.returncode,
+        **read_aggregate(results_dir),
+        "regiongate": json.loads(stats_file.read_text()) if stats_file.exists() else {},
+        "audit": audit,
+    }
+    if profile.shape is not None:
+        from loadtests.sizing import plot_step_load
+
+        summary["knee"] = plot_step_load(results_dir)
+    (results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _annotate_report(results_dir / "report.html", summary)
+    unexpected = sum(f["count"] for f in summary["failures"])
+    print(
+        json.dumps(
+            {
+                "results": str(results_dir),
+                "requests": summary["totals"].get("requests"),
+                "rps": summary["totals"].get("rps"),
+                "p99_ms": summary["totals"].get("p99_ms"),
+                "unexpected_failures": unexpected,
+                "audit_clean": audit["clean"],
+            }
+        ),
+        flush=True,
+    )
+    return 0 if unexpected == 0 and audit["clean"] and summary["totals"] else 1

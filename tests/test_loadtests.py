@@ -1,0 +1,154 @@
+"""The capacity-planning tools: every profile loads and bad ones are refused with the field
+named; the locustfile loads in Locust (in a process of its own: Locust patches the standard
+library with gevent); the sizing arithmetic and the knee; and a smoke run of a profile against
+a real local cluster that must end with no unexpected failure and a clean audit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.devkeys import ensure_dev_keys
+from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
+from loadtests.sizing import Capacity, Step, knee, parse_peak, plot_step_load, size
+
+LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
+
+
+@pytest.mark.parametrize("path", all_profiles(), ids=lambda p: p.stem)
+def test_every_profile_loads(path):
+    profile = load_profile(str(path))
+    assert profile.regions and sum(profile.players.values()) >= 2
+    for home, shares in profile.entry.items():
+        assert home in profile.players and set(shares) <= set(profile.players)
+
+
+BASE = {"players": {"eu": 2}, "mix": {"game_client": 1}}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"players": {}}, "players"),
+        ({"players": {"eu": 0}}, "players.eu"),
+        ({"mix": {"bots": 1}}, "mix"),
+        ({"think_time_s": [2, 1]}, "think_time_s"),
+        ({"entry": {"us": {"eu": 1}}}, "entry"),
+        ({"game_server": {"rollback_pct": 101}}, "rollback_pct"),
+        ({"shape": {"step_users": 5, "step_seconds": 1, "steps": 3}}, "shape.step_seconds"),
+        ({"surprise": 1}, "unknown keys"),
+    ],
+)
+def test_a_bad_profile_is_refused_naming_the_field(change, field):
+    with pytest.raises(ProfileError, match=field.replace(".", r"\.")):
+        profile_from_dict({**BASE, **change}, "bad")
+
+
+def test_the_locustfile_loads_in_locust(tmp_path):
+    keys = ensure_dev_keys(tmp_path / "keys")
+    config = {
+        "profile": "smoke",
+        "gateways": {"eu": "https://127.0.0.1:1", "us": "https://127.0.0.1:2"},
+        "ca_cert": str(tmp_path / "ca.pem"),
+        "dev_private_key": str(keys.private_key_file),
+        "dev_jwks": str(keys.jwks_file),
+        "players": {"eu": ["eu-a", "eu-b"], "us": ["us-a", "us-b"]},
+        "operator": "load-operator",
+        "results_dir": str(tmp_path),
+    }
+    (tmp_path / "load.json").write_text(json.dumps(config))
+    listed = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--list"],
+        env={**os.environ, "REGIONGATE_LOAD_CONFIG": str(tmp_path / "load.json")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    for user_class in ("GameClient", "GameServer", "Wallet", "PlayerToPlayer"):
+        assert user_class in listed.stdout
+
+
+def test_sizing_keeps_headroom_and_two_of_each_at_least():
+    capacity = Capacity(1_000.0, "test", 2_000.0, "test")
+    plan = size(
+        [
+            parse_peak("eu:bets=20000"),
+            parse_peak("eu:cross_transfers=500"),
+            parse_peak("us:wins=10"),
+        ],
+        capacity,
+        p99_ms=50,
+        headroom=0.3,
+    )
+    eu, us = plan["regions"]["eu"], plan["regions"]["us"]
+    assert eu["ledger_ops_per_s"] == 21_000  # a cross-region transfer is two ops at the source
+    assert eu["ledger_nodes"] == 30  # 21,000 / (1,000 x 0.7)
+    assert eu["gateway_workers"] == 15  # 20,500 / (2,000 x 0.7), rounded up
+    assert us["ledger_nodes"] == us["gateway_workers"] == 2  # never fewer than two
+    with pytest.raises(ValueError, match="REGION:OPERATION=RATE"):
+        parse_peak("eu:spins=5")
+
+
+def test_the_knee_is_where_throughput_stops_following_load():
+    rising = [Step(u, 100.0 * u, 50.0 * u, 5, 10 + u) for u in (1, 2, 3, 4, 5)]
+    assert knee(rising) is None  # never saturated
+    bending = [Step(1, 100, 50, 5, 10), Step(2, 200, 100, 6, 12), Step(3, 290, 140, 8, 15),
+               Step(4, 300, 150, 20, 60), Step(5, 305, 150, 40, 150)]  # fmt: skip
+    assert knee(bending).users == 3
+
+
+def test_a_step_history_becomes_a_plot_with_its_knee(tmp_path):
+    columns = ["Timestamp", "User Count", "Type", "Name", "Requests/s", "50%", "99%"]
+    with (tmp_path / "locust_stats_history.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for users, rps, p50, p99 in ((4, 100, 5, 9), (8, 200, 6, 12), (12, 290, 9, 20),
+                                     (16, 300, 25, 80), (20, 302, 50, 200)):  # fmt: skip
+            for second in range(4):
+                stamp = str(users * 100 + second)
+                row = {"Timestamp": stamp, "User Count": users, "Type": "", "50%": p50}
+                writer.writerow({**row, "Name": "Aggregated", "Requests/s": rps, "99%": p99})
+                writer.writerow({**row, "Name": "bet", "Requests/s": rps / 2, "99%": p99})
+    found = plot_step_load(tmp_path)
+    assert found["reached"] and found["users"] == 12
+    assert (tmp_path / "knee.png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(120)
+def test_smoke_profile_against_the_local_cluster(tmp_path):
+    """CI's load smoke: the smoke profile for 15 s against a real two-region local cluster.
+    Every request succeeds or is an expected refusal, and the audit afterwards is clean."""
+    from infra.local import LocalCluster
+    from loadtests.run import run_profile
+
+    cluster = LocalCluster(root=tmp_path / "cluster", regions=["eu", "us"], fixed_ports=False)
+    cluster.start()
+    try:
+        code = run_profile(
+            profile_name="smoke",
+            users=8,
+            spawn_rate=8,
+            run_time="15s",
+            data_dir=cluster.root,
+            results_root=tmp_path / "results",
+        )
+    finally:
+        cluster.stop()
+    (results,) = (tmp_path / "results").iterdir()
+    summary = json.loads((results / "summary.json").read_text())
+    assert code == 0, summary
+    assert summary["totals"]["requests"] > 100 and summary["totals"]["failures"] == 0
+    assert summary["audit"]["clean"] and summary["audit"]["sagas_running"] == 0
+    outcomes = summary["regiongate"]["outcomes"]
+    for operation in ("bet", "balance", "deposit", "p2p cross-region"):
+        assert outcomes.get(f"{operation}: ok", 0) > 0, outcomes
+    assert "regiongate</h2>" in (results / "report.html").read_text()
