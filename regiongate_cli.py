@@ -109,13 +109,18 @@ def cmd_ledger_check(args) -> int:
     from ledger_node.audit import check_invariants
 
     results = asyncio.run(_with_connection(_config(args.config), check_invariants))
+    return _print_checks(results, "")
+
+
+def _print_checks(results, what: str) -> int:
+    """Each check, ok or FAIL with its first violations; the exit status."""
     failed = 0
     for result in results:
         print(f"[{'ok' if result.ok else 'FAIL'}] {result.name}")
         for violation in result.violations[:20]:
             print(f"    {json.dumps(violation, default=str)}")
         failed += not result.ok
-    print(f"{len(results) - failed} passed, {failed} failed")
+    print(f"{what}{len(results) - failed} passed, {failed} failed")
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
@@ -228,15 +233,7 @@ def cmd_audit(args) -> int:
             print(f"cannot read the local cluster's databases from {state_file}: {exc}")
             return EXIT_FAILED
     results = asyncio.run(audit_regions(dsns, grace_s=args.grace_s))
-    failed = 0
-    for result in results:
-        print(f"[{'ok' if result.ok else 'FAIL'}] {result.name}")
-        for violation in result.violations[:20]:
-            print(f"    {json.dumps(violation, default=str)}")
-        failed += not result.ok
-    regions = ", ".join(sorted(dsns))
-    print(f"audited regions {regions}: {len(results) - failed} passed, {failed} failed")
-    return EXIT_OK if failed == 0 else EXIT_FAILED
+    return _print_checks(results, f"audited regions {', '.join(sorted(dsns))}: ")
 
 
 def cmd_local_demo(args) -> int:

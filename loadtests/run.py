@@ -56,33 +56,26 @@ async def create_players(profile: Profile, state: dict) -> dict[str, list[str]]:
     limit = asyncio.Semaphore(SETUP_CONCURRENCY)
     players: dict[str, list[str]] = {region: [] for region in profile.regions}
 
+    async def post(session: aiohttp.ClientSession, url: str, body: dict) -> dict:
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        async with session.post(url, json=body, headers={**headers, **key}, ssl=ssl) as response:
+            payload = await response.json()
+            if response.status != 201:
+                raise SystemExit(f"setting up players failed at {url}: {payload}")
+            return payload
+
     async def one(session: aiohttp.ClientSession, region: str) -> None:
         gateway = state["gateways"][region]
         async with limit:
             body = {"currency": profile.currency, "region": region, "operator": OPERATOR}
-            async with session.post(
-                gateway + "/v1/accounts",
-                json=body,
-                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
-                ssl=ssl,
-            ) as response:
-                account = await response.json()
-                if response.status != 201:
-                    raise SystemExit(f"creating a player in {region} failed: {account}")
+            account = await post(session, gateway + "/v1/accounts", body)
             deposit = {
                 "debit_account_id": f"{region}-clearing-{profile.currency}",
                 "credit_account_id": account["id"],
                 "amount": profile.funding,
                 "currency": profile.currency,
             }
-            async with session.post(
-                gateway + "/v1/transfers",
-                json=deposit,
-                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
-                ssl=ssl,
-            ) as response:
-                if response.status != 201:
-                    raise SystemExit(f"funding a player failed: {await response.text()}")
+            await post(session, gateway + "/v1/transfers", deposit)
         players[region].append(account["id"])
 
     async with aiohttp.ClientSession() as session:

@@ -36,10 +36,7 @@ def world(postgres, tmp_path_factory):
 
 @pytest.fixture
 async def clients(world, keyring, session):
-    return {
-        region: LedgerClient(world.url(region), keyring.signing_key, session)
-        for region in world.regions
-    }
+    return world.clients(keyring.signing_key, session)
 
 
 @pytest.fixture
