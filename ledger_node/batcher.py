@@ -202,8 +202,9 @@ class Batcher:
         account_ids, pending_ids, bet_keys, saga_ids, step_ids = _touched(self._region, operations)
         # Which accounts a hold or a rollback touches never changes, so it is read before the
         # transaction; only batches with such operations pay for it.
-        if pending_ids:
-            account_ids.update(await store.pending_accounts(connection, pending_ids))
+        unknown = [op.pending_id for op in operations if isinstance(op, ResolvePending)]
+        if unknown:
+            account_ids.update(await store.pending_accounts(connection, unknown))
         rollback_accounts = [op.account_id for op in operations if isinstance(op, Rollback)]
         if rollback_accounts:
             currencies = await store.account_currencies(connection, rollback_accounts)
@@ -255,6 +256,9 @@ def _touched(
             account_ids.add(op.debit_account_id)
             account_ids.add(transit_account_id(region, op.credit_region, op.currency))
         elif isinstance(op, FinishSaga):
+            # A saga knows its hold's accounts, so its batch needs no read before the locks.
+            account_ids.add(op.debit_account_id)
+            account_ids.add(transit_account_id(region, op.credit_region, op.currency))
             pending_ids.append(op.hold_transfer_id)
             saga_ids.append(op.saga_id)
         elif isinstance(op, CreditStep | CancelStep):

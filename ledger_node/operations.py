@@ -146,6 +146,10 @@ class FinishSaga:
     flow: Flow  # POST or VOID
     credit_transfer_id: str | None
     reason: str | None
+    debit_account_id: str
+    credit_region: str
+    currency: str
+    """The hold's accounts are the debit account and the transit account of credit_region."""
 
 
 @dataclass(slots=True)

@@ -64,8 +64,8 @@ CLAIM = """
 UPDATE sagas SET lease_owner = $2, lease_until = now() + $3 * interval '1 millisecond'
 WHERE id = $1 AND status = 'held'
   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now())
-RETURNING id, credit_account_id, credit_region, amount, currency, hold_transfer_id,
-          deadline_at, attempts, created_at
+RETURNING id, debit_account_id, credit_account_id, credit_region, amount, currency,
+          hold_transfer_id, deadline_at, attempts, created_at
 """
 
 RECORD_ATTEMPT = """
@@ -325,6 +325,9 @@ class SagaDriver:
             flow=Flow.POST if applied else Flow.VOID,
             credit_transfer_id=answer.credit_transfer_id if applied else None,
             reason=None if applied else answer.detail,
+            debit_account_id=saga["debit_account_id"],
+            credit_region=saga["credit_region"],
+            currency=saga["currency"],
         )
         give_up_at = time.monotonic() + self._config.lease_ms / 1000
         attempt = 0
