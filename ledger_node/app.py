@@ -438,7 +438,11 @@ async def saga_step(request: web.Request) -> web.Response:
         raise ProblemError(
             VALIDATION_FAILED, "the saga id names another region", field="origin_region"
         )
-    _check_local(node, "credit_account_id", body.credit_account_id)
+    credit = request.match_info["action"] == "credit"
+    if credit:
+        # A cancel only writes a tombstone, so it must land even for an account that has been
+        # re-homed since the saga began (its step 2 then fails here, and the saga voids).
+        _check_local(node, "credit_account_id", body.credit_account_id)
     _check_amount_and_currency(node, body.amount, body.currency)
     common = {
         "step_id": saga_id,
@@ -448,7 +452,7 @@ async def saga_step(request: web.Request) -> web.Response:
         "amount": body.amount,
         "currency": body.currency,
     }
-    if request.match_info["action"] == "credit":
+    if credit:
         transfer_id = saga_credit_transfer_id(saga_id, node.config.region)
         operation = CreditStep(**common, transfer_id=transfer_id)
     else:

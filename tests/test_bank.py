@@ -1,7 +1,7 @@
 """The bank test: a seeded, time-bounded workload of intra- and cross-region transfers among a
 fixed set of players in three regions, while faults are injected: ledger nodes killed with
-SIGKILL and restarted, links between regions cut and healed or slowed, and a PostgreSQL restart
-in one region. Each region has its own PostgreSQL cluster, as in production.
+SIGKILL and restarted, links between regions cut and healed, slowed or reset, and a PostgreSQL
+restart in one region. Each region has its own PostgreSQL cluster, as in production.
 
 After the load stops and the faults heal, every request whose outcome the client never learned
 is retried with its key until it has a final answer. Then: every player's balance is exactly
@@ -104,8 +104,10 @@ async def _faults(world: SagaWorld, bank: Bank, rng: random.Random, stop: asynci
         await asyncio.sleep(rng.uniform(*FAULT_GAP_S))
         region = rng.choice(REGIONS)
         peer = rng.choice([r for r in REGIONS if r != region])
-        kind = rng.choice(["kill", "cut", "slow", "kill", "cut"] + ([] if pg_restarted else ["pg"]))
-        bank.faults.append(f"{kind} {region}" + (f"/{peer}" if kind in ("cut", "slow") else ""))
+        kinds = ["kill", "cut", "slow", "reset", "kill", "cut"] + ([] if pg_restarted else ["pg"])
+        kind = rng.choice(kinds)
+        link = kind in ("cut", "slow", "reset")
+        bank.faults.append(f"{kind} {region}" + (f"/{peer}" if link else ""))
         if kind == "kill":
             world.kill(region)
             await asyncio.sleep(rng.uniform(0.1, 0.5))
@@ -114,6 +116,8 @@ async def _faults(world: SagaWorld, bank: Bank, rng: random.Random, stop: asynci
             world.link(region, peer, "cut")
             await asyncio.sleep(rng.uniform(0.3, 2.5))  # sometimes past a saga's deadline
             world.link(region, peer, "heal")
+        elif kind == "reset":
+            world.link(region, peer, "drop_connections")  # every open connection reset at once
         elif kind == "slow":
             world.link(region, peer, "set_delay", rng.choice([50, 150, 400]))
             await asyncio.sleep(rng.uniform(0.5, 1.5))

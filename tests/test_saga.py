@@ -231,3 +231,16 @@ async def test_only_peer_ledgers_may_call_saga_steps(world, clients):
         response = await clients["us"].post(f"/v1/saga-steps/eu-s-{'0' * 26}/{action}", body)
         assert response.status == 403 and response.json()["type"].endswith("forbidden")
     assert (await balance(clients["us"], payee))["posted"] == 0
+
+
+async def test_a_cancel_lands_even_for_an_account_no_longer_here(world, peer_us):
+    """A re-homed payee makes step 2 fail at the old home (421, not a durable answer), so the
+    saga cancels past its deadline: that cancel must still be recorded there."""
+    saga_id = f"eu-s-{unique('')[-26:].replace('-', '0')}"
+    body = {"origin_region": "eu", "credit_account_id": "ap-moved", "amount": 3, "currency": "EUR"}
+    credit = await peer_us.post(f"/v1/saga-steps/{saga_id}/credit", body)
+    assert credit.status == 421 and "step_status" not in credit.json()
+    cancel = await peer_us.post(f"/v1/saga-steps/{saga_id}/cancel", body)
+    assert cancel.status == 200 and cancel.json()["step_status"] == "cancelled"
+    late = await peer_us.post(f"/v1/saga-steps/{saga_id}/credit", body)
+    assert late.status == 421  # and were it local again, the tombstone would refuse it
