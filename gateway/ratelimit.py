@@ -20,6 +20,7 @@ because a cache is down would be the worse failure.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -142,6 +143,8 @@ class RateLimiter:
         self._prefix = key_prefix
         self._leases: dict[str, _Lease] = {}
         self._refills: dict[str, asyncio.Future] = {}
+        self._waiting: collections.Counter[str] = collections.Counter()
+        """Requests waiting for each bucket's refill: the next refill asks for their tokens too."""
         self.stats = LimiterStats()
 
     async def check(self, client_id: str, account_id: str | None = None, cost: int = 1) -> None:
@@ -162,7 +165,15 @@ class RateLimiter:
             in_flight = [self._refills[key] for key, _ in short if key in self._refills]
             if not in_flight:
                 break
-            await asyncio.wait(in_flight, timeout=self._timeout_s)
+            for key, _ in short:
+                self._waiting[key] += cost
+            try:
+                await asyncio.wait(in_flight, timeout=self._timeout_s)
+            finally:
+                for key, _ in short:
+                    self._waiting[key] -= cost
+                    if self._waiting[key] <= 0:
+                        del self._waiting[key]
         if short:
             refills = {key: asyncio.get_running_loop().create_future() for key, _ in short}
             self._refills.update(refills)
@@ -195,8 +206,11 @@ class RateLimiter:
         The leases in spending (this request's) survive the trim to LEASES_MAX."""
         if short:
             args: list[float] = []
-            for _, limit in short:
-                args += [limit.rate_per_s, limit.burst, cost, max(cost, limit.lease)]
+            for key, limit in short:
+                # Enough for the requests waiting on this refill too (at most the burst), so
+                # that one refill serves a burst of concurrent requests, not a tenth of it.
+                want = min(limit.burst, max(limit.lease, cost + self._waiting.get(key, 0)))
+                args += [limit.rate_per_s, limit.burst, cost, max(cost, want)]
             self.stats.redis_calls += 1
             try:
                 async with asyncio.timeout(self._timeout_s):
