@@ -104,3 +104,36 @@ def test_json_logs_carry_the_trace_id():
         logger.removeHandler(handler)
     entry = json.loads(record_holder[-1])
     assert entry["trace_id"] == expected and entry["message"] == "inside a span"
+
+
+async def test_a_cross_region_transfer_is_one_trace_and_counted(cluster):
+    """The saga's step 2 continues the client's trace into the destination's ledger, and its
+    outcome lands in the saga metrics."""
+    exporter = _exporter()
+    payer = await cluster.account("eu", fund=100)
+    payee = await cluster.account("us")
+    exporter.clear()
+    status, _, transfer = await cluster.call(
+        "eu",
+        "POST",
+        "/v1/transfers",
+        token=cluster.admin,
+        key="trace-saga-" + TRACE_ID[:8],
+        body={
+            "debit_account_id": payer,
+            "credit_account_id": payee,
+            "amount": 7,
+            "currency": "EUR",
+        },
+        headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
+    )
+    assert status == 201 and transfer["status"] == "completed", transfer
+    routes = {
+        s.attributes.get("http.route")
+        for s in exporter.get_finished_spans()
+        if format(s.context.trace_id, "032x") == TRACE_ID and s.kind.name == "SERVER"
+    }
+    assert {"/v1/transfers", "/v1/sagas", "/v1/saga-steps/{saga_id}/{action}"} <= routes, routes
+    text = generate_latest(REGISTRY).decode()
+    assert 'regiongate_saga_outcomes_total{outcome="completed",region="us"}' in text
+    assert "regiongate_saga_seconds_bucket" in text
