@@ -38,10 +38,9 @@ from gateway.ratelimit import Limit, RateLimiter, limiter_redis
 from ledger_node.ids import region_of
 from ledger_node.results import MALFORMED_JSON, VALIDATION_FAILED
 from ledger_node.service_auth import ServiceKeyring
-from region_router.directory import Directory
+from region_router.directory import Directory, build_directory
 from region_router.ledger_client import LedgerResponse
 from region_router.router import RegionRouter, RouterConfig
-from region_router.yaml_directory import YamlDirectory
 
 CLIENT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,100}$")
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -57,7 +56,7 @@ class Gateway:
         self.authenticator = Authenticator(
             AuthConfig(config.jwks_file, config.audience, config.issuer)
         )
-        self.directory = directory or YamlDirectory(config.directory_file)
+        self.directory = directory or build_directory(config.directory_file, config.consul)
         self.key = ServiceKeyring.load(config.service_keys_file).signing_key
         self.session: aiohttp.ClientSession | None = None
         self.router: RegionRouter | None = None

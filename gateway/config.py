@@ -44,13 +44,15 @@ class RateLimitConfig:
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     region: str
-    directory_file: str
-    """The YAML directory (the Consul backend is configured with `consul` instead)."""
     jwks_file: str
     audience: str
     issuer: str
     service_keys_file: str
     redis_url: str
+    directory_file: str | None = None
+    """The YAML directory; or, instead, consul (region_router.directory.build_directory)."""
+    consul: dict | None = None
+    """Consul's directory: address, prefix, service, datacenters, token_file, wait_s..."""
     host: str = "127.0.0.1"
     port: int = 8443
     workers: int = 1
@@ -81,6 +83,8 @@ class GatewayConfig:
         _check("operator_cache_size_max", self.operator_cache_size_max, 1, 10_000_000)
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise GatewayConfigError("tls_cert_file and tls_key_file go together")
+        if (self.directory_file is None) == (self.consul is None):
+            raise GatewayConfigError("configure exactly one of directory_file and consul")
 
 
 def gateway_config_from_dict(raw: dict[str, Any]) -> GatewayConfig:

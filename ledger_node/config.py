@@ -157,7 +157,9 @@ class LedgerConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     directory_file: str | None = None
     """The directory (YAML) that locates peer regions' ledger nodes, for cross-region transfers;
-    without it this node refuses them."""
+    or consul instead. With neither, this node refuses cross-region transfers."""
+    consul: dict | None = None
+    """Consul's directory (region_router.directory.build_directory)."""
     saga: SagaConfig = field(default_factory=SagaConfig)
     peer_key_ids: tuple[str, ...] = ()
     """Service key ids of other regions' ledgers. When set, saga steps are accepted only when

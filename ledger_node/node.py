@@ -21,8 +21,8 @@ from ledger_node.migrations import apply_migrations, schema_is_current
 from ledger_node.operations import Flow, ResolvePending
 from ledger_node.saga import SagaDriver, new_owner_id
 from ledger_node.service_auth import ServiceKeyring
+from region_router.directory import Directory, build_directory
 from region_router.router import RegionRouter, RouterConfig
-from region_router.yaml_directory import YamlDirectory
 
 log = logging.getLogger("regiongate.ledger.node")
 
@@ -59,7 +59,7 @@ class LedgerNode:
         self.batch_pool: asyncpg.Pool | None = None
         self.batcher: Batcher | None = None
         self.sagas: SagaDriver | None = None
-        self._directory: YamlDirectory | None = None
+        self._directory: Directory | None = None
         self._session: aiohttp.ClientSession | None = None
         self._expiry_task: asyncio.Task | None = None
 
@@ -113,7 +113,7 @@ class LedgerNode:
             pool=self.batch_pool, region=self.config.region, config=self.config.batch
         )
         self.batcher.start()
-        if self.config.directory_file:
+        if self.config.directory_file or self.config.consul:
             await self._start_sagas()
         self._expiry_task = asyncio.get_running_loop().create_task(
             self._expire_loop(), name="ledger-expiry"
@@ -125,7 +125,7 @@ class LedgerNode:
         (a saga's steps cost one WAN round trip each, never a new connection), and the
         recovery worker that resumes unfinished sagas, starting with those of a crashed run."""
         saga = self.config.saga
-        self._directory = YamlDirectory(self.config.directory_file)
+        self._directory = build_directory(self.config.directory_file, self.config.consul)
         await self._directory.start()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=512, limit_per_host=256, keepalive_timeout=60)

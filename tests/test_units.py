@@ -135,3 +135,28 @@ async def test_two_nodes_migrating_at_once_apply_each_migration_once(fresh_dsn):
     finally:
         for connection in connections:
             await connection.close()
+
+
+def test_a_service_names_exactly_one_directory_and_no_consul_token(tmp_path, monkeypatch):
+    from region_router.consul_directory import ConsulDirectory
+    from region_router.directory import build_directory
+    from region_router.errors import DirectoryError
+    from region_router.yaml_directory import YamlDirectory
+
+    assert isinstance(build_directory(str(tmp_path / "directory.yaml"), None), YamlDirectory)
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-the-environment")
+    consul = build_directory(None, {"address": "https://consul.eu:8501", "datacenters": ["eu"]})
+    assert isinstance(consul, ConsulDirectory)
+    assert consul._config.token == "from-the-environment"
+    assert consul._config.datacenters == ("eu",)
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    assert build_directory(None, {"token_file": str(token_file)})._config.token == "from-a-file"
+    for directory_file, consul_raw, message in (
+        (None, None, "exactly one"),
+        ("directory.yaml", {}, "exactly one"),
+        (None, {"token": "secret"}, "token_file"),
+        (None, {"adress": "http://x"}, "unknown keys"),
+    ):
+        with pytest.raises(DirectoryError, match=message):
+            build_directory(directory_file, consul_raw)
