@@ -93,8 +93,11 @@ def cmd_ledger_history(args) -> int:
 
 def cmd_ledger_transfer(args) -> int:
     from ledger_node import reads
+    from ledger_node.ids import SAGA_ID_PATTERN
 
     async def work(connection):
+        if SAGA_ID_PATTERN.match(args.transfer_id):
+            return await reads.saga(connection, args.transfer_id)
         return await reads.transfer(connection, args.transfer_id)
 
     transfer = asyncio.run(_with_connection(_config(args.config), work))
@@ -102,6 +105,19 @@ def cmd_ledger_transfer(args) -> int:
         print(f"transfer {args.transfer_id} not found", file=sys.stderr)
         return EXIT_FAILED
     _print(transfer)
+    return EXIT_OK
+
+
+def cmd_ledger_sagas(args) -> int:
+    """Cross-region transfers this region orchestrates: unfinished ones first, oldest first,
+    with their attempts and last error (what an operator looks at when one is stuck)."""
+    from ledger_node import reads
+
+    async def work(connection):
+        return await reads.sagas(connection, status=args.status, limit=args.limit)
+
+    sagas = asyncio.run(_with_connection(_config(args.config), work))
+    _print({"sagas": sagas, "count": len(sagas)})
     return EXIT_OK
 
 
@@ -268,7 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--cursor")
     history.add_argument("--order", choices=["asc", "desc"], default="desc")
-    ledger_command("transfer", cmd_ledger_transfer, "show one transfer").add_argument("transfer_id")
+    ledger_command(
+        "transfer", cmd_ledger_transfer, "show one transfer, or a cross-region transfer (saga)"
+    ).add_argument("transfer_id")
+    sagas = ledger_command("sagas", cmd_ledger_sagas, "list sagas, unfinished and oldest first")
+    sagas.add_argument(
+        "--status", choices=["pending", "completed", "compensated"], default="pending"
+    )
+    sagas.add_argument("--limit", type=int, default=50)
     call = ledger_command("call", cmd_ledger_call, "send a signed request to the ledger node")
     call.add_argument("method")
     call.add_argument("path")

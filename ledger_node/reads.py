@@ -133,8 +133,17 @@ async def history(
 
 
 SAGA = "SELECT * FROM sagas WHERE id = $1"
+SAGAS = "SELECT * FROM sagas WHERE status = $1 ORDER BY created_at LIMIT $2"
+SAGAS_LIMIT_MAX = 1_000
 
 
 async def saga(connection: asyncpg.Connection, saga_id: str) -> dict | None:
     row = await connection.fetchrow(SAGA, saga_id)
     return None if row is None else render.saga_dict(row)
+
+
+async def sagas(connection: asyncpg.Connection, *, status: str, limit: int) -> list[dict]:
+    """Sagas by public status (pending, completed, compensated), oldest first."""
+    stored = {public: stored for stored, public in render.SAGA_PUBLIC_STATUS.items()}[status]
+    rows = await connection.fetch(SAGAS, stored, max(1, min(limit, SAGAS_LIMIT_MAX)))
+    return [render.saga_dict(row) for row in rows]
