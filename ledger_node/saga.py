@@ -211,8 +211,15 @@ class SagaDriver:
             self._drive(saga_id, started), name=f"saga {saga_id}"
         )
         self._running[saga_id] = task
-        task.add_done_callback(lambda _: self._running.pop(saga_id, None))
+        task.add_done_callback(lambda done: self._ended(saga_id, done))
         return task
+
+    def _ended(self, saga_id: str, task: asyncio.Task) -> None:
+        self._running.pop(saga_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a fault the saga expects: say so loudly. The saga stays held; its
+            # lease runs out and recovery drives it again (at most once per lease).
+            log.error("saga %s: driver failed", saga_id, exc_info=task.exception())
 
     async def wait(
         self, saga_id: str, timeout_s: float, started: Mapping | None = None
