@@ -21,7 +21,7 @@ from ledger_node.migrations import apply_migrations, schema_is_current
 from ledger_node.operations import Flow, ResolvePending
 from ledger_node.saga import SagaDriver, new_owner_id
 from ledger_node.service_auth import ServiceKeyring
-from region_router.directory import Directory, build_directory
+from region_router.directory import Directory, RegionStatus, build_directory
 from region_router.router import RegionRouter, RouterConfig
 
 log = logging.getLogger("regiongate.ledger.node")
@@ -186,6 +186,13 @@ class LedgerNode:
         if self._directory is not None:
             return self._directory.snapshot().home_region(account_id)
         return region_of(account_id)
+
+    def region_is_down(self, region: str) -> bool:
+        """Whether the directory marks a region down (then nothing can be confirmed there)."""
+        if self._directory is None:
+            return False
+        record = self._directory.snapshot().regions.get(region)
+        return record is not None and record.status is RegionStatus.DOWN
 
     async def ready(self) -> tuple[bool, str]:
         """Readiness: running, the database answers, and the schema is current."""

@@ -184,6 +184,12 @@ IDEMPOTENCY_KEY_MISSING = Problem(
 IDEMPOTENCY_KEY_INVALID = Problem(
     400, "idempotency-key-invalid", "Idempotency-Key header is malformed", "Idempotency-Key"
 )
+DESTINATION_REGION_DOWN = Problem(
+    503,
+    "region-unavailable",
+    "The credit account's home region is down; nothing was moved, retry later",
+    "credit_account_id",
+)
 CROSS_REGION_UNAVAILABLE = Problem(
     503, "cross-region-unavailable", "Cross-region transfers are not available on this node"
 )

@@ -28,12 +28,15 @@ from ledger_node.requests import (
 )
 from ledger_node.results import (
     CROSS_REGION_UNAVAILABLE,
+    DESTINATION_REGION_DOWN,
     FORBIDDEN,
     OVERLOADED,
     VALIDATION_FAILED,
     Result,
 )
 from ledger_node.schemas import SagaStepIn, TransferIn
+
+DOWN_RETRY_AFTER_S = 30
 
 
 async def create_saga(request: web.Request) -> web.Response:
@@ -59,6 +62,12 @@ async def create_saga(request: web.Request) -> web.Response:
         )
     if credit_region not in node.config.peers:
         return result_response(Result.REGION_NOT_PEER)
+    if node.region_is_down(credit_region):
+        # Consistency over availability: a hold towards a region marked down could only wait
+        # for it, so refuse before anything is held.
+        raise ProblemError(
+            DESTINATION_REGION_DOWN, retry_after_s=DOWN_RETRY_AFTER_S, field="credit_account_id"
+        )
     if not node.sagas.has_room():
         raise ProblemError(OVERLOADED, "too many cross-region transfers in flight")
     saga = node.config.saga

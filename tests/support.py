@@ -214,6 +214,8 @@ class Cluster:
         return account["id"]
 
 
+OUTSIDER = "zz"
+
 # Saga tests run fast clocks: a deadline of 1.5 s, short leases, quick recovery passes.
 SAGA_TEST_CONFIG = {
     "deadline_ms": 1_500,
@@ -275,7 +277,9 @@ class SagaWorld:
             else:
                 name = unique(f"saga_{region}").replace("-", "_")[:40]
                 self.dsns[region] = self.postgres.create_database(name)
-            peers = [peer for peer in self.regions if peer != region]
+            # OUTSIDER is a peer with no ledger here: tests that fabricate another region's saga
+            # steps use it, so the audit of this world (its regions only) stays exact.
+            peers = [peer for peer in self.regions if peer != region] + [OUTSIDER]
             directory = self.root / f"directory-{region}.yaml"
             write_directory_file(
                 directory,

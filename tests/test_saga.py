@@ -17,6 +17,7 @@ from ledger_node.ids import saga_credit_transfer_id
 from region_router.ledger_client import LedgerClient
 from tests.conftest import PEER_KEY_ID, SERVICE_KEYS_TEXT
 from tests.support import (
+    OUTSIDER,
     SagaWorld,
     assert_eventually,
     balance,
@@ -187,13 +188,14 @@ async def test_a_short_cut_heals_within_the_deadline_and_completes(world, client
     await _clean(world)
 
 
-async def test_cancel_racing_a_late_step_two_has_one_winner(world, clients, peer_us):
+async def test_cancel_racing_a_late_step_two_has_one_winner(clients, peer_us):
     """Step 2 and its cancel, sent together many times for many saga ids straight at the
     destination: every step id ends applied or cancelled, never both, every answer agrees with
-    the record, and the payee received exactly the applied amounts."""
+    the record, and the payee received exactly the applied amounts. The steps claim to come
+    from OUTSIDER, a peer region outside this world, so the world's audit stays exact."""
     payee = await new_player(clients["us"])
-    saga_ids = [f"eu-s-{unique('')[-26:].replace('-', '0')}" for _ in range(40)]
-    body = {"origin_region": "eu", "credit_account_id": payee, "amount": 7, "currency": "EUR"}
+    saga_ids = [f"{OUTSIDER}-s-{unique('')[-26:].replace('-', '0')}" for _ in range(40)]
+    body = {"origin_region": OUTSIDER, "credit_account_id": payee, "amount": 7, "currency": "EUR"}
 
     async def call(saga_id: str, action: str):
         response = await peer_us.post(f"/v1/saga-steps/{saga_id}/{action}", body)
@@ -207,19 +209,6 @@ async def test_cancel_racing_a_late_step_two_has_one_winner(world, clients, peer
     assert all(len(statuses) == 1 for statuses in outcome.values()), outcome
     applied = sum(1 for statuses in outcome.values() if statuses == {"applied"})
     assert (await balance(clients["us"], payee))["posted"] == 7 * applied
-    # These step ids have no saga at the source, so the audit would rightly call them orphans:
-    # the transit movement is undone here by hand to keep the shared world clean.
-    if applied:
-        await clients["us"].post(
-            "/v1/transfers",
-            {
-                "debit_account_id": payee,
-                "credit_account_id": "us-transit-eu-EUR",
-                "amount": 7 * applied,
-                "currency": "EUR",
-            },
-            idempotency_key=unique(),
-        )
 
 
 async def test_only_peer_ledgers_may_call_saga_steps(world, clients):
@@ -244,3 +233,51 @@ async def test_a_cancel_lands_even_for_an_account_no_longer_here(world, peer_us)
     assert cancel.status == 200 and cancel.json()["step_status"] == "cancelled"
     late = await peer_us.post(f"/v1/saga-steps/{saga_id}/credit", body)
     assert late.status == 421  # and were it local again, the tombstone would refuse it
+
+
+async def test_a_destination_marked_down_is_refused_before_anything_is_held(world, clients):
+    """Consistency over availability: towards a region the directory marks down, a saga could
+    only hold money and wait, so the source answers 503 with Retry-After and holds nothing."""
+    import os
+
+    import yaml
+
+    payer, payee = await _players(clients)
+    directory = world.root / "directory-eu.yaml"
+    original = directory.read_text()
+    records = yaml.safe_load(original)
+    for region in records["regions"]:
+        if region["code"] == "us":
+            region["status"] = "down"
+    staged = directory.with_suffix(".staged")
+    staged.write_text(yaml.safe_dump(records))
+    os.replace(staged, directory)
+    try:
+
+        async def refused() -> bool:
+            response = await clients["eu"].post(
+                "/v1/sagas", _saga_body(payer, payee, 10), idempotency_key=unique()
+            )
+            if response.status != 503:
+                return False
+            assert response.json()["type"].endswith("region-unavailable")
+            assert response.headers["Retry-After"] == "30"
+            return True
+
+        await assert_eventually(refused, timeout_s=10)  # once the directory file is re-read
+        before = await balance(clients["eu"], payer)
+        assert await refused()
+        after = await balance(clients["eu"], payer)
+        assert after["available"] == before["available"] and after["pending_debits"] == 0
+    finally:
+        staged.write_text(original)
+        os.replace(staged, directory)
+
+    async def served() -> bool:
+        response = await clients["eu"].post(
+            "/v1/sagas", _saga_body(payer, payee, 10), idempotency_key=unique()
+        )
+        return response.status == 201
+
+    await assert_eventually(served, timeout_s=10)
+    await _clean(world)
