@@ -159,6 +159,9 @@ def _pass_through(response: LedgerResponse) -> web.Response:
     location = response.headers.get("Location")
     if location is not None and location.startswith("/v1/transfers/"):
         headers["Location"] = location  # the ledger's paths for transfers are the public ones
+    retry_after = response.headers.get("Retry-After")
+    if retry_after is not None and retry_after.isdigit():
+        headers["Retry-After"] = retry_after  # a ledger's 503 says when to come back
     content_type = response.headers.get("Content-Type", "application/json").split(";")[0]
     return web.Response(
         status=response.status, body=response.body, content_type=content_type, headers=headers

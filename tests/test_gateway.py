@@ -12,6 +12,7 @@ gateway restart; keys are namespaced per client; the OpenAPI document lists exac
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jwt
 
@@ -342,3 +343,40 @@ async def test_bad_bodies_get_400_before_any_ledger_call(cluster):
         body={"currency": "EUR", "operator": "op-1", "metadata": ["not", "a", "map"]},
     )
     assert status == 400 and problem["field"] == "metadata"
+
+
+async def test_a_ledger_503_keeps_its_retry_after_through_the_gateway(cluster):
+    """A transfer towards a region the directory marks down: the debit side's ledger refuses it
+    with 503 and Retry-After, and the gateway passes both on."""
+    import os
+
+    import yaml
+
+    payer = await cluster.account("eu", fund=50)
+    payee = await cluster.account("us")
+    directory = Path(cluster.regions["eu"].overrides["directory_file"])
+    original = directory.read_text()
+    records = yaml.safe_load(original)
+    for region in records["regions"]:
+        if region["code"] == "us":
+            region["status"] = "down"
+    staged = directory.with_suffix(".staged")
+    staged.write_text(yaml.safe_dump(records))
+    os.replace(staged, directory)
+    body = {"debit_account_id": payer, "credit_account_id": payee, "amount": 5, "currency": "EUR"}
+    try:
+
+        async def refused() -> bool:
+            status, headers, problem = await cluster.call(
+                "eu", "POST", "/v1/transfers", token=cluster.admin, key=unique(), body=body
+            )
+            return (
+                status == 503
+                and problem["type"] == P + "region-unavailable"
+                and headers.get("Retry-After") == "30"
+            )
+
+        await assert_eventually(refused, timeout_s=10)
+    finally:
+        staged.write_text(original)
+        os.replace(staged, directory)
