@@ -77,9 +77,14 @@ class CheckResult:
 
 async def check_invariants(connection: asyncpg.Connection) -> list[CheckResult]:
     """Run every check in one repeatable-read snapshot, so they all see the same ledger."""
-    results = []
     async with connection.transaction(isolation="repeatable_read", readonly=True):
-        for name, sql in CHECKS.items():
-            rows = await connection.fetch(sql)
-            results.append(CheckResult(name, [dict(row) for row in rows]))
+        return await run_checks(connection)
+
+
+async def run_checks(connection: asyncpg.Connection) -> list[CheckResult]:
+    """Every check, in the caller's transaction (which should be one snapshot)."""
+    results = []
+    for name, sql in CHECKS.items():
+        rows = await connection.fetch(sql)
+        results.append(CheckResult(name, [dict(row) for row in rows]))
     return results
