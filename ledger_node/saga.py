@@ -65,7 +65,7 @@ UPDATE sagas SET lease_owner = $2, lease_until = now() + $3 * interval '1 millis
 WHERE id = $1 AND status = 'held'
   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now())
 RETURNING id, debit_account_id, credit_account_id, credit_region, amount, currency,
-          hold_transfer_id, deadline_at, attempts, created_at
+          hold_transfer_id, deadline_at, attempts, last_error, created_at
 """
 
 RECORD_ATTEMPT = """
@@ -269,6 +269,7 @@ class SagaDriver:
         if saga is None:
             return None  # already ended, or another node holds its lease
         attempt = saga["attempts"]
+        last_error = saga.get("last_error")
         _crash_point("hold")
         while True:
             cancel = datetime.now(UTC) >= saga["deadline_at"]
@@ -277,9 +278,13 @@ class SagaDriver:
                 _crash_point("answer")
                 final = await self._finish(saga, answer)
                 _crash_point("finish")
+                if final is not None:
+                    # What the row says too: the caller shows the saga without reading it back.
+                    final.update(attempts=attempt, last_error=last_error)
                 return final
             SAGA_STEP_ERRORS.labels(saga["credit_region"]).inc()
             attempt += 1
+            last_error = answer.detail
             delay_ms = backoff_ms(self._config, attempt)
             if not cancel:
                 # Do not sleep through the deadline: the cancel should follow it promptly.
