@@ -183,7 +183,7 @@ def run_profile(
     print(f"creating and funding {sum(profile.players.values())} players ...", flush=True)
     players = asyncio.run(create_players(profile, state))
     config = {
-        "profile": str(Path(profile_name) if Path(profile_name).suffix else profile_name),
+        "profile": profile_name,
         "gateways": {region: state["gateways"][region] for region in profile.regions},
         "ca_cert": state["ca_cert"],
         "dev_private_key": state["dev_private_key"],

@@ -4,9 +4,11 @@ and waits for conditions the same way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 from aiohttp.test_utils import TestServer
@@ -39,6 +41,30 @@ def ledger_config(dsn: str, region: str = REGION, **overrides) -> LedgerConfig:
     }
     raw.update(overrides)
     return ledger_config_from_dict(raw)
+
+
+@contextlib.contextmanager
+def region_status(directory_file, code: str, status: str):
+    """A region marked with status in a YAML directory file for the block, then restored. Each
+    write replaces the file whole, as the directory's reader expects."""
+    import os
+
+    import yaml
+
+    path = Path(directory_file)
+    original = path.read_text()
+    records = yaml.safe_load(original)
+    for region in records["regions"]:
+        if region["code"] == code:
+            region["status"] = status
+    staged = path.with_suffix(".staged")
+    staged.write_text(yaml.safe_dump(records))
+    os.replace(staged, path)
+    try:
+        yield
+    finally:
+        staged.write_text(original)
+        os.replace(staged, path)
 
 
 def unique(prefix: str = "k") -> str:

@@ -12,13 +12,12 @@ gateway restart; keys are namespaced per client; the OpenAPI document lists exac
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import jwt
 
 from gateway.app import ROUTES
 from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER
-from tests.support import LIMIT_BURST, assert_eventually, unique
+from tests.support import LIMIT_BURST, assert_eventually, region_status, unique
 
 P = "urn:regiongate:problem:"
 BOUND_S = 5.0
@@ -348,23 +347,10 @@ async def test_bad_bodies_get_400_before_any_ledger_call(cluster):
 async def test_a_ledger_503_keeps_its_retry_after_through_the_gateway(cluster):
     """A transfer towards a region the directory marks down: the debit side's ledger refuses it
     with 503 and Retry-After, and the gateway passes both on."""
-    import os
-
-    import yaml
-
     payer = await cluster.account("eu", fund=50)
     payee = await cluster.account("us")
-    directory = Path(cluster.regions["eu"].overrides["directory_file"])
-    original = directory.read_text()
-    records = yaml.safe_load(original)
-    for region in records["regions"]:
-        if region["code"] == "us":
-            region["status"] = "down"
-    staged = directory.with_suffix(".staged")
-    staged.write_text(yaml.safe_dump(records))
-    os.replace(staged, directory)
     body = {"debit_account_id": payer, "credit_account_id": payee, "amount": 5, "currency": "EUR"}
-    try:
+    with region_status(cluster.regions["eu"].overrides["directory_file"], "us", "down"):
 
         async def refused() -> bool:
             status, headers, problem = await cluster.call(
@@ -377,6 +363,3 @@ async def test_a_ledger_503_keeps_its_retry_after_through_the_gateway(cluster):
             )
 
         await assert_eventually(refused, timeout_s=10)
-    finally:
-        staged.write_text(original)
-        os.replace(staged, directory)

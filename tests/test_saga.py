@@ -23,6 +23,7 @@ from tests.support import (
     balance,
     fund,
     new_player,
+    region_status,
     unique,
 )
 
@@ -243,21 +244,8 @@ async def test_a_cancel_lands_even_for_an_account_no_longer_here(world, peer_us)
 async def test_a_destination_marked_down_is_refused_before_anything_is_held(world, clients):
     """Consistency over availability: towards a region the directory marks down, a saga could
     only hold money and wait, so the source answers 503 with Retry-After and holds nothing."""
-    import os
-
-    import yaml
-
     payer, payee = await _players(clients)
-    directory = world.root / "directory-eu.yaml"
-    original = directory.read_text()
-    records = yaml.safe_load(original)
-    for region in records["regions"]:
-        if region["code"] == "us":
-            region["status"] = "down"
-    staged = directory.with_suffix(".staged")
-    staged.write_text(yaml.safe_dump(records))
-    os.replace(staged, directory)
-    try:
+    with region_status(world.root / "directory-eu.yaml", "us", "down"):
 
         async def refused() -> bool:
             response = await clients["eu"].post(
@@ -274,9 +262,6 @@ async def test_a_destination_marked_down_is_refused_before_anything_is_held(worl
         assert await refused()
         after = await balance(clients["eu"], payer)
         assert after["available"] == before["available"] and after["pending_debits"] == 0
-    finally:
-        staged.write_text(original)
-        os.replace(staged, directory)
 
     async def served() -> bool:
         response = await clients["eu"].post(
