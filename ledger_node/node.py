@@ -114,7 +114,13 @@ class LedgerNode:
         )
         self.batcher.start()
         if self.config.directory_file or self.config.consul:
-            await self._start_sagas()
+            try:
+                await self._start_sagas()
+            except BaseException:
+                # An unreadable directory must not leave the batcher and the pools running.
+                self.state = NodeState.RUNNING
+                await self.stop()
+                raise
         self._expiry_task = asyncio.get_running_loop().create_task(
             self._expire_loop(), name="ledger-expiry"
         )

@@ -160,3 +160,19 @@ def test_a_service_names_exactly_one_directory_and_no_consul_token(tmp_path, mon
     ):
         with pytest.raises(DirectoryError, match=message):
             build_directory(directory_file, consul_raw)
+
+
+async def test_a_node_whose_directory_cannot_be_read_stops_what_it_started(
+    ledger_dsn, keyring, tmp_path
+):
+    from ledger_node.node import LedgerNode, NodeState
+    from region_router.errors import DirectoryError
+    from tests.support import ledger_config
+
+    node = LedgerNode(
+        ledger_config(ledger_dsn, directory_file=str(tmp_path / "missing.yaml")), keyring
+    )
+    with pytest.raises(DirectoryError):
+        await node.start()
+    assert node.state is NodeState.STOPPED
+    assert node.pool is not None and node.pool.is_closing()
