@@ -19,7 +19,6 @@ import hashlib
 import re
 import urllib.parse
 
-import aiohttp
 import msgspec
 from aiohttp import web
 from opentelemetry import trace
@@ -27,7 +26,7 @@ from opentelemetry import trace
 from gateway.auth import AuthConfig, Authenticator, Principal, Scope
 from gateway.config import GatewayConfig
 from gateway.errors import Forbidden
-from gateway.observability import HOME_REGION, pool_wait_trace_config, telemetry_middleware
+from gateway.observability import HOME_REGION, POOL_WAIT_SECONDS, telemetry_middleware
 from gateway.openapi import openapi_document
 from gateway.problems import (
     ACCOUNT_NOT_FOUND,
@@ -39,6 +38,7 @@ from ledger_node.ids import region_of
 from ledger_node.results import MALFORMED_JSON, VALIDATION_FAILED
 from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import Directory, build_directory
+from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerResponse
 from region_router.router import RegionRouter, RouterConfig
 
@@ -58,7 +58,7 @@ class Gateway:
         )
         self.directory = directory or build_directory(config.directory_file, config.consul)
         self.key = ServiceKeyring.load(config.service_keys_file).signing_key
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: HttpPool | None = None
         self.router: RegionRouter | None = None
         self.limiter: RateLimiter | None = None
         self._redis = None
@@ -66,14 +66,11 @@ class Gateway:
 
     async def start(self) -> None:
         await self.directory.start()
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=60),
-            trace_configs=[pool_wait_trace_config()],
-        )
+        self.pool = HttpPool(connections_per_origin_max=128, on_pool_wait=POOL_WAIT_SECONDS.observe)
         self.router = RegionRouter(
             directory=self.directory,
             key=self.key,
-            session=self.session,
+            pool=self.pool,
             config=RouterConfig(
                 local_region=self.config.region,
                 attempt_timeout_ms=self.config.attempt_timeout_ms,
@@ -92,8 +89,8 @@ class Gateway:
         )
 
     async def stop(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            await self.pool.close()
         if self._redis is not None:
             await self._redis.aclose()
         await self.directory.stop()

@@ -4,9 +4,6 @@ pooled connection to a ledger node. Upstream errors are counted by the router.""
 
 from __future__ import annotations
 
-import time
-
-import aiohttp
 from aiohttp import web
 from prometheus_client import Histogram
 
@@ -38,18 +35,3 @@ telemetry_middleware = server_middleware(
         request.get(HOME_REGION, ""),
     ),
 )
-
-
-def pool_wait_trace_config() -> aiohttp.TraceConfig:
-    """Times how long a request waits in aiohttp's connector queue for a connection."""
-    config = aiohttp.TraceConfig()
-
-    async def queued_start(session, context, params) -> None:
-        context.queued_at = time.perf_counter()
-
-    async def queued_end(session, context, params) -> None:
-        POOL_WAIT_SECONDS.observe(time.perf_counter() - context.queued_at)
-
-    config.on_connection_queued_start.append(queued_start)
-    config.on_connection_queued_end.append(queued_end)
-    return config

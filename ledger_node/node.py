@@ -8,7 +8,6 @@ import contextlib
 import enum
 import logging
 
-import aiohttp
 import asyncpg
 
 from ledger_node.accounts import sync_reference_data
@@ -22,6 +21,7 @@ from ledger_node.operations import Flow, ResolvePending
 from ledger_node.saga import SagaDriver, new_owner_id
 from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import Directory, RegionStatus, build_directory
+from region_router.http_pool import HttpPool
 from region_router.router import RegionRouter, RouterConfig
 
 log = logging.getLogger("regiongate.ledger.node")
@@ -60,7 +60,7 @@ class LedgerNode:
         self.batcher: Batcher | None = None
         self.sagas: SagaDriver | None = None
         self._directory: Directory | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._peer_pool: HttpPool | None = None
         self._expiry_task: asyncio.Task | None = None
 
     async def _create_pool(self, size_max: int, extra_settings: dict | None = None) -> asyncpg.Pool:
@@ -133,9 +133,7 @@ class LedgerNode:
         saga = self.config.saga
         self._directory = build_directory(self.config.directory_file, self.config.consul)
         await self._directory.start()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512, limit_per_host=256, keepalive_timeout=60)
-        )
+        self._peer_pool = HttpPool(connections_per_origin_max=256)
         key = self.keyring.signing_key
         if self.config.peer_key_ids:
             key = self.keyring.get(self.config.peer_key_ids[0])
@@ -144,7 +142,7 @@ class LedgerNode:
         router = RegionRouter(
             directory=self._directory,
             key=key,
-            session=self._session,
+            pool=self._peer_pool,
             config=RouterConfig(
                 local_region=self.config.region,
                 attempt_timeout_ms=saga.step_timeout_ms,
@@ -173,8 +171,8 @@ class LedgerNode:
                 await self._expiry_task
         if self.sagas is not None:
             await self.sagas.stop()
-        if self._session is not None:
-            await self._session.close()
+        if self._peer_pool is not None:
+            await self._peer_pool.close()
         if self._directory is not None:
             await self._directory.stop()
         if self.batcher is not None:

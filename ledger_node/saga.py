@@ -38,7 +38,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
 import asyncpg
 import msgspec
 
@@ -309,7 +308,7 @@ class SagaDriver:
                 body,
                 idempotency_key=saga["id"],
             )
-        except (RouterError, aiohttp.ClientError, TimeoutError) as exc:
+        except (RouterError, TimeoutError) as exc:
             return StepAnswer(Verdict.UNKNOWN, f"{type(exc).__name__}: {exc}"[:500])
         return read_answer(response.status, response.body, cancel)
 

@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import msgspec
 import uvloop
@@ -39,6 +38,7 @@ from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.httpload import LoadResult, run_load, signed_post
+from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
 
 REGION = "eu"
@@ -185,8 +185,8 @@ async def ledger_runs(
         "seconds": seconds,
         "warmup_s": warmup_s,
     }
-    async with aiohttp.ClientSession() as session:
-        stats_client = LedgerClient(ledger.url, key, session)
+    async with HttpPool() as pool:
+        stats_client = LedgerClient(ledger.url, key, pool)
         results = []
         for make_request in (uniform, hot, bet) if with_bets else (uniform, hot):
             before = (await stats_client.get("/v1/stats")).json()

@@ -39,6 +39,7 @@ from infra.tls import client_context
 from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.httpload import LoadResult, bearer_post, run_load
+from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
 
 FUNDS = 10**12
@@ -89,9 +90,9 @@ async def _rtt_ms(url: str, samples: int = 60) -> float:
 
 async def measure(args, cluster: LocalCluster, token: str) -> dict:
     key = ServiceKeyring.load(str(cluster.service_keys_file)).signing_key
-    async with aiohttp.ClientSession() as session:
-        eu = LedgerClient(cluster.ledgers["eu"].url, key, session)
-        us = LedgerClient(cluster.ledgers["us"].url, key, session)
+    async with HttpPool() as pool:
+        eu = LedgerClient(cluster.ledgers["eu"].url, key, pool)
+        us = LedgerClient(cluster.ledgers["us"].url, key, pool)
         payers = await _accounts(eu, "eu", args.clients, FUNDS)
         remote = await _accounts(us, "us", args.clients, 0)
         local = await _accounts(eu, "eu", args.clients, 0)

@@ -1,7 +1,7 @@
 """Routing a request to the account's home-region ledger.
 
 Account id -> home region (the directory's override first, else the region the id carries) ->
-a healthy ledger node of that region -> one signed HTTP call over a pooled keep-alive session.
+a healthy ledger node of that region -> one signed HTTP call over a pooled keep-alive connection.
 A local account never leaves the region; a remote one costs one WAN round trip.
 
 Failure policy (consistency over availability, per account): a region that is down, or has no
@@ -14,19 +14,21 @@ attempt, the retries and the whole call are bounded in time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter
 
+from infra.telemetry import spans_recorded
 from infra.telemetry import traceparent as current_traceparent
 from ledger_node.service_auth import ServiceKey
 from region_router.directory import Directory, LedgerEndpoint, RegionStatus
 from region_router.errors import RouterError
+from region_router.http_pool import HttpPool, UpstreamConnectionError
 from region_router.ledger_client import LedgerClient, LedgerResponse
 
 tracer = trace.get_tracer("regiongate.router")
@@ -112,12 +114,12 @@ class RegionRouter:
         *,
         directory: Directory,
         key: ServiceKey,
-        session: aiohttp.ClientSession,
+        pool: HttpPool,
         config: RouterConfig,
     ) -> None:
         self._directory = directory
         self._key = key
-        self._session = session
+        self._pool = pool
         self._config = config
         self._health: dict[str, _NodeHealth] = {}
         self._turn = itertools.count()
@@ -199,17 +201,23 @@ class RegionRouter:
             if remaining_s <= 0:
                 break
             endpoint = route.endpoints[(start + attempt) % len(route.endpoints)]
-            client = LedgerClient(endpoint.url, self._key, self._session)
-            with tracer.start_as_current_span(
-                f"ledger {method}",
-                kind=SpanKind.CLIENT,
-                attributes={
-                    "regiongate.region": route.region,
-                    "regiongate.node": endpoint.node_id,
-                    "regiongate.attempt": attempt,
-                    "regiongate.local": route.local,
-                },
-            ) as span:
+            client = LedgerClient(endpoint.url, self._key, self._pool)
+            # Unrecorded spans carry nothing the current context does not: skip their cost.
+            scope = (
+                tracer.start_as_current_span(
+                    f"ledger {method}",
+                    kind=SpanKind.CLIENT,
+                    attributes={
+                        "regiongate.region": route.region,
+                        "regiongate.node": endpoint.node_id,
+                        "regiongate.attempt": attempt,
+                        "regiongate.local": route.local,
+                    },
+                )
+                if spans_recorded()
+                else contextlib.nullcontext(trace.INVALID_SPAN)
+            )
+            with scope as span:
                 parent = traceparent or current_traceparent()
                 try:
                     response = await client.request(
@@ -220,7 +228,7 @@ class RegionRouter:
                         headers={"traceparent": parent} if parent else None,
                         timeout_s=min(remaining_s, self._config.attempt_timeout_ms / 1000),
                     )
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except (UpstreamConnectionError, TimeoutError) as exc:
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                     response = None
                     last_error = f"{endpoint.node_id}: {type(exc).__name__}"

@@ -22,6 +22,7 @@ from ledger_node.app import build_app
 from ledger_node.node import LedgerNode
 from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
+from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
 from region_router.yaml_directory import write_directory_file
 from tests.support import (
@@ -114,9 +115,16 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def client(ledger_node, keyring, session) -> LedgerClient:
+async def ledger_pool() -> AsyncIterator[HttpPool]:
+    """The keep-alive pool the router uses, for signed calls straight to ledger nodes."""
+    async with HttpPool(connections_per_origin_max=200) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def client(ledger_node, keyring, ledger_pool) -> LedgerClient:
     _, server = ledger_node
-    return LedgerClient(str(server.make_url("")), keyring.signing_key, session)
+    return LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
 
 
 @pytest.fixture

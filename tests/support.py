@@ -375,11 +375,11 @@ class SagaWorld:
         results = await audit_regions(self.dsns, grace_s=grace_s)
         return {r.name: r.violations[:5] for r in results if not r.ok}
 
-    def clients(self, key, session) -> dict:
+    def clients(self, key, pool) -> dict:
         """A signed ledger client per region, straight to its node (not through a WAN link)."""
         from region_router.ledger_client import LedgerClient
 
-        return {region: LedgerClient(self.url(region), key, session) for region in self.regions}
+        return {region: LedgerClient(self.url(region), key, pool) for region in self.regions}
 
     async def unfinished_sagas(self) -> int:
         count = 0

@@ -314,9 +314,9 @@ async def test_bad_input_is_refused_and_writes_nothing(
     assert after[1] - before[1] in (0, 1)
 
 
-async def _signed(ledger_node, session, key: ServiceKey | None, tamper=None):
+async def _signed(ledger_node, ledger_pool, key: ServiceKey | None, tamper=None):
     _, server = ledger_node
-    client = LedgerClient(str(server.make_url("")), key or ServiceKey("x", b"0" * 32), session)
+    client = LedgerClient(str(server.make_url("")), key or ServiceKey("x", b"0" * 32), ledger_pool)
     headers = {}
     if key is None:
         headers = {"X-RG-Key-Id": "", "X-RG-Signature": ""}
@@ -331,7 +331,7 @@ async def _signed(ledger_node, session, key: ServiceKey | None, tamper=None):
     "credential", ["missing", "unknown key", "wrong secret", "stale timestamp", "bad signature"]
 )
 async def test_bad_service_credentials_get_401(
-    ledger_node, session, keyring, ledger_dsn, credential
+    ledger_node, ledger_pool, keyring, ledger_dsn, credential
 ):
     before = await ledger_snapshot(ledger_dsn)
     real = keyring.signing_key
@@ -342,7 +342,7 @@ async def test_bad_service_credentials_get_401(
         "stale timestamp": (real, "timestamp"),
         "bad signature": (real, "signature"),
     }[credential]
-    response = await _signed(ledger_node, session, key, tamper)
+    response = await _signed(ledger_node, ledger_pool, key, tamper)
     assert response.status == 401
     assert response.json()["type"] == P + "unauthenticated"
     assert await ledger_snapshot(ledger_dsn) == before
@@ -355,11 +355,11 @@ async def test_anonymous_read_is_refused(ledger_node, session):
         assert response.content_type == "application/problem+json"
 
 
-async def test_a_rotated_in_key_is_accepted(ledger_node, session, keyring):
+async def test_a_rotated_in_key_is_accepted(ledger_node, ledger_pool, keyring):
     """Rotation: a second key in the keyring signs requests that are accepted too."""
     _, server = ledger_node
     old = keyring.get("test-old")
-    client = LedgerClient(str(server.make_url("")), old, session)
+    client = LedgerClient(str(server.make_url("")), old, ledger_pool)
     assert (await client.get("/v1/accounts/eu-house-EUR")).status == 200
 
 

@@ -22,9 +22,9 @@ import random
 import time
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 
+from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
 from tests.conftest import SERVICE_KEYS_TEXT
 from tests.support import SagaWorld, assert_eventually, balance, fund, new_player, unique
@@ -62,7 +62,7 @@ class Bank:
             response = await self.clients[payer_region].post(
                 path, request.body, idempotency_key=request.key, timeout_s=5
             )
-        except (aiohttp.ClientError, TimeoutError):
+        except (UpstreamConnectionError, TimeoutError):
             return
         request.final = _final_of(response.status, response.json())
 
@@ -145,10 +145,10 @@ def world(postgres, tmp_path):
 
 
 @pytest.mark.timeout(LOAD_SECONDS + 150)
-async def test_bank_under_faults_conserves_money(world, keyring, session):
+async def test_bank_under_faults_conserves_money(world, keyring, ledger_pool):
     print(f"bank test seed {SEED} (replay: REGIONGATE_BANK_SEED={SEED})")
     rng = random.Random(SEED)
-    clients = {r: LedgerClient(world.url(r), keyring.signing_key, session) for r in REGIONS}
+    clients = {r: LedgerClient(world.url(r), keyring.signing_key, ledger_pool) for r in REGIONS}
     players = []
     for region in REGIONS:
         for _ in range(PLAYERS_PER_REGION):

@@ -25,14 +25,16 @@ PLAYERS = 40
 SEED = 20261122
 
 
-async def test_2000_concurrent_transfers_on_a_hot_account(fresh_dsn, keyring, session, loop_errors):
+async def test_2000_concurrent_transfers_on_a_hot_account(
+    fresh_dsn, keyring, ledger_pool, loop_errors
+):
     """Half the transfers are bets into the one house account, half move money between random
     players; both nodes take requests at once. Expected balances are computed up front: every
     player is funded enough that no transfer can be refused, so every one must apply."""
     nodes = [await start_ledger(ledger_config(fresh_dsn), keyring) for _ in range(2)]
     try:
         clients = [
-            LedgerClient(str(server.make_url("")), keyring.signing_key, session)
+            LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
             for _, server in nodes
         ]
         players = [await new_player(clients[0]) for _ in range(PLAYERS)]
@@ -120,13 +122,13 @@ async def test_same_request_50_times_applies_once(client, ledger_dsn):
     await assert_ledger_invariants(ledger_dsn)
 
 
-async def test_same_key_raced_across_two_nodes_applies_once(fresh_dsn, keyring, session):
+async def test_same_key_raced_across_two_nodes_applies_once(fresh_dsn, keyring, ledger_pool):
     """The key's row is claimed by whichever batch commits first; the other node's batch loses
     the unique index race, is retried, and replays the stored outcome."""
     nodes = [await start_ledger(ledger_config(fresh_dsn), keyring) for _ in range(2)]
     try:
         clients = [
-            LedgerClient(str(server.make_url("")), keyring.signing_key, session)
+            LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
             for _, server in nodes
         ]
         player = await new_player(clients[0])

@@ -14,12 +14,12 @@ import random
 import signal
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 
 from infra.local import LedgerProcess, write_ledger_config
 from infra.services import PostgresCluster, free_port
 from ledger_node.service_auth import ServiceKeyring
+from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
 from tests.conftest import SERVICE_KEYS_TEXT
 from tests.support import (
@@ -76,7 +76,7 @@ class Load:
                 response = await self.client.post(
                     "/v1/transfers", payload, idempotency_key=key, timeout_s=5
                 )
-            except (TimeoutError, aiohttp.ClientError):
+            except (TimeoutError, UpstreamConnectionError):
                 await asyncio.sleep(0.01)
                 continue
             if response.status == 201:
@@ -125,13 +125,13 @@ async def _check_exactly_once(dsn: str, sent: dict, acked: dict, players: list[s
 
 
 async def test_kill_9_under_load_loses_nothing_and_applies_nothing_twice(
-    fresh_dsn, tmp_path, session
+    fresh_dsn, tmp_path, ledger_pool
 ):
     ledger = _ledger_process(tmp_path, fresh_dsn)
     ledger.start()
     try:
         key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
-        client = LedgerClient(ledger.url, key, session)
+        client = LedgerClient(ledger.url, key, ledger_pool)
         players = [await new_player(client) for _ in range(20)]
         load = Load(client, players, WORKERS)
         await asyncio.sleep(LOAD_BEFORE_KILL_S)
@@ -148,7 +148,7 @@ async def test_kill_9_under_load_loses_nothing_and_applies_nothing_twice(
         ledger.stop()
 
 
-async def test_postgres_restart_under_a_running_node(tmp_path, session):
+async def test_postgres_restart_under_a_running_node(tmp_path, session, ledger_pool):
     """The node answers 503 while its database is down and recovers without a restart."""
     cluster = PostgresCluster(tmp_path / "pg", free_port())
     cluster.start()
@@ -158,7 +158,7 @@ async def test_postgres_restart_under_a_running_node(tmp_path, session):
         ledger = _ledger_process(tmp_path, dsn)
         ledger.start()
         key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
-        client = LedgerClient(ledger.url, key, session)
+        client = LedgerClient(ledger.url, key, ledger_pool)
         players = [await new_player(client) for _ in range(5)]
         load = Load(client, players, 8)
         await asyncio.sleep(0.5)

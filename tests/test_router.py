@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import pytest
 
 from infra.services import free_port
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
+from region_router.http_pool import HttpPool
 from region_router.router import RegionRouter, RegionUnavailable, RouterConfig, UnroutableAccount
 from region_router.yaml_directory import YamlDirectory, write_directory_file
 from tests.support import RegionNode, assert_eventually, unique
@@ -46,11 +46,11 @@ async def world(postgres, keyring, tmp_path):
     write()
     directory = YamlDirectory(directory_file, poll_ms=20)
     await directory.start()
-    session = aiohttp.ClientSession()
+    pool = HttpPool()
     router = RegionRouter(
         directory=directory,
         key=keyring.signing_key,
-        session=session,
+        pool=pool,
         config=RouterConfig(
             local_region="eu",
             attempt_timeout_ms=1000,
@@ -60,7 +60,7 @@ async def world(postgres, keyring, tmp_path):
         ),
     )
     yield router, regions, write
-    await session.close()
+    await pool.close()
     await directory.stop()
     for region in regions.values():
         await region.stop()

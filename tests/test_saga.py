@@ -37,14 +37,14 @@ def world(postgres, tmp_path_factory):
 
 
 @pytest.fixture
-async def clients(world, keyring, session):
-    return world.clients(keyring.signing_key, session)
+async def clients(world, keyring, ledger_pool):
+    return world.clients(keyring.signing_key, ledger_pool)
 
 
 @pytest.fixture
-async def peer_us(world, keyring, session):
+async def peer_us(world, keyring, ledger_pool):
     """The us ledger as another region's ledger calls it: signed with the peer key."""
-    return LedgerClient(world.url("us"), keyring.get(PEER_KEY_ID), session)
+    return LedgerClient(world.url("us"), keyring.get(PEER_KEY_ID), ledger_pool)
 
 
 async def _players(clients, fund_eu: int = 1_000) -> tuple[str, str]:

@@ -8,10 +8,10 @@ was credited twice, a compensated hold was released, and the cross-region audit 
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from ledger_node.saga import CRASH_AT_ENV
+from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
 from tests.conftest import SERVICE_KEYS_TEXT
 from tests.support import SagaWorld, assert_eventually, balance, fund, new_player, unique
@@ -36,8 +36,8 @@ def world(postgres, tmp_path_factory):
 
 
 @pytest.fixture
-async def clients(world, keyring, session):
-    return world.clients(keyring.signing_key, session)
+async def clients(world, keyring, ledger_pool):
+    return world.clients(keyring.signing_key, ledger_pool)
 
 
 async def _final(client: LedgerClient, body: dict, key: str) -> dict:
@@ -47,7 +47,7 @@ async def _final(client: LedgerClient, body: dict, key: str) -> dict:
     async def ended() -> bool:
         try:
             response = await client.post("/v1/sagas", body, idempotency_key=key, timeout_s=5)
-        except (aiohttp.ClientError, TimeoutError):
+        except (UpstreamConnectionError, TimeoutError):
             return False
         payload = response.json()
         view = payload.get("transfer", payload) if response.status >= 400 else payload
@@ -76,7 +76,7 @@ async def test_kill_the_orchestrator_at_a_step_boundary(world, clients, point, d
     world.kill("eu")
     world.restart("eu", env={CRASH_AT_ENV: point})
     await assert_eventually(_answers(clients["eu"]))  # past the pool's stale connections
-    with pytest.raises((aiohttp.ClientError, TimeoutError)):
+    with pytest.raises((UpstreamConnectionError, TimeoutError)):
         await clients["eu"].post("/v1/sagas", body, idempotency_key=key, timeout_s=10)
     await assert_eventually(_dead(world, "eu"), timeout_s=10)
     world.restart("eu")
@@ -98,7 +98,7 @@ def _answers(client: LedgerClient):
     async def check() -> bool:
         try:
             return (await client.get("/health/ready")).status == 200
-        except aiohttp.ClientError:
+        except UpstreamConnectionError:
             return False
 
     return check
