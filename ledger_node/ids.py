@@ -4,7 +4,6 @@ with 80 random bits, so they cannot be guessed or collide."""
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import time
@@ -14,17 +13,25 @@ ACCOUNT_ID_PATTERN = re.compile(r"^[a-z]{2,8}-[A-Za-z0-9-]{1,80}$")
 ACCOUNT_ID_LENGTH_MAX = 89
 TRANSFER_ID_LENGTH_MAX = 96
 
-# RFC 4648 base32 letters mapped onto Crockford's lower-case alphabet (no i, l, o, u).
-_TO_CROCKFORD = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
-)
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+# Every pair of Crockford letters, indexed by the 10 bits they encode: one lookup per two letters
+# (base64.b32encode, pure Python, was a tenth of a batch's decision time).
+_PAIRS = tuple(first + second for first in _CROCKFORD for second in _CROCKFORD)
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 
 def ulid() -> str:
     """26 characters of lower-case Crockford base32 over 48 bits of ms time then 80 random
-    bits. The bits are grouped from the most significant end, so ids sort by time."""
-    value = (time.time_ns() // 1_000_000 << 80) | int.from_bytes(os.urandom(10), "big")
-    return base64.b32encode(value.to_bytes(16, "big"))[:26].translate(_TO_CROCKFORD).decode()
+    bits. The bits are grouped from the most significant end, so ids sort by time; the 128
+    bits are followed by two zero bits to fill the last letter (as RFC 4648 base32 pads)."""
+    return ulid_text((time.time_ns() // 1_000_000 << 80) | int.from_bytes(os.urandom(10), "big"))
+
+
+def ulid_text(value: int) -> str:
+    """The 26 letters of a 128-bit value."""
+    padded = value << 2
+    pairs = _PAIRS
+    return "".join([pairs[(padded >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def region_of(account_id: str) -> str | None:

@@ -5,13 +5,16 @@ migrations are safe when two nodes start at once."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger_node.config import ledger_config_from_dict
 from ledger_node.errors import ConfigError, InvariantViolation
-from ledger_node.ids import region_of, ulid
+from ledger_node.ids import region_of, ulid, ulid_text
 from ledger_node.migrations import apply_migrations, load_migrations
 from ledger_node.results import PROBLEMS, Result
 from ledger_node.service_auth import ServiceKey, ServiceKeyring, sign, verify
@@ -101,6 +104,18 @@ def test_ids_carry_their_region_and_sort_by_time():
     assert region_of("eu-abc") == "eu"
     assert region_of("EU-abc") is None
     assert region_of("eu") is None
+
+
+@given(value=st.integers(min_value=0, max_value=2**128 - 1))
+def test_ulid_letters_are_rfc_4648_base32_in_crockfords_alphabet(value):
+    """The table encoding gives exactly what the standard library's base32 gives, so ids made
+    before and after it sort together."""
+    rfc_4648 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    crockford = b"0123456789abcdefghjkmnpqrstvwxyz"
+    reference = base64.b32encode(value.to_bytes(16, "big"))[:26].translate(
+        bytes.maketrans(rfc_4648, crockford)
+    )
+    assert ulid_text(value) == reference.decode()
 
 
 @pytest.mark.parametrize(
