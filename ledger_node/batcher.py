@@ -80,6 +80,9 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
+        # The backends (by pid) whose session holds the prepared write. Bounded by the pool's
+        # connections over the process's life, and a stale pid only costs one retried batch.
+        self._prepared: set[int] = set()
         self.stats = BatchStats()
         QUEUE_DEPTH.set_function(lambda: len(self._queue))
 
@@ -210,6 +213,10 @@ class Batcher:
             currencies = await store.account_currencies(connection, rollback_accounts)
             account_ids.update(house_account_id(self._region, c) for c in currencies.values())
         ordered_ids = sorted(account_ids)
+        backend_pid = connection.get_server_pid()
+        if backend_pid not in self._prepared:
+            await _prepare_write(connection)
+            self._prepared.add(backend_pid)
         await connection.execute(store.lock_message(ordered_ids))
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
         await store.read_locked(
@@ -223,9 +230,16 @@ class Batcher:
         outcomes = [_decide_with_key(state, submission) for submission in batch]
         _check_batch(state, before)
         if store.has_writes(state):
-            # The statement checks its own row counts (regiongate_expect) before the COMMIT.
-            await connection.fetchrow(store.WRITE_BATCH, *store.write_arguments(state))
-        await connection.execute("COMMIT")
+            # The statement checks its own row counts (regiongate_expect); on any error the
+            # server skips the COMMIT that follows it in the message, and _execute rolls back.
+            try:
+                await connection.execute(store.write_and_commit_message(state))
+            except asyncpg.InvalidSQLStatementNameError:
+                # A new session that reused a backend's pid: prepare again on the retry.
+                self._prepared.discard(backend_pid)
+                raise
+        else:
+            await connection.execute("COMMIT")
         return outcomes
 
 
@@ -338,6 +352,13 @@ def _fail_all(batch: list[Submission], error: LedgerError, cause: BaseException)
             submission.timer.cancel()
         if not submission.future.done():
             submission.future.set_exception(error)
+
+
+async def _prepare_write(connection: asyncpg.Connection) -> None:
+    """PREPARE the batch write in this connection's session, unless it already is (an earlier
+    attempt may have prepared it and then failed before this process noted it)."""
+    if not await connection.fetchval(store.WRITE_IS_PREPARED):
+        await connection.execute(store.PREPARE_WRITE)
 
 
 async def _roll_back(connection: asyncpg.Connection) -> None:

@@ -50,6 +50,7 @@ SQLSTATE_MAP: dict[str, type[LedgerError]] = {
     "40P01": RetryableDatabaseError,  # deadlock_detected
     "23505": RetryableDatabaseError,  # unique_violation: a concurrent batch claimed the same key
     "55P03": RetryableDatabaseError,  # lock_not_available
+    "26000": RetryableDatabaseError,  # invalid_sql_statement_name: the batch write, unprepared
     "57P01": DatabaseUnavailable,  # admin_shutdown
     "57P02": DatabaseUnavailable,  # crash_shutdown
     "57P03": DatabaseUnavailable,  # cannot_connect_now

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from ledger_node.store import WRITE_IS_PREPARED, WRITE_STATEMENT_NAME
 from tests.support import (
     CLEARING,
     HOUSE,
@@ -276,4 +277,27 @@ async def test_quotes_backslashes_and_unicode_round_trip_exactly(client, ledger_
     stored = (await client.get(f"/v1/transfers/{response.json()['id']}")).json()
     assert stored["reference"] == "ref'\\x"
     assert stored["metadata"] == {"note": tricky, "k'\\": "v"}
+    await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_a_session_that_lost_the_prepared_write_prepares_it_again(
+    ledger_node, client, ledger_dsn
+):
+    """The batch write is a server-side prepared statement that the batcher remembers by
+    backend; a session without it (a new one on a reused pid) fails that batch's write, which
+    is retried after preparing again, and applies once."""
+    node, _ = ledger_node
+    player = await new_player(client)
+    await fund(client, player, 100)  # every batch connection in use has prepared the write
+    for _ in range(node.config.batch.writers):
+        async with node.batch_pool.acquire() as connection:
+            if await connection.fetchval(WRITE_IS_PREPARED):
+                await connection.execute(f"DEALLOCATE {WRITE_STATEMENT_NAME}")
+    key = unique()
+    answer = await client.post(
+        "/v1/transfers", transfer_body(player, HOUSE, 40), idempotency_key=key
+    )
+    assert answer.status == 201, answer.body
+    assert (await balance(client, player))["posted"] == 60
+    assert node.batcher.stats.retries >= 1
     await assert_ledger_invariants(ledger_dsn)
