@@ -137,3 +137,34 @@ async def test_a_cross_region_transfer_is_one_trace_and_counted(cluster):
     text = generate_latest(REGISTRY).decode()
     assert 'regiongate_saga_outcomes_total{outcome="completed",region="us"}' in text
     assert "regiongate_saga_seconds_bucket" in text
+
+
+def test_unrecorded_requests_still_carry_the_callers_trace():
+    """Without an SDK provider the server middleware makes no span, only the caller's context
+    current: outgoing requests carry the caller's trace and span ids, and logs its trace id."""
+    from multidict import CIMultiDict
+
+    from infra.telemetry import CallerContext, traceparent
+
+    caller = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
+    records: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = logging.getLogger("regiongate.test.caller-context")
+    logger.addHandler(handler := Capture())
+    handler.addFilter(TraceIdFilter())
+    logger.setLevel(logging.INFO)
+    try:
+        with CallerContext(CIMultiDict({"TraceParent": caller})) as span:
+            assert not span.is_recording()
+            assert traceparent() == caller
+            logger.info("inside the caller's trace")
+        assert traceparent() != caller  # detached again
+        with CallerContext(CIMultiDict()):
+            assert traceparent() is None or TRACE_ID not in traceparent()
+    finally:
+        logger.removeHandler(handler)
+    assert records[0].trace_id == TRACE_ID
