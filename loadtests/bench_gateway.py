@@ -40,7 +40,7 @@ from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.yaml_directory import write_directory_file
 
 NGINX_CONFIG = """
-worker_processes 1;
+worker_processes {workers};
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
@@ -73,7 +73,14 @@ def summary(result: LoadResult) -> dict:
 
 
 def start_gateway(
-    root: Path, region: str, directory: Path, keys, tls, redis_url: str, service_keys: Path
+    root: Path,
+    region: str,
+    directory: Path,
+    keys,
+    tls,
+    redis_url: str,
+    service_keys: Path,
+    workers: int = 1,
 ) -> tuple[ServiceProcess, int]:
     port = free_port()
     config = root / f"gateway-{region}.yaml"
@@ -83,6 +90,7 @@ def start_gateway(
                 "gateway": {
                     "region": region,
                     "port": port,
+                    "workers": workers,
                     "directory_file": str(directory),
                     "jwks_file": str(keys.jwks_file),
                     "audience": DEV_AUDIENCE,
@@ -112,7 +120,9 @@ def start_gateway(
     return process, port
 
 
-def start_nginx(root: Path, ledger_port: int, tls) -> tuple[subprocess.Popen | None, int]:
+def start_nginx(
+    root: Path, ledger_port: int, tls, workers: int = 1
+) -> tuple[subprocess.Popen | None, int]:
     binary = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
@@ -122,7 +132,12 @@ def start_nginx(root: Path, ledger_port: int, tls) -> tuple[subprocess.Popen | N
     config = root / "nginx.conf"
     config.write_text(
         NGINX_CONFIG.format(
-            root=root, ledger_port=ledger_port, port=port, cert=tls.cert, key=tls.key
+            workers=workers,
+            root=root,
+            ledger_port=ledger_port,
+            port=port,
+            cert=tls.cert,
+            key=tls.key,
         )
     )
     process = subprocess.Popen(
@@ -176,10 +191,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes per gateway, and nginx's worker_processes: the same for both",
+    )
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
         parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers must be in [1, 64]")
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="regiongate-bench-gw-"))
     cluster = PostgresCluster(root / "pg", free_port())
@@ -221,11 +244,11 @@ def main(argv: list[str] | None = None) -> None:
         gateway_ports = {}
         for region in ("eu", "us"):
             process, port = start_gateway(
-                root, region, directory, keys, tls, redis.url, service_keys
+                root, region, directory, keys, tls, redis.url, service_keys, args.workers
             )
             services.append(process)
             gateway_ports[region] = port
-        nginx, nginx_port = start_nginx(root, ledgers["eu"].port, tls)
+        nginx, nginx_port = start_nginx(root, ledgers["eu"].port, tls, args.workers)
         account = "eu-house-EUR"
         token = keys.mint("bench", "admin")
         key = ServiceKeyring.load(str(service_keys)).signing_key
@@ -245,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         nginx_result = results.get("nginx")
         figures = {
             "clients": args.clients,
+            "workers": args.workers,
             "seconds": args.seconds,
             "direct_rps": round(direct.rps, 1),
             "gateway_rps": round(gateway.rps, 1),
