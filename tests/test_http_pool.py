@@ -114,6 +114,16 @@ async def test_a_connection_the_server_closes_is_replaced(server):
     assert len(peers) == 2
 
 
+async def test_a_connection_idle_past_its_bound_is_not_reused(server):
+    """Closed before the server's own keep-alive timeout could race a request on it."""
+    url, peers, _ = server
+    async with HttpPool(idle_timeout_s=0.05) as pool:
+        assert (await pool.request(url, "GET", "/echo", [], b"", timeout_s=5)).status == 200
+        await asyncio.sleep(0.1)  # the bound under test is a time
+        assert (await pool.request(url, "GET", "/echo", [], b"", timeout_s=5)).status == 200
+    assert len(peers) == 2
+
+
 async def test_an_oversized_answer_is_refused(server):
     url, _, _ = server
     async with HttpPool(response_size_max_bytes=4096) as pool:
