@@ -223,7 +223,8 @@ class HttpPool:
                 connection = await self._connection(origin, base_url)
                 try:
                     response = await connection.send(payload)
-                except (OSError, ValueError, httptools.HttpParserError) as exc:
+                # RuntimeError: uvloop refuses a write on a transport that has just closed.
+                except (OSError, ValueError, RuntimeError, httptools.HttpParserError) as exc:
                     raise UpstreamConnectionError(base_url, _describe(exc)) from exc
             except BaseException:
                 if connection is not None:
