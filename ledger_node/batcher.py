@@ -146,6 +146,9 @@ class Batcher:
                     if connection is not None:
                         await self._release(connection)
                         connection = None
+                        # Work queued while the release awaited has set the wakeup already:
+                        # look again before clearing it, or that work would wait forever.
+                        continue
                     if self._stopping:
                         return
                     self._wakeup.clear()

@@ -5,11 +5,14 @@ test reads the ledger back and checks the invariants."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
 
 from ledger_node.store import WRITE_IS_PREPARED, WRITE_STATEMENT_NAME
+from region_router.ledger_client import LedgerClient
+from tests.conftest import start_ledger
 from tests.support import (
     CLEARING,
     HOUSE,
@@ -17,6 +20,7 @@ from tests.support import (
     assert_ledger_invariants,
     balance,
     fund,
+    ledger_config,
     new_player,
     unique,
 )
@@ -288,11 +292,18 @@ async def test_a_session_that_lost_the_prepared_write_prepares_it_again(
     is retried after preparing again, and applies once."""
     node, _ = ledger_node
     player = await new_player(client)
-    await fund(client, player, 100)  # every batch connection in use has prepared the write
-    for _ in range(node.config.batch.writers):
-        async with node.batch_pool.acquire() as connection:
+    await fund(client, player, 100)
+    # Every batch connection (the writers are idle, so they hold none) loses the statement,
+    # while the batcher believes each has it: what a new session on a reused pid looks like.
+    connections = [await node.batch_pool.acquire() for _ in range(node.config.batch.writers)]
+    try:
+        for connection in connections:
             if await connection.fetchval(WRITE_IS_PREPARED):
                 await connection.execute(f"DEALLOCATE {WRITE_STATEMENT_NAME}")
+            node.batcher._prepared.add(connection.get_server_pid())
+    finally:
+        for connection in connections:
+            await node.batch_pool.release(connection)
     key = unique()
     answer = await client.post(
         "/v1/transfers", transfer_body(player, HOUSE, 40), idempotency_key=key
@@ -300,4 +311,46 @@ async def test_a_session_that_lost_the_prepared_write_prepares_it_again(
     assert answer.status == 201, answer.body
     assert (await balance(client, player))["posted"] == 60
     assert node.batcher.stats.retries >= 1
+    await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_work_queued_while_the_writer_gives_back_its_connection_is_served(
+    ledger_dsn, keyring, ledger_pool, loop_errors
+):
+    """A writer whose queue runs dry gives its connection back (ending the transaction the last
+    batch opened). A request that arrives during that release must still be served: with one
+    writer and a slow release, it once waited for a wakeup that had already been spent."""
+    node, server = await start_ledger(ledger_config(ledger_dsn, batch={"writers": 1}), keyring)
+    client = LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
+    real_pool = node.batcher._pool
+
+    class SlowRelease:
+        def __getattr__(self, name):
+            return getattr(real_pool, name)
+
+        async def release(self, connection, timeout=None):
+            await asyncio.sleep(0.2)  # the window under test is a time
+            await real_pool.release(connection, timeout=timeout)
+
+    try:
+        player = await new_player(client)
+        await fund(client, player, 1_000)
+        node.batcher._pool = SlowRelease()
+        for _ in range(3):
+            first = await client.post(
+                "/v1/transfers", transfer_body(player, HOUSE, 1), idempotency_key=unique()
+            )
+            assert first.status == 201  # the writer is now giving its connection back
+            second = await client.post(
+                "/v1/transfers",
+                transfer_body(player, HOUSE, 1),
+                idempotency_key=unique(),
+                timeout_s=5,
+            )
+            assert second.status == 201, second.body
+        assert (await balance(client, player))["posted"] == 1_000 - 6
+    finally:
+        node.batcher._pool = real_pool
+        await server.close()
+        await node.stop()
     await assert_ledger_invariants(ledger_dsn)
