@@ -65,7 +65,8 @@ def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int
         return
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=target, args=(*args, True, index)) for index in range(workers)
+        context.Process(target=_child, args=(os.getpid(), target, (*args, True, index)))
+        for index in range(workers)
     ]
     for process in processes:
         process.start()
@@ -79,3 +80,22 @@ def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int
     signal.signal(signal.SIGINT, forward)
     for process in processes:
         process.join()
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _child(parent_pid: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """A worker that ends with its parent. Signals are forwarded to workers, but a parent that
+    is killed outright (SIGKILL, the OOM killer) forwards nothing: its workers would go on
+    serving the shared port, and a ledger node its supervisor believes dead would go on moving
+    money. On Linux the kernel sends SIGTERM to the worker when the parent dies."""
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        return
+    target(*args)

@@ -190,3 +190,38 @@ async def test_postgres_restart_under_a_running_node(tmp_path, session, ledger_p
         if ledger is not None:
             ledger.stop()
         cluster.stop("immediate")
+
+
+async def test_workers_end_with_a_parent_killed_outright(fresh_dsn, tmp_path, ledger_pool):
+    """A ledger started with several worker processes, its parent then SIGKILLed (as a
+    supervisor or the OOM killer would): no worker goes on serving the port on its own."""
+    keys = tmp_path / "service_keys"
+    keys.write_text(SERVICE_KEYS_TEXT)
+    port = free_port()
+    config = write_ledger_config(
+        tmp_path / "ledger.yaml",
+        region="eu",
+        dsn=fresh_dsn,
+        port=port,
+        service_keys_file=keys,
+        extra={"workers": 2},
+    )
+    ledger = LedgerProcess(config, port, tmp_path / "ledger.log")
+    ledger.start()
+    try:
+        key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
+        client = LedgerClient(ledger.url, key, ledger_pool)
+        assert (await client.get("/health/ready")).status == 200
+        ledger.kill(signal.SIGKILL)
+
+        async def port_closed() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return True
+            writer.close()
+            return False
+
+        await assert_eventually(port_closed, timeout_s=20)
+    finally:
+        ledger.stop()
