@@ -11,7 +11,8 @@ internal call between our own services needs. This pool keeps only what the hop 
   Content-Length and chunked bodies alike, so nothing about the framing is written by hand;
 - connections are kept alive per origin, at most ``connections_per_origin_max`` of them, the
   newest idle one reused first (warm), any idle longer than ``idle_timeout_s`` closed, so the
-  server's own keep-alive timeout never races a request;
+  server's own keep-alive timeout never races a request; at most ``origins_max`` origins are
+  remembered;
 - every request has one bound, ``timeout_s``, over the wait for a connection, the connect, the
   send and the answer; a connection whose request timed out or failed is closed, never reused.
 
@@ -35,6 +36,9 @@ from yarl import URL
 from region_router.errors import RouterError
 
 CONNECTIONS_PER_ORIGIN_MAX_DEFAULT = 128
+# Ledger nodes come and go (autoscaling gives each new task a new address): past this many
+# origins, those with no request in flight are forgotten and their idle connections closed.
+ORIGINS_MAX_DEFAULT = 256
 CONNECT_TIMEOUT_S_DEFAULT = 5.0
 IDLE_TIMEOUT_S_DEFAULT = 30.0
 RESPONSE_SIZE_MAX_BYTES_DEFAULT = 16 * 1024 * 1024
@@ -145,7 +149,7 @@ class _Connection(asyncio.Protocol):
 
 
 class _OriginPool:
-    __slots__ = ("host", "host_header", "idle", "port", "slots", "ssl")
+    __slots__ = ("host", "host_header", "idle", "in_flight", "port", "slots", "ssl")
 
     def __init__(self, url: URL, connections_max: int, ssl_context) -> None:
         self.host = url.host
@@ -154,6 +158,11 @@ class _OriginPool:
         self.ssl = ssl_context if url.scheme == "https" else None
         self.idle: collections.deque[_Connection] = collections.deque()
         self.slots = asyncio.Semaphore(connections_max)
+        self.in_flight = 0  # requests holding a slot
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
 
 
 class HttpPool:
@@ -163,6 +172,7 @@ class HttpPool:
         self,
         *,
         connections_per_origin_max: int = CONNECTIONS_PER_ORIGIN_MAX_DEFAULT,
+        origins_max: int = ORIGINS_MAX_DEFAULT,
         connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
         idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT,
         response_size_max_bytes: int = RESPONSE_SIZE_MAX_BYTES_DEFAULT,
@@ -173,6 +183,8 @@ class HttpPool:
             raise ValueError(
                 f"connections_per_origin_max must be in [1, 4096], got {connections_per_origin_max}"
             )
+        if not 1 <= origins_max <= 65536:
+            raise ValueError(f"origins_max must be in [1, 65536], got {origins_max}")
         if not 0 < connect_timeout_s <= 60:
             raise ValueError(f"connect_timeout_s must be in (0, 60], got {connect_timeout_s}")
         if not 0 < idle_timeout_s <= 300:
@@ -182,6 +194,7 @@ class HttpPool:
                 f"response_size_max_bytes must be in [1024, 2**30], got {response_size_max_bytes}"
             )
         self._connections_max = connections_per_origin_max
+        self._origins_max = origins_max
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._response_size_max_bytes = response_size_max_bytes
@@ -205,19 +218,16 @@ class HttpPool:
         UpstreamConnectionError when the outcome is unknown."""
         if self._closed:
             raise UpstreamConnectionError(base_url, "the pool is closed")
-        origin = self._origins.get(base_url)
-        if origin is None:
-            origin = self._origins[base_url] = _OriginPool(
-                URL(base_url), self._connections_max, self._ssl_context
-            )
+        origin = self._origins.get(base_url) or self._add_origin(base_url)
         payload = _encode_request(method, target, origin.host_header, headers, body)
         async with asyncio.timeout(timeout_s):
-            if origin.slots.locked() and self._on_pool_wait is not None:
+            if origin.in_flight >= self._connections_max and self._on_pool_wait is not None:
                 queued_at = time.perf_counter()
                 await origin.slots.acquire()
                 self._on_pool_wait(time.perf_counter() - queued_at)
             else:
                 await origin.slots.acquire()
+            origin.in_flight += 1
             connection = None
             try:
                 connection = await self._connection(origin, base_url)
@@ -238,7 +248,18 @@ class HttpPool:
                     connection.close()
                 return response
             finally:
+                origin.in_flight -= 1
                 origin.slots.release()
+
+    def _add_origin(self, base_url: str) -> _OriginPool:
+        if len(self._origins) >= self._origins_max:
+            for known, origin in list(self._origins.items()):
+                if origin.in_flight == 0:
+                    origin.close_idle()
+                    del self._origins[known]
+        origin = _OriginPool(URL(base_url), self._connections_max, self._ssl_context)
+        self._origins[base_url] = origin
+        return origin
 
     async def _connection(self, origin: _OriginPool, base_url: str) -> _Connection:
         stale_before = time.monotonic() - self._idle_timeout_s
@@ -265,8 +286,7 @@ class HttpPool:
     async def close(self) -> None:
         self._closed = True
         for origin in self._origins.values():
-            while origin.idle:
-                origin.idle.pop().close()
+            origin.close_idle()
 
     async def __aenter__(self) -> HttpPool:
         return self

@@ -56,7 +56,7 @@ async def server():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}", peers, gate
     gate.set()
     await runner.cleanup()
@@ -124,6 +124,18 @@ async def test_a_connection_idle_past_its_bound_is_not_reused(server):
     assert len(peers) == 2
 
 
+async def test_origins_are_bounded(server):
+    """Past origins_max, origins with nothing in flight are forgotten (their idle connections
+    closed): nodes that autoscaling replaced do not pile up over a process's life."""
+    url, peers, _ = server
+    async with HttpPool(origins_max=2) as pool:
+        for prefix in ("/a", "/b", "/c", "/d"):  # four base URLs, one server
+            answer = await pool.request(url + prefix, "GET", "/echo", [], b"", timeout_s=5)
+            assert answer.status == 200
+            assert len(pool._origins) <= 2
+    assert len(peers) == 4
+
+
 async def test_an_oversized_answer_is_refused(server):
     url, _, _ = server
     async with HttpPool(response_size_max_bytes=4096) as pool:
@@ -160,6 +172,7 @@ async def test_a_header_that_would_split_the_request_is_refused(server, target, 
     "kwargs",
     [
         {"connections_per_origin_max": 0},
+        {"origins_max": 0},
         {"connect_timeout_s": 0},
         {"idle_timeout_s": 301},
         {"response_size_max_bytes": 10},
