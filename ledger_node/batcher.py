@@ -59,6 +59,7 @@ log = logging.getLogger("regiongate.ledger.batcher")
 RETRY_BACKOFF_BASE_MS = 2
 RETRY_BACKOFF_CAP_MS = 100
 CONNECTION_ACQUIRE_TIMEOUT_S = 5.0
+PREPARED_BACKENDS_MAX = 1024
 
 
 @dataclass(slots=True)
@@ -80,8 +81,9 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
-        # The backends (by pid) whose session holds the prepared write. Bounded by the pool's
-        # connections over the process's life, and a stale pid only costs one retried batch.
+        # The backends (by pid) whose session holds the prepared write; a stale pid costs one
+        # retried batch. Replaced connections leave pids behind, so past a bound it is emptied:
+        # each live session then checks pg_prepared_statements once more.
         self._prepared: set[int] = set()
         self.stats = BatchStats()
         QUEUE_DEPTH.set_function(lambda: len(self._queue))
@@ -249,6 +251,8 @@ class Batcher:
         backend_pid = connection.get_server_pid()
         if backend_pid not in self._prepared:
             await _prepare_write(connection)
+            if len(self._prepared) >= PREPARED_BACKENDS_MAX:
+                self._prepared.clear()
             self._prepared.add(backend_pid)
         await connection.execute(store.lock_message(ordered_ids))
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
