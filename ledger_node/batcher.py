@@ -172,7 +172,10 @@ class Batcher:
                 await self._release(connection)
 
     async def _release(self, connection: asyncpg.Connection) -> None:
-        """Back to the pool, which ends a transaction left open and replaces a closed one."""
+        """Back to the pool, ending first the next batch's transaction (empty: no statement has
+        run in it) here, since asyncpg's pool reports a connection released in a transaction
+        as an error. The pool replaces a closed connection."""
+        await _roll_back(connection)
         try:
             await self._pool.release(connection, timeout=CONNECTION_ACQUIRE_TIMEOUT_S)
         except Exception:  # a connection that cannot even be reset is closed by the pool
@@ -234,7 +237,7 @@ class Batcher:
     async def _run_once(
         self, connection: asyncpg.Connection, batch: list[Submission]
     ) -> list[Outcome]:
-        """Decide and commit one batch in four round trips (see ledger_node.store)."""
+        """Decide and commit one batch in two round trips (see ledger_node.store)."""
         operations = [submission.operation for submission in batch]
         state = BatchState(now=datetime.now(UTC), region=self._region, accounts={})
         account_ids, pending_ids, bet_keys, saga_ids, step_ids = _touched(self._region, operations)
@@ -254,9 +257,10 @@ class Batcher:
             if len(self._prepared) >= PREPARED_BACKENDS_MAX:
                 self._prepared.clear()
             self._prepared.add(backend_pid)
-        await connection.execute(store.lock_message(ordered_ids))
+        if not connection.is_in_transaction():
+            await connection.execute("BEGIN")
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
-        await store.read_locked(
+        await store.lock_and_read(
             connection, state, ordered_ids, keys, pending_ids, bet_keys, saga_ids, step_ids
         )
         # The batch's time is read once its locks are held, so for any one account the times of
@@ -266,17 +270,23 @@ class Batcher:
 
         outcomes = [_decide_with_key(state, submission) for submission in batch]
         _check_batch(state, before)
+        # The message also opens the next batch's transaction, so that batch starts with its
+        # locks and reads. A writer whose queue runs dry rolls the empty transaction back as it
+        # gives the connection back (_release): off the path of any request. Opening it
+        # only when work was queued at this point did worse: with two writers the other had
+        # often taken that work, so most batches paid a round trip for their BEGIN.
+        begin_next = True
         if store.has_writes(state):
             # The statement checks its own row counts (regiongate_expect); on any error the
             # server skips the COMMIT that follows it in the message, and _execute rolls back.
             try:
-                await connection.execute(store.write_and_commit_message(state))
+                await connection.execute(store.write_and_commit_message(state, begin_next))
             except asyncpg.InvalidSQLStatementNameError:
                 # A new session that reused a backend's pid: prepare again on the retry.
                 self._prepared.discard(backend_pid)
                 raise
         else:
-            await connection.execute("COMMIT")
+            await connection.execute(store.commit_message(begin_next))
         return outcomes
 
 
@@ -399,8 +409,8 @@ async def _prepare_write(connection: asyncpg.Connection) -> None:
 
 
 async def _roll_back(connection: asyncpg.Connection) -> None:
-    """End a failed batch's transaction; a connection that cannot even do that is closed, and
-    the pool replaces it."""
+    """End a failed batch's transaction, or the next batch's that never came; a connection that
+    cannot even do that is closed, and the pool replaces it."""
     if connection.is_closed() or not connection.is_in_transaction():
         return
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from ledger_node.store import WRITE_IS_PREPARED, WRITE_STATEMENT_NAME
@@ -354,3 +355,34 @@ async def test_work_queued_while_the_writer_gives_back_its_connection_is_served(
         await server.close()
         await node.stop()
     await assert_ledger_invariants(ledger_dsn)
+
+
+async def test_no_batch_connection_stays_open_in_a_transaction_once_idle(
+    ledger_node, client, ledger_dsn
+):
+    """Each batch's message opens the next batch's transaction. Once the queue runs dry the
+    writers give their connections back and the empty transactions end: PostgreSQL shows no
+    session idle in a transaction (which would hold a transaction id open for nothing)."""
+    player = await new_player(client)
+    await fund(client, player, 1_000)
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/transfers", transfer_body(player, HOUSE, 1), idempotency_key=unique())
+            for _ in range(200)
+        )
+    )
+    assert all(answer.status == 201 for answer in answers)
+    connection = await asyncpg.connect(ledger_dsn)
+    try:
+        for _ in range(100):
+            open_now = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state LIKE 'idle in transaction%'"
+            )
+            if open_now == 0:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+    assert open_now == 0
+    assert (await balance(client, player))["posted"] == 800

@@ -1,16 +1,21 @@
-"""The batch write's plan on a real PostgreSQL: it reaches the accounts it changes by their ids,
-never by walking the accounts table. A plan that joins the batch's rows against a scan of every
+"""A batch's SQL on a real PostgreSQL. The write reaches the accounts it changes by their ids,
+never by walking the accounts table: a plan that joins the batch's rows against a scan of every
 account is correct but costs a batch time in proportion to the number of accounts (it did, at
-0.2 ms per 2,000 accounts); this pins the shape, not a timing."""
+0.2 ms per 2,000 accounts), so the test pins the plan's shape, not a timing. And the one call
+that locks and reads sees, after its locks, every commit they waited for."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from ledger_node import store
+from ledger_node.errors import InvariantViolation
+from ledger_node.operations import BatchState
 from tests.support import migrated_database, unique
 
 ACCOUNTS = 5000
@@ -60,3 +65,48 @@ async def test_the_write_reaches_accounts_by_id_only(plans_dsn):
     for node in on_accounts:
         condition = node.get("Index Cond") or node.get("Recheck Cond") or ""
         assert "ANY" in condition, node
+
+
+async def test_the_read_after_the_locks_sees_what_the_lock_waited_for(plans_dsn):
+    """The batch's one round trip to lock and read is safe only if the read takes its snapshot
+    after the locks: a batch that waited for another's commit must see that commit's balances
+    and idempotency keys, or it would decide on stale ones. Proved here on PostgreSQL itself."""
+    holder = await asyncpg.connect(plans_dsn)
+    waiter = await asyncpg.connect(plans_dsn)
+    try:
+        await holder.execute(
+            "INSERT INTO currencies VALUES ('EUR', 2) ON CONFLICT DO NOTHING;"
+            "INSERT INTO accounts (id, region, currency, kind) VALUES ('eu-lr1', 'eu', 'EUR', "
+            "'player')"
+        )
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT 1 FROM accounts WHERE id = 'eu-lr1' FOR UPDATE")
+        await waiter.execute("BEGIN")
+        arguments = (["eu-lr1"], ["key-lr1"], [], [], [], [], [])
+        read = asyncio.create_task(waiter.fetch(store.LOCK_AND_READ, *arguments))
+        await asyncio.sleep(0.3)
+        assert not read.done(), "the lock did not wait for the holder's transaction"
+        await holder.execute(
+            "UPDATE accounts SET credits_posted = 7, version = 1 WHERE id = 'eu-lr1';"
+            "INSERT INTO idempotency_keys (key, request_hash, operation, result, status_code,"
+            " body) VALUES ('key-lr1', '\\x00', 'transfer', 'ok', 201, '\\x7b7d');"
+            "COMMIT"
+        )
+        rows = await asyncio.wait_for(read, timeout=10)
+        await waiter.execute("ROLLBACK")
+    finally:
+        await holder.close()
+        await waiter.close()
+    items = {tag: json.loads(item) for tag, item in rows}
+    assert items["a"][5] == 7 and items["a"][8] == 1, items  # credits_posted, version
+    assert items["k"][0] == "key-lr1", items
+
+
+async def test_the_lock_and_read_refuses_to_run_outside_a_transaction(plans_dsn):
+    connection = await asyncpg.connect(plans_dsn)
+    try:
+        state = BatchState(now=datetime.now(UTC), region="eu", accounts={})
+        with pytest.raises(InvariantViolation):
+            await store.lock_and_read(connection, state, ["eu-x"], [], [], [], [], [])
+    finally:
+        await connection.close()
