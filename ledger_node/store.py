@@ -23,7 +23,7 @@ Each UPDATE in the write names its rows twice: joined to the JSON rows, and as `
 their ids. The planner guesses a hundred rows for any ``json_to_recordset``, so with the join
 alone it hashed the batch's rows and scanned every account to probe them: a fixed cost per batch
 that grew with the number of accounts (0.2 ms of PostgreSQL's CPU per 2,000). The ``ANY`` gives it
-an index condition instead (tests/test_store_plans.py pins the plan's shape).
+an index condition instead (tests/test_batch_sql.py pins the plan's shape).
 """
 
 from __future__ import annotations
