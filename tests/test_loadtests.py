@@ -152,3 +152,28 @@ def test_smoke_profile_against_the_local_cluster(tmp_path):
     for operation in ("bet", "balance", "deposit", "p2p cross-region"):
         assert outcomes.get(f"{operation}: ok", 0) > 0, outcomes
     assert "regiongate</h2>" in (results / "report.html").read_text()
+
+
+def test_the_batch_benchmark_runs_and_prints_its_figures():
+    """A tiny run of bench_batch end to end (its own PostgreSQL), so the benchmark cannot rot."""
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_batch", "--sizes", "1,3", "--rounds", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(figures["sizes"]) == {"1", "1-hot", "3", "3-hot"}
+    for row in figures["sizes"].values():
+        assert row["batch_ms"] > 0 and row["pg_us_per_op"] >= 0 and row["py_us_per_op"] >= 0
+
+
+def test_the_batch_benchmark_refuses_bad_sizes():
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_batch", "--sizes", "0,4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "each size must be in" in run.stderr
