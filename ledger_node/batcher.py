@@ -270,23 +270,20 @@ class Batcher:
 
         outcomes = [_decide_with_key(state, submission) for submission in batch]
         _check_batch(state, before)
-        # The message also opens the next batch's transaction, so that batch starts with its
-        # locks and reads. A writer whose queue runs dry rolls the empty transaction back as it
-        # gives the connection back (_release): off the path of any request. Opening it
-        # only when work was queued at this point did worse: with two writers the other had
-        # often taken that work, so most batches paid a round trip for their BEGIN.
-        begin_next = True
+        # The message also opens the next batch's transaction. A writer whose queue runs dry
+        # rolls that empty transaction back as it gives the connection back (_release): off
+        # the path of any request.
         if store.has_writes(state):
             # The statement checks its own row counts (regiongate_expect); on any error the
             # server skips the COMMIT that follows it in the message, and _execute rolls back.
             try:
-                await connection.execute(store.write_and_commit_message(state, begin_next))
+                await connection.execute(store.write_and_commit_message(state))
             except asyncpg.InvalidSQLStatementNameError:
                 # A new session that reused a backend's pid: prepare again on the retry.
                 self._prepared.discard(backend_pid)
                 raise
         else:
-            await connection.execute(store.commit_message(begin_next))
+            await connection.execute(store.COMMIT_AND_BEGIN)
         return outcomes
 
 
