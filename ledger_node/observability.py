@@ -46,6 +46,13 @@ SAGA_STEP_ERRORS = Counter(
     "Calls to a destination ledger whose outcome was unknown, by destination region",
     ["region"],
 )
+SAGA_STEP_CALL_SECONDS = Histogram(
+    "regiongate_saga_step_call_seconds",
+    "Calls to a destination ledger for a saga's step 2 or its cancel, by destination region, "
+    "action and what the answer said (applied, never, unknown): the WAN's share of a saga",
+    ["region", "action", "answer"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 SAGAS_RUNNING = Gauge("regiongate_sagas_running", "Sagas this process is driving now")
 
 telemetry_middleware = server_middleware(

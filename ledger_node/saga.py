@@ -47,6 +47,7 @@ from ledger_node.errors import LedgerError
 from ledger_node.observability import (
     SAGA_OUTCOMES,
     SAGA_SECONDS,
+    SAGA_STEP_CALL_SECONDS,
     SAGA_STEP_ERRORS,
     SAGAS_RUNNING,
 )
@@ -300,17 +301,24 @@ class SagaDriver:
             "amount": saga["amount"],
             "currency": saga["currency"],
         }
+        action = "cancel" if cancel else "credit"
+        started = time.perf_counter()
         try:
             response = await self._router.call_in_region(
                 saga["credit_region"],
                 "POST",
-                step_path(saga["id"], "cancel" if cancel else "credit"),
+                step_path(saga["id"], action),
                 body,
                 idempotency_key=saga["id"],
             )
         except (RouterError, TimeoutError) as exc:
-            return StepAnswer(Verdict.UNKNOWN, f"{type(exc).__name__}: {exc}"[:500])
-        return read_answer(response.status, response.body, cancel)
+            answer = StepAnswer(Verdict.UNKNOWN, f"{type(exc).__name__}: {exc}"[:500])
+        else:
+            answer = read_answer(response.status, response.body, cancel)
+        SAGA_STEP_CALL_SECONDS.labels(saga["credit_region"], action, answer.verdict.value).observe(
+            time.perf_counter() - started
+        )
+        return answer
 
     async def _record_attempt(self, saga_id: str, detail: str | None, delay_ms: float) -> bool:
         """Keep the attempt on the saga's row and renew the lease; False if the lease is lost."""

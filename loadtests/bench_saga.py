@@ -14,7 +14,9 @@ trip is the floor for a cross-region transfer, so ``rtt_multiple_p50`` (cross p5
 round trip) says how close the saga gets to it. After the load the cross-region audit runs.
 
 The last line is one JSON object: ``rtt_ms``, ``cross_p50_ms``, ``cross_p99_ms``,
-``cross_tps``, ``intra_p50_ms``, ``intra_tps``, ``rtt_multiple_p50``, ``audit_failures``.
+``cross_tps``, ``intra_p50_ms``, ``intra_tps``, ``rtt_multiple_p50``, ``audit_failures``, and the
+``cross_*_ms`` means of BREAKDOWN: where a cross-region transfer's time goes, read from the
+ledgers' own histograms before and after the cross-region run.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.devkeys import ensure_dev_keys
-from infra.local import LocalCluster
+from infra.local import METRICS_PORT_OFFSET, LocalCluster
 from infra.tls import client_context
 from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
@@ -88,6 +91,62 @@ async def _rtt_ms(url: str, samples: int = 60) -> float:
     return timings[len(timings) // 2]
 
 
+# Where a cross-region transfer's time goes, from the ledgers' own histograms: (region, metric
+# family, labels that pick the series).
+BREAKDOWN = {
+    "eu_saga_request_ms": ("eu", "regiongate_ledger_request_seconds", {"route": "/v1/sagas"}),
+    "eu_step_call_ms": ("eu", "regiongate_saga_step_call_seconds", {"action": "credit"}),
+    "us_step_request_ms": (
+        "us",
+        "regiongate_ledger_request_seconds",
+        {"route": "/v1/saga-steps/{saga_id}/{action}"},
+    ),
+    "eu_batch_ms": ("eu", "regiongate_ledger_batch_seconds", {}),
+}
+
+
+async def _histogram_totals(session: aiohttp.ClientSession, url: str) -> dict:
+    """(family, sample name, labels) -> value, for every _sum and _count sample at url."""
+    async with session.get(url) as response:
+        text = await response.text()
+    totals = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                totals[(family.name, sample.name, tuple(sorted(sample.labels.items())))] = (
+                    sample.value
+                )
+    return totals
+
+
+async def _scrape(cluster: LocalCluster) -> dict:
+    async with aiohttp.ClientSession() as session:
+        return {
+            region: await _histogram_totals(
+                session,
+                f"http://127.0.0.1:{cluster.ledgers[region].port + METRICS_PORT_OFFSET}/metrics",
+            )
+            for region in ("eu", "us")
+        }
+
+
+def _breakdown(before: dict, after: dict) -> dict:
+    """Mean milliseconds per BREAKDOWN entry over the interval between two scrapes."""
+    means = {}
+    for name, (region, family, wanted) in BREAKDOWN.items():
+        sums = counts = 0.0
+        for (fam, sample, labels), value in after[region].items():
+            if fam != family or not set(wanted.items()) <= set(labels):
+                continue
+            delta = value - before[region].get((fam, sample, labels), 0.0)
+            if sample.endswith("_sum"):
+                sums += delta
+            else:
+                counts += delta
+        means[name] = round(1000 * sums / counts, 2) if counts else None
+    return means
+
+
 async def measure(args, cluster: LocalCluster, token: str) -> dict:
     key = ServiceKeyring.load(str(cluster.service_keys_file)).signing_key
     async with HttpPool() as pool:
@@ -126,9 +185,11 @@ async def measure(args, cluster: LocalCluster, token: str) -> dict:
         "warmup_s": min(3.0, max(1.0, args.seconds / 5)),
         "ssl_context": client_context(cluster.secrets_dir / "tls" / "dev-ca.pem"),
     }
+    before = await _scrape(cluster)
     cross = await run_load(make_request=transfers(remote, "cross"), **common)
+    breakdown = _breakdown(before, await _scrape(cluster))
     intra = await run_load(make_request=transfers(local, "intra"), **common)
-    return {"rtt_ms": rtt_ms, "cross": cross, "intra": intra}
+    return {"rtt_ms": rtt_ms, "cross": cross, "intra": intra, "breakdown": breakdown}
 
 
 def _summary(result: LoadResult) -> dict:
@@ -176,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"    round trip through the WAN link: {results['rtt_ms']:.2f} ms", flush=True)
         print(f"    cross {_summary(cross)}", flush=True)
         print(f"    intra {_summary(intra)}", flush=True)
+        # Means over the cross-region run, warm-up included: the eu ledger's whole answer, its
+        # call for step 2 over the WAN, the us ledger's part of that call, an eu batch.
+        print(f"    cross, where the time goes (means): {results['breakdown']}", flush=True)
         audit = uvloop.run(
             audit_regions({r: c.dsn(f"ledger_{r}") for r, c in cluster.postgres.items()})
         )
@@ -201,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             if rtt_ms
             else None,
+            **{f"cross_{name}": value for name, value in results["breakdown"].items()},
             "non_2xx": sum(n for r in (cross, intra) for s, n in r.statuses.items() if s >= 300),
             "audit_failures": len(failures),
         }

@@ -137,6 +137,10 @@ async def test_a_cross_region_transfer_is_one_trace_and_counted(cluster):
     text = generate_latest(REGISTRY).decode()
     assert 'regiongate_saga_outcomes_total{outcome="completed",region="us"}' in text
     assert "regiongate_saga_seconds_bucket" in text
+    assert (
+        'regiongate_saga_step_call_seconds_count{action="credit",answer="applied",region="us"}'
+        in text
+    )
 
 
 def test_unrecorded_requests_still_carry_the_callers_trace():
