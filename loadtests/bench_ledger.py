@@ -35,6 +35,7 @@ import uvloop
 
 from infra.local import LedgerProcess, ensure_service_keys, write_ledger_config
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
+from ledger_node.config import BatchConfig
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.httpload import LoadResult, run_load, signed_post
@@ -206,7 +207,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument("--workers", type=int, default=1, help="ledger node processes")
     parser.add_argument("--batch-wait-us", type=int, default=0)
-    parser.add_argument("--writers", type=int, default=2, help="batches in flight per process")
+    parser.add_argument(
+        "--writers",
+        type=int,
+        default=BatchConfig().writers,
+        help="batches in flight per process (default: the ledger's)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data dir")
     parser.add_argument(
         "--bets",

@@ -31,7 +31,10 @@ async def test_2000_concurrent_transfers_on_a_hot_account(
     """Half the transfers are bets into the one house account, half move money between random
     players; both nodes take requests at once. Expected balances are computed up front: every
     player is funded enough that no transfer can be refused, so every one must apply."""
-    nodes = [await start_ledger(ledger_config(fresh_dsn), keyring) for _ in range(2)]
+    # Two writers in each node: batches of one node contend for rows as well as the two
+    # nodes' batches do (one writer is the default, so this is the configuration to prove).
+    config = ledger_config(fresh_dsn, batch={"writers": 2})
+    nodes = [await start_ledger(config, keyring) for _ in range(2)]
     try:
         clients = [
             LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
@@ -125,7 +128,10 @@ async def test_same_request_50_times_applies_once(client, ledger_dsn):
 async def test_same_key_raced_across_two_nodes_applies_once(fresh_dsn, keyring, ledger_pool):
     """The key's row is claimed by whichever batch commits first; the other node's batch loses
     the unique index race, is retried, and replays the stored outcome."""
-    nodes = [await start_ledger(ledger_config(fresh_dsn), keyring) for _ in range(2)]
+    # Two writers in each node: batches of one node contend for rows as well as the two
+    # nodes' batches do (one writer is the default, so this is the configuration to prove).
+    config = ledger_config(fresh_dsn, batch={"writers": 2})
+    nodes = [await start_ledger(config, keyring) for _ in range(2)]
     try:
         clients = [
             LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
