@@ -336,6 +336,12 @@ def write_arguments(state: BatchState) -> list:
     ]
 
 
+# Every batch ends by opening the next one's transaction, so that batch starts with its locks
+# and reads. Opening it only when work was queued did worse: with two writers the other had
+# often taken that work, so most batches paid a round trip for their BEGIN.
+COMMIT_AND_BEGIN = "COMMIT; BEGIN"
+
+
 def write_and_commit_message(state: BatchState) -> str:
     """EXECUTE of the prepared write with every argument quoted, COMMIT, and the next batch's
     BEGIN: one message."""
@@ -345,12 +351,6 @@ def write_and_commit_message(state: BatchState) -> str:
     literals.extend(sql_literal(rows) for rows in arguments[1:9])
     literals.extend(str(int(count)) for count in arguments[9:])
     return f"EXECUTE {WRITE_STATEMENT_NAME}({', '.join(literals)}); {COMMIT_AND_BEGIN}"
-
-
-# Every batch ends by opening the next one's transaction, so that batch starts with its locks
-# and reads. Opening it only when work was queued did worse: with two writers the other had
-# often taken that work, so most batches paid a round trip for their BEGIN.
-COMMIT_AND_BEGIN = "COMMIT; BEGIN"
 
 
 def has_writes(state: BatchState) -> bool:
