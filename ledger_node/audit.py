@@ -46,6 +46,15 @@ CHECKS: dict[str, str] = {
         WHERE a.debits_posted <> coalesce(t.dp, 0) OR a.credits_posted <> coalesce(t.cp, 0)
            OR a.debits_pending <> coalesce(t.dpe, 0) OR a.credits_pending <> coalesce(t.cpe, 0)
     """,
+    # The batch's write checks this for the rows it inserts (migration 0005 dropped the foreign
+    # keys that did it row by row); here it is checked over the whole history.
+    "every transfer names accounts that exist, and every resolution a hold": """
+        SELECT t.id, t.debit_account_id, t.credit_account_id, t.pending_id FROM transfers t
+        WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.debit_account_id)
+           OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.credit_account_id)
+           OR (t.pending_id IS NOT NULL AND NOT EXISTS (
+                   SELECT 1 FROM transfers p WHERE p.id = t.pending_id AND p.flow = 'pending'))
+    """,
     "every resolved hold has exactly one resolution, every open hold none": """
         SELECT p.id, p.status, count(r.id) AS resolutions
         FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id

@@ -66,7 +66,7 @@ WITH new_transfers AS (
         credit_account_id text, amount bigint, currency text, timeout_at timestamptz,
         reference text, round_id text, metadata jsonb, dpa bigint, ddpa bigint, dcpa bigint,
         dva bigint, cpa bigint, cdpa bigint, ccpa bigint, cva bigint)
-    RETURNING 1
+    RETURNING debit_account_id, credit_account_id, pending_id
 ), changed_accounts AS (
     UPDATE accounts a
     SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dpe,
@@ -75,14 +75,14 @@ WITH new_transfers AS (
       AS u(id text, dp bigint, cp bigint, dpe bigint, cpe bigint, v bigint)
     WHERE a.id = u.id
       AND a.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($3::json) AS x(id text)))
-    RETURNING 1
+    RETURNING a.id
 ), resolved_pendings AS (
     UPDATE transfers t
     SET status = u.status, resolved_amount = u.resolved_amount
     FROM json_to_recordset($4::json) AS u(id text, status text, resolved_amount bigint)
     WHERE t.id = u.id AND t.status = 'pending'
       AND t.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($4::json) AS x(id text)))
-    RETURNING 1
+    RETURNING t.id
 ), changed_bets AS (
     INSERT INTO bets (account_id, reference, status, bet_transfer_id, rollback_transfer_id,
                       created_at)
@@ -144,7 +144,18 @@ SELECT regiongate_expect((SELECT count(*) FROM new_transfers), $10::bigint, 'tra
        regiongate_expect((SELECT count(*) FROM new_keys), $14::bigint, 'keys'),
        regiongate_expect((SELECT count(*) FROM new_sagas), $15::bigint, 'sagas'),
        regiongate_expect((SELECT count(*) FROM finished_sagas), $16::bigint, 'finished sagas'),
-       regiongate_expect((SELECT count(*) FROM new_steps), $17::bigint, 'saga steps')
+       regiongate_expect((SELECT count(*) FROM new_steps), $17::bigint, 'saga steps'),
+       -- In place of foreign keys (migration 0005): each new transfer names two accounts this
+       -- statement updates, and a resolution the hold it resolves.
+       regiongate_expect((SELECT count(*) FROM new_transfers n
+                          WHERE NOT EXISTS (SELECT 1 FROM changed_accounts c
+                                            WHERE c.id = n.debit_account_id)
+                             OR NOT EXISTS (SELECT 1 FROM changed_accounts c
+                                            WHERE c.id = n.credit_account_id)
+                             OR (n.pending_id IS NOT NULL
+                                 AND NOT EXISTS (SELECT 1 FROM resolved_pendings p
+                                                 WHERE p.id = n.pending_id))),
+                         0, 'transfers naming an account or a hold it did not update')
 """
 
 WRITE_STATEMENT_NAME = "regiongate_write_batch"

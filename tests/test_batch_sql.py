@@ -15,7 +15,7 @@ import pytest
 
 from ledger_node import store
 from ledger_node.errors import InvariantViolation
-from ledger_node.operations import BatchState
+from ledger_node.operations import BatchState, TransferRow
 from tests.support import migrated_database, unique
 
 ACCOUNTS = 5000
@@ -108,5 +108,87 @@ async def test_the_lock_and_read_refuses_to_run_outside_a_transaction(plans_dsn)
         state = BatchState(now=datetime.now(UTC), region="eu", accounts={})
         with pytest.raises(InvariantViolation):
             await store.lock_and_read(connection, state, ["eu-x"], [], [], [], [], [])
+    finally:
+        await connection.close()
+
+
+def _row(transfer_id: str, debit: str, credit: str, *, flow: str = "single", pending_id=None):
+    return TransferRow(
+        id=transfer_id,
+        kind="transfer",
+        flow=flow,
+        status="posted",
+        pending_id=pending_id,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=5,
+        currency="EUR",
+        timeout_at=None,
+        reference=None,
+        round_id=None,
+        metadata=None,
+        created_at=datetime.now(UTC),
+        debit_after=(0, 0, 0, 1),
+        credit_after=(5, 0, 0, 1),
+    )
+
+
+@pytest.mark.parametrize(
+    "case", ["account that does not exist", "account the batch did not update", "unknown hold"]
+)
+async def test_the_write_refuses_a_transfer_naming_what_it_did_not_update(plans_dsn, case):
+    """The write stands in for foreign keys (migration 0005): a transfer row whose accounts are
+    not among those the same statement updates, or whose hold it does not resolve, aborts the
+    whole batch before its COMMIT. A bug in the engine could only produce such a row; the
+    database must refuse it all the same, and keep nothing of the batch."""
+    tag = unique("ref").replace("-", "")
+    payer, payee, bystander = f"eu-{tag}-a", f"eu-{tag}-b", f"eu-{tag}-c"
+    connection = await asyncpg.connect(plans_dsn)
+    try:
+        await connection.execute("INSERT INTO currencies VALUES ('EUR', 2) ON CONFLICT DO NOTHING")
+        for account_id in (payer, payee, bystander):
+            await connection.execute(
+                "INSERT INTO accounts (id, region, currency, kind, credits_posted) "
+                "VALUES ($1, 'eu', 'EUR', 'house', 100)",
+                account_id,
+            )
+        await connection.execute(store.PREPARE_WRITE)
+        state = BatchState(now=datetime.now(UTC), region="eu", accounts={})
+        await connection.execute("BEGIN")
+        await store.lock_and_read(connection, state, [payer, payee], [], [], [], [], [])
+        state.touched.update((payer, payee))
+        good = _row(f"{tag}-ok", payer, payee)
+        bad = {
+            "account that does not exist": _row(f"{tag}-bad", payer, f"eu-{tag}-ghost"),
+            "account the batch did not update": _row(f"{tag}-bad", bystander, payee),
+            "unknown hold": _row(f"{tag}-bad", payer, payee, flow="post", pending_id="nohold"),
+        }[case]
+        state.rows = [good, bad]
+        with pytest.raises(asyncpg.PostgresError, match="naming an account or a hold"):
+            await connection.execute(store.write_and_commit_message(state))
+        await connection.execute("ROLLBACK")
+        written = await connection.fetchval(
+            "SELECT count(*) FROM transfers WHERE id LIKE $1", f"{tag}%"
+        )
+        versions = await connection.fetch(
+            "SELECT version FROM accounts WHERE id = ANY($1::text[])", [payer, payee, bystander]
+        )
+    finally:
+        await connection.close()
+    assert written == 0
+    assert [row["version"] for row in versions] == [0, 0, 0]
+
+
+async def test_accounts_and_transfers_are_never_deleted(plans_dsn):
+    connection = await asyncpg.connect(plans_dsn)
+    try:
+        for statement in (
+            "DELETE FROM accounts WHERE id = 'none'",
+            "DELETE FROM transfers WHERE id = 'none'",
+            "TRUNCATE transfers CASCADE",
+            "TRUNCATE accounts CASCADE",
+        ):
+            with pytest.raises(asyncpg.RestrictViolationError, match="never deleted"):
+                await connection.execute(statement)
     finally:
         await connection.close()
