@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 import time
@@ -139,13 +140,17 @@ class Batcher:
 
     async def _run(self) -> None:
         # A writer keeps its connection from one batch to the next while work is queued (a
-        # pool acquire and release per batch was 3% of the node's CPU), and gives it back
-        # whenever the queue runs dry or a batch fails, so an idle node holds none.
+        # pool acquire and release per batch was 3% of the node's CPU), and for idle_hold_ms
+        # after the queue runs dry; it gives it back after that, or when a batch fails, so an
+        # idle node holds none.
         connection: asyncpg.Connection | None = None
+        hold_s = self._config.idle_hold_ms / 1000
         try:
             while True:
                 if not self._queue:
                     if connection is not None:
+                        if hold_s and not self._stopping and await self._work_within(hold_s):
+                            continue
                         await self._release(connection)
                         connection = None
                         # Work queued while the release awaited has set the wakeup already:
@@ -170,6 +175,14 @@ class Batcher:
         finally:
             if connection is not None:
                 await self._release(connection)
+
+    async def _work_within(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s for work (or stop); whether any is queued."""
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wakeup.wait()
+        return bool(self._queue)
 
     async def _release(self, connection: asyncpg.Connection) -> None:
         """Back to the pool, ending first the next batch's transaction (empty: no statement has

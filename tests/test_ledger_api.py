@@ -360,9 +360,10 @@ async def test_work_queued_while_the_writer_gives_back_its_connection_is_served(
 async def test_no_batch_connection_stays_open_in_a_transaction_once_idle(
     ledger_node, client, ledger_dsn
 ):
-    """Each batch's message opens the next batch's transaction. Once the queue runs dry the
-    writers give their connections back and the empty transactions end: PostgreSQL shows no
-    session idle in a transaction (which would hold a transaction id open for nothing)."""
+    """Each batch's message opens the next batch's transaction. While the queue is dry a writer
+    keeps that transaction for batch.idle_hold_ms, empty: it holds no transaction id and no
+    snapshot, so it keeps nothing from vacuum. After that the writer gives its connection back
+    and the transaction ends: PostgreSQL shows no session idle in a transaction."""
     player = await new_player(client)
     await fund(client, player, 1_000)
     answers = await asyncio.gather(
@@ -373,16 +374,20 @@ async def test_no_batch_connection_stays_open_in_a_transaction_once_idle(
     )
     assert all(answer.status == 201 for answer in answers)
     connection = await asyncpg.connect(ledger_dsn)
+    idle_in_transaction = (
+        "SELECT backend_xid, backend_xmin FROM pg_stat_activity"
+        " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+    )
     try:
-        for _ in range(100):
-            open_now = await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND state LIKE 'idle in transaction%'"
-            )
-            if open_now == 0:
-                break
-            await asyncio.sleep(0.02)
+        held = await connection.fetch(idle_in_transaction)
+        assert all(row["backend_xid"] is None and row["backend_xmin"] is None for row in held)
+        hold_s = ledger_node[0].config.batch.idle_hold_ms / 1000
+        deadline = asyncio.get_running_loop().time() + hold_s + 3
+        while (held := await connection.fetch(idle_in_transaction)) and (
+            asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
     finally:
         await connection.close()
-    assert open_now == 0
+    assert held == []
     assert (await balance(client, player))["posted"] == 800
