@@ -81,6 +81,7 @@ class Batcher:
         self._queue: collections.deque[Submission] = collections.deque()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         # The backends (by pid) whose session holds the prepared write; a stale pid costs one
         # retried batch. Replaced connections leave pids behind, so past a bound it is emptied:
@@ -114,7 +115,9 @@ class Batcher:
             raise OverloadedError(
                 f"batch queue at its bound of {self._config.queue_depth_max}", retry_after_s=1
             )
-        loop = asyncio.get_running_loop()
+        # The loop as of start(): asyncio.get_running_loop() costs a getpid system call each
+        # time on Python 3.11.
+        loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         submission = Submission(operation, idempotency_key, request_hash, name, future)
         if timeout_s is not None:
@@ -125,7 +128,7 @@ class Batcher:
 
     def start(self) -> None:
         ensure(not self._tasks, "batcher started twice")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._run(), name=f"ledger-batch-writer-{index}")
             for index in range(self._config.writers)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 
 import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ledger_node import ids
 from ledger_node.config import ledger_config_from_dict
 from ledger_node.errors import ConfigError, InvariantViolation
 from ledger_node.ids import region_of, ulid, ulid_text
@@ -104,6 +106,25 @@ def test_ids_carry_their_region_and_sort_by_time():
     assert region_of("eu-abc") == "eu"
     assert region_of("EU-abc") is None
     assert region_of("eu") is None
+
+
+def test_ids_never_repeat_their_random_bits_across_blocks_or_a_fork():
+    """The random bits are drawn a block at a time: every id takes bits of its own, and a
+    forked child draws afresh rather than reusing its parent's block."""
+    made = [ulid() for _ in range(3 * ids.RANDOM_BLOCK_IDS + 7)]
+    assert len({made_id[10:] for made_id in made}) == len(made)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child writes its next ids and exits at once
+        os.write(write_end, " ".join(ulid() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end) as pipe:
+        in_child = pipe.read().split()
+    in_parent = [ulid() for _ in range(8)]
+    assert len(in_child) == 8
+    assert not {i[10:] for i in in_child} & {i[10:] for i in in_parent}
 
 
 @given(value=st.integers(min_value=0, max_value=2**128 - 1))
