@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.devkeys import ensure_dev_keys
 from infra.local import METRICS_PORT_OFFSET, LocalCluster
 from infra.tls import client_context
+from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.httpload import LoadResult, bearer_post, run_load
@@ -210,11 +211,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--one-way-delay-ms", type=float, default=40.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument(
+        "--writers", type=int, default=None, help="batch writers per ledger (default: theirs)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
         parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
     if not 0 <= args.one_way_delay_ms <= 5_000:
         parser.error("--one-way-delay-ms must be in [0, 5000]")
+    if args.writers is not None and not 1 <= args.writers <= 16:
+        parser.error("--writers must be in [1, 16]")
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="regiongate-bench-saga-"))
     cluster = LocalCluster(
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         wan_one_way_delay_ms=args.one_way_delay_ms,
         fixed_ports=False,
         gateway_extra={"rate_limit": UNLIMITED},
+        ledger_extra={} if args.writers is None else {"batch": {"writers": args.writers}},
     )
     try:
         cluster.start()
@@ -250,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             "clients": args.clients,
             "seconds": args.seconds,
             "one_way_delay_ms": args.one_way_delay_ms,
+            "batch_writers": args.writers or BatchConfig().writers,
             "rtt_ms": round(rtt_ms, 2),
             "cross_p50_ms": round(cross.percentile_ms(0.5), 2),
             "cross_p99_ms": round(cross.percentile_ms(0.99), 2),

@@ -177,3 +177,17 @@ def test_the_batch_benchmark_refuses_bad_sizes():
         timeout=60,
     )
     assert run.returncode == 2 and "each size must be in" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--writers", "0"], "--writers must be in"), (["--seconds", "0"], "--seconds must be in")],
+)
+def test_the_saga_benchmark_refuses_bad_arguments(argv, message):
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_saga", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and message in run.stderr
