@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger_node import ids
+from ledger_node.audit import check_invariants
 from ledger_node.config import ledger_config_from_dict
 from ledger_node.errors import ConfigError, InvariantViolation
 from ledger_node.ids import region_of, ulid, ulid_text
@@ -212,3 +213,73 @@ async def test_a_node_whose_directory_cannot_be_read_stops_what_it_started(
         await node.start()
     assert node.state is NodeState.STOPPED
     assert node.pool is not None and node.pool.is_closing()
+
+
+async def test_migration_5_keeps_a_populated_ledger_whole(fresh_dsn):
+    """Migration 0005 rewrites the id columns of tables that already hold a ledger: every row
+    stays, the ids then compare byte for byte, the foreign keys of transfers give way to the
+    write's own checks, and those of the other tables still hold."""
+    connection = await asyncpg.connect(fresh_dsn)
+    try:
+        await connection.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in load_migrations()[:4]:
+            await connection.execute(migration.sql)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        after = "0, 0, 0, 1, 0, 0, 0, 1"
+        await connection.execute(
+            f"""
+            INSERT INTO currencies VALUES ('EUR', 2);
+            INSERT INTO accounts (id, region, currency, kind) VALUES
+                ('eu-house-EUR', 'eu', 'EUR', 'house'), ('eu-p1', 'eu', 'EUR', 'player');
+            INSERT INTO transfers (id, kind, flow, status, debit_account_id, credit_account_id,
+                amount, currency, created_at, debit_posted_after, debit_debits_pending_after,
+                debit_credits_pending_after, debit_version_after, credit_posted_after,
+                credit_debits_pending_after, credit_credits_pending_after, credit_version_after)
+            VALUES ('eu-t-1', 'bet', 'single', 'posted', 'eu-p1', 'eu-house-EUR', 5, 'EUR',
+                    now(), {after});
+            INSERT INTO bets (account_id, reference, status, bet_transfer_id, created_at)
+            VALUES ('eu-p1', 'round-1', 'placed', 'eu-t-1', now());
+            INSERT INTO idempotency_keys (key, request_hash, operation, result, transfer_id,
+                status_code, body) VALUES ('k-1', '\\x00', 'bet', 'ok', 'eu-t-1', 201, '\\x7b7d');
+            """
+        )
+        assert await apply_migrations(connection) == [5]
+        counts = await connection.fetchrow(
+            "SELECT (SELECT count(*) FROM accounts) AS accounts,"
+            " (SELECT count(*) FROM transfers) AS transfers, (SELECT count(*) FROM bets) AS bets,"
+            " (SELECT count(*) FROM idempotency_keys) AS keys"
+        )
+        collations = await connection.fetch(
+            "SELECT a.attrelid::regclass::text AS relation, a.attname, c.collname"
+            " FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"
+            " WHERE a.attrelid IN ('accounts'::regclass, 'transfers'::regclass,"
+            " 'idempotency_keys'::regclass) AND a.attname IN ('id', 'debit_account_id', 'key')"
+        )
+        foreign_keys = {
+            row["conname"]
+            for row in await connection.fetch(
+                "SELECT conname FROM pg_constraint WHERE contype = 'f'"
+                " AND conrelid IN ('transfers'::regclass, 'bets'::regclass)"
+            )
+        }
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await connection.execute(
+                "INSERT INTO bets (account_id, reference, status, created_at)"
+                " VALUES ('eu-nobody', 'round-2', 'tombstone', now())"
+            )
+        results = await check_invariants(connection)
+    finally:
+        await connection.close()
+    assert dict(counts) == {"accounts": 2, "transfers": 1, "bets": 1, "keys": 1}
+    assert {row["collname"] for row in collations} == {"C"} and len(collations) == 4
+    assert not any(name.startswith("transfers_") for name in foreign_keys)
+    assert "bets_account_id_fkey" in foreign_keys
+    references = next(r for r in results if r.name.startswith("every transfer names"))
+    assert references.ok, references.violations
