@@ -32,6 +32,9 @@ LEDGER_POSTGRES_SETTINGS: dict[str, str] = {
     "fsync": "on",
     "synchronous_commit": "on",
     "full_page_writes": "on",
+    # Times each WAL flush (pg_stat_wal.wal_sync_time): a commit's largest cost under load, which
+    # the benchmarks print (loadtests.walstats). Two clock reads per flush.
+    "track_wal_io_timing": "on",
     "max_connections": "200",
     "shared_buffers": "256MB",
     "wal_buffers": "16MB",

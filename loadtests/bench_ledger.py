@@ -10,7 +10,9 @@ synchronous_commit on, one fresh PostgreSQL cluster with the ledger's settings):
   (d) with --bets, bets into the house account (bet bookkeeping on top of the hot row).
 
 This machine is shared and noisy, so the figures that matter are the ratios against (a),
-measured minutes apart on the same machine. The last line printed is one JSON object.
+measured minutes apart on the same machine. Each run also reports its mean WAL flush
+(``*wal_sync_ms``, loadtests.walstats): the durability both sides pay on every commit. The last
+line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ledger_node.config import BatchConfig
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.httpload import LoadResult, run_load, signed_post
+from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
 
@@ -117,6 +120,7 @@ def summarise(result: LoadResult) -> dict:
     return {
         "tps": round(result.rps, 1),
         "batch_size_mean": round(result.batch_size_mean, 1),
+        "wal_sync_ms": result.wal_sync_ms,
         "p50_ms": round(result.percentile_ms(0.50), 2),
         "p99_ms": round(result.percentile_ms(0.99), 2),
         "statuses": result.statuses,
@@ -125,6 +129,7 @@ def summarise(result: LoadResult) -> dict:
 
 async def ledger_runs(
     ledger: LedgerProcess,
+    dsn: str,
     keyring: ServiceKeyring,
     players: list[str],
     clients: int,
@@ -191,7 +196,9 @@ async def ledger_runs(
         results = []
         for make_request in (uniform, hot, bet) if with_bets else (uniform, hot):
             before = (await stats_client.get("/v1/stats")).json()
+            wal_before = await wal_syncs(dsn)
             result = await run_load(make_request=make_request, **common)
+            result.wal_sync_ms = (await wal_syncs(dsn)).mean_ms_since(wal_before)
             after = (await stats_client.get("/v1/stats")).json()
             batches = after["batches"] - before["batches"]
             result.batch_size_mean = (
@@ -232,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cluster.start()
         print(f"(a) pgbench tpcb-like, {args.clients} clients, {args.seconds}s ...", flush=True)
+        wal_before = asyncio.run(wal_syncs(cluster.dsn()))
         pgbench_tps = run_pgbench(cluster, args.clients, args.seconds)
+        pgbench_wal_sync_ms = asyncio.run(wal_syncs(cluster.dsn())).mean_ms_since(wal_before)
         print(f"    pgbench_tps={pgbench_tps:.1f}", flush=True)
 
         dsn = cluster.create_database("ledger_bench")
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"(b, c) ledger node, {args.clients} clients, {args.seconds}s each ...", flush=True)
         started = time.perf_counter()
         runs = uvloop.run(
-            ledger_runs(ledger, keyring, players, args.clients, args.seconds, args.bets)
+            ledger_runs(ledger, dsn, keyring, players, args.clients, args.seconds, args.bets)
         )
         uniform, hot = runs[0], runs[1]
         print(f"    uniform: {summarise(uniform)}", flush=True)
@@ -288,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
             "hot_p99_ms": round(hot.percentile_ms(0.99), 2),
             "batch_size_mean": round(uniform.batch_size_mean, 1),
             "hot_batch_size_mean": round(hot.batch_size_mean, 1),
+            # Mean WAL flush per commit, each run's own: the durability both sides pay.
+            "pgbench_wal_sync_ms": pgbench_wal_sync_ms,
+            "wal_sync_ms": uniform.wal_sync_ms,
+            "hot_wal_sync_ms": hot.wal_sync_ms,
             "non_2xx": sum(n for run in runs for s, n in run.statuses.items() if s >= 300),
             "invariants_ok": check.returncode == 0,
         }

@@ -16,7 +16,8 @@ round trip) says how close the saga gets to it. After the load the cross-region 
 The last line is one JSON object: ``rtt_ms``, ``cross_p50_ms``, ``cross_p99_ms``,
 ``cross_tps``, ``intra_p50_ms``, ``intra_tps``, ``rtt_multiple_p50``, ``audit_failures``, and the
 ``cross_*_ms`` means of BREAKDOWN: where a cross-region transfer's time goes, read from the
-ledgers' own histograms before and after the cross-region run.
+ledgers' own histograms before and after the cross-region run, with each region's mean WAL flush
+over it (``cross_*_wal_sync_ms``: each of the three commits of a saga waits for one).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.httpload import LoadResult, bearer_post, run_load
+from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
 
@@ -186,9 +188,16 @@ async def measure(args, cluster: LocalCluster, token: str) -> dict:
         "warmup_s": min(3.0, max(1.0, args.seconds / 5)),
         "ssl_context": client_context(cluster.secrets_dir / "tls" / "dev-ca.pem"),
     }
+    dsns = {region: cluster.postgres[region].dsn(f"ledger_{region}") for region in ("eu", "us")}
     before = await _scrape(cluster)
+    wal_before = {region: await wal_syncs(dsn) for region, dsn in dsns.items()}
     cross = await run_load(make_request=transfers(remote, "cross"), **common)
     breakdown = _breakdown(before, await _scrape(cluster))
+    for region, dsn in dsns.items():
+        # Every batch's commit waits for one WAL flush: part of each step's time above.
+        breakdown[f"{region}_wal_sync_ms"] = (await wal_syncs(dsn)).mean_ms_since(
+            wal_before[region]
+        )
     intra = await run_load(make_request=transfers(local, "intra"), **common)
     return {"rtt_ms": rtt_ms, "cross": cross, "intra": intra, "breakdown": breakdown}
 

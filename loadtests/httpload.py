@@ -66,6 +66,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
     batch_size_mean: float = 0.0
+    wal_sync_ms: float | None = None
     error_samples: dict[int, bytes] = field(default_factory=dict)
     """One response body per status >= 300, to say what went wrong."""
 

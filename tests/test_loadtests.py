@@ -13,11 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from gateway.devkeys import ensure_dev_keys
 from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
 from loadtests.sizing import Capacity, Step, knee, parse_peak, plot_step_load, size
+from loadtests.walstats import WalSyncs, wal_syncs
+from tests.support import assert_eventually, unique
 
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
 
@@ -191,3 +194,26 @@ def test_the_saga_benchmark_refuses_bad_arguments(argv, message):
         timeout=60,
     )
     assert run.returncode == 2 and message in run.stderr
+
+
+async def test_wal_flushes_are_counted_and_timed(postgres):
+    """The clusters infra.services makes time their WAL flushes, which the benchmarks print."""
+    dsn = postgres.dsn()
+    before = await wal_syncs(dsn)
+    connection = await asyncpg.connect(dsn)
+    try:
+        # A table of its own: its creation and insert commit, so the WAL is flushed.
+        table = unique("wal").replace("-", "_")
+        await connection.execute(f"CREATE TABLE {table} (n int); INSERT INTO {table} VALUES (1)")
+
+        async def reported() -> bool:  # backends report WAL statistics about once a second
+            await connection.execute(f"INSERT INTO {table} VALUES (2)")
+            return (await wal_syncs(dsn)).count > before.count
+
+        await assert_eventually(reported, timeout_s=10)
+        await connection.execute(f"DROP TABLE {table}")
+    finally:
+        await connection.close()
+    mean = (await wal_syncs(dsn)).mean_ms_since(before)
+    assert mean is not None and mean > 0
+    assert WalSyncs(5, 2.0).mean_ms_since(WalSyncs(5, 1.0)) is None
