@@ -34,10 +34,9 @@ from ledger_node.errors import (
     map_database_error,
 )
 from ledger_node.ids import house_account_id, transit_account_id
-from ledger_node.invariants import ensure
+from ledger_node.invariants import check_batch, ensure
 from ledger_node.observability import BATCH_RETRIES, BATCH_SECONDS, BATCH_SIZE, QUEUE_DEPTH
 from ledger_node.operations import (
-    AccountState,
     BatchState,
     CancelStep,
     CreateTransfer,
@@ -285,7 +284,7 @@ class Batcher:
         before = {account_id: a.snapshot() for account_id, a in state.accounts.items()}
 
         outcomes = [_decide_with_key(state, submission) for submission in batch]
-        _check_batch(state, before)
+        check_batch(state, before)
         # The message also opens the next batch's transaction. A writer whose queue runs dry
         # rolls that empty transaction back as it gives the connection back (_release): off
         # the path of any request.
@@ -370,38 +369,6 @@ def _decide_with_key(state: BatchState, submission: Submission) -> Outcome:
 def _conflict() -> Outcome:
     status_code, body = result_problem(Result.IDEMPOTENCY_CONFLICT)
     return Outcome(Result.IDEMPOTENCY_CONFLICT, status_code, body)
-
-
-def _check_batch(state: BatchState, before: dict[str, tuple[int, int, int, int]]) -> None:
-    """Before commit: per currency, debits equal credits, posted and pending alike; no player
-    account below zero available; only accounts the batch meant to touch changed."""
-    posted_net: dict[str, int] = collections.defaultdict(int)
-    pending_net: dict[str, int] = collections.defaultdict(int)
-    for account_id, account in state.accounts.items():
-        old = before[account_id]
-        if account.snapshot() == old:
-            continue
-        ensure(account_id in state.touched, f"account {account_id} changed but is not touched")
-        posted_net[account.currency] += (account.credits_posted - old[1]) - (
-            account.debits_posted - old[0]
-        )
-        pending_net[account.currency] += (account.credits_pending - old[3]) - (
-            account.debits_pending - old[2]
-        )
-        _check_account(account)
-    for currency, net in posted_net.items():
-        ensure(net == 0, f"batch posts {net} more credits than debits in {currency}")
-    for currency, net in pending_net.items():
-        ensure(net == 0, f"batch holds {net} more pending credits than debits in {currency}")
-
-
-def _check_account(account: AccountState) -> None:
-    ensure(
-        min(account.snapshot()) >= 0,
-        f"account {account.id} has a negative total: {account.snapshot()}",
-    )
-    if account.kind == "player":
-        ensure(account.available >= 0, f"player account {account.id} overdrawn")
 
 
 def _fail_all(batch: list[Submission], error: LedgerError, cause: BaseException) -> None:
