@@ -4,6 +4,7 @@ with 80 random bits, so they cannot be guessed or collide."""
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import time
@@ -22,30 +23,29 @@ _PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 # The random bits come from the operating system's CSPRNG, RANDOM_BLOCK_IDS ids' worth at a
 # time: one getrandom call per id was 3 % of a ledger node's CPU under load (a system call per
-# transfer). Each id still takes 80 bits of its own; none is ever used twice.
+# transfer). The block is cut into 80-bit pieces kept in a deque, whose popleft hands each piece
+# out once even to threads (it is atomic in CPython); a refill race only adds pieces.
 RANDOM_BLOCK_IDS = 256
-_random_block = b""
-_random_offset = 0
+_random_pieces: collections.deque[bytes] = collections.deque()
 
 
 def _random_80_bits() -> int:
-    global _random_block, _random_offset
-    if _random_offset >= len(_random_block):
-        _random_block = os.urandom(10 * RANDOM_BLOCK_IDS)
-        _random_offset = 0
-    start = _random_offset
-    _random_offset = start + 10
-    return int.from_bytes(_random_block[start : start + 10], "big")
+    try:
+        piece = _random_pieces.popleft()
+    except IndexError:
+        block = os.urandom(10 * RANDOM_BLOCK_IDS)
+        _random_pieces.extend(block[start : start + 10] for start in range(10, len(block), 10))
+        piece = block[:10]
+    return int.from_bytes(piece, "big")
 
 
-def _forget_random_block() -> None:
+def _forget_random_pieces() -> None:
     """A forked child must not reuse its parent's unused bits: two processes would then make
     the same ids."""
-    global _random_block, _random_offset
-    _random_block, _random_offset = b"", 0
+    _random_pieces.clear()
 
 
-os.register_at_fork(after_in_child=_forget_random_block)
+os.register_at_fork(after_in_child=_forget_random_pieces)
 
 
 def ulid() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import os
 
 import asyncpg
@@ -110,10 +111,14 @@ def test_ids_carry_their_region_and_sort_by_time():
 
 
 def test_ids_never_repeat_their_random_bits_across_blocks_or_a_fork():
-    """The random bits are drawn a block at a time: every id takes bits of its own, and a
-    forked child draws afresh rather than reusing its parent's block."""
+    """The random bits are drawn a block at a time: every id takes bits of its own, in any
+    thread, and a forked child draws afresh rather than reusing its parent's block."""
     made = [ulid() for _ in range(3 * ids.RANDOM_BLOCK_IDS + 7)]
     assert len({made_id[10:] for made_id in made}) == len(made)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as threads:
+        batches = list(threads.map(lambda _: [ulid() for _ in range(2000)], range(8)))
+    in_threads = [made_id[10:] for batch in batches for made_id in batch]
+    assert len(set(in_threads)) == len(in_threads)
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # the child writes its next ids and exits at once
