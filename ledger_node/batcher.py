@@ -35,7 +35,15 @@ from ledger_node.errors import (
 )
 from ledger_node.ids import house_account_id, transit_account_id
 from ledger_node.invariants import check_batch, ensure
-from ledger_node.observability import BATCH_RETRIES, BATCH_SECONDS, BATCH_SIZE, QUEUE_DEPTH
+from ledger_node.observability import (
+    BATCH_DECIDE_SECONDS,
+    BATCH_LOCK_AND_READ_SECONDS,
+    BATCH_RETRIES,
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    BATCH_WRITE_SECONDS,
+    QUEUE_DEPTH,
+)
 from ledger_node.operations import (
     BatchState,
     CancelStep,
@@ -275,9 +283,12 @@ class Batcher:
         if not connection.is_in_transaction():
             await connection.execute("BEGIN")
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
+        locking = time.perf_counter()
         await store.lock_and_read(
             connection, state, ordered_ids, keys, pending_ids, bet_keys, saga_ids, step_ids
         )
+        deciding = time.perf_counter()
+        BATCH_LOCK_AND_READ_SECONDS.observe(deciding - locking)
         # The batch's time is read once its locks are held, so for any one account the times of
         # its transfers follow their commit order (balance-as-of relies on it).
         state.now = datetime.now(UTC)
@@ -285,6 +296,8 @@ class Batcher:
 
         outcomes = [_decide_with_key(state, submission) for submission in batch]
         check_batch(state, before)
+        writing = time.perf_counter()
+        BATCH_DECIDE_SECONDS.observe(writing - deciding)
         # The message also opens the next batch's transaction. A writer whose queue runs dry
         # rolls that empty transaction back as it gives the connection back (_release): off
         # the path of any request.
@@ -299,6 +312,7 @@ class Batcher:
                 raise
         else:
             await connection.execute(store.COMMIT_AND_BEGIN)
+        BATCH_WRITE_SECONDS.observe(time.perf_counter() - writing)
         return outcomes
 
 

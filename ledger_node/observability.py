@@ -1,6 +1,6 @@
 """The ledger node's traces and metrics: one server span per request (continuing the gateway's
 W3C trace), latency per route and status, and the batcher's behaviour: batch sizes, batch
-durations, queue depth and retries after lost races."""
+durations and their phases, queue depth and retries after lost races."""
 
 from __future__ import annotations
 
@@ -26,6 +26,17 @@ BATCH_SECONDS = Histogram(
     "Time from taking a batch to its commit",
     buckets=LATENCY_BUCKETS_S,
 )
+BATCH_PHASE_SECONDS = Histogram(
+    "regiongate_ledger_batch_phase_seconds",
+    "A batch's time by phase: lock_and_read (its round trip to lock and read), decide (in "
+    "memory, with the checks before commit) and write (the write, COMMIT and its WAL flush)",
+    ["phase"],
+    buckets=LATENCY_BUCKETS_S,
+)
+# Bound once: labels() takes a lock and builds a key on every call.
+BATCH_LOCK_AND_READ_SECONDS = BATCH_PHASE_SECONDS.labels("lock_and_read")
+BATCH_DECIDE_SECONDS = BATCH_PHASE_SECONDS.labels("decide")
+BATCH_WRITE_SECONDS = BATCH_PHASE_SECONDS.labels("write")
 BATCH_RETRIES = Counter(
     "regiongate_ledger_batch_retries_total", "Batches run again after losing a race"
 )

@@ -105,6 +105,13 @@ BREAKDOWN = {
         {"route": "/v1/saga-steps/{saga_id}/{action}"},
     ),
     "eu_batch_ms": ("eu", "regiongate_ledger_batch_seconds", {}),
+    "eu_batch_lock_and_read_ms": (
+        "eu",
+        "regiongate_ledger_batch_phase_seconds",
+        {"phase": "lock_and_read"},
+    ),
+    "eu_batch_decide_ms": ("eu", "regiongate_ledger_batch_phase_seconds", {"phase": "decide"}),
+    "eu_batch_write_ms": ("eu", "regiongate_ledger_batch_phase_seconds", {"phase": "write"}),
 }
 
 

@@ -78,6 +78,8 @@ async def test_metrics_cover_gateway_routes_and_ledger_batches(cluster):
     )
     assert 'home_region="eu"' in text
     assert "regiongate_ledger_batch_size_count" in text
+    for phase in ("lock_and_read", "decide", "write"):
+        assert f'regiongate_ledger_batch_phase_seconds_count{{phase="{phase}"}}' in text
     assert "regiongate_ledger_queue_depth" in text
     assert "regiongate_ledger_request_seconds_bucket" in text
 
