@@ -71,7 +71,9 @@ class BatchConfig:
     that back and gives the connection to the pool. Work that comes within it starts with its
     locks at once; without it, a lightly loaded node paid a BEGIN round trip on every batch,
     and a ROLLBACK and the pool's reset between batches (the saga's hold and its post each pay
-    it: bench_saga). 0 gives the connection back at once."""
+    it: bench_saga). 0 gives the connection back at once. Keep it below the database's
+    idle_in_transaction_session_timeout, if one is set: a session that timeout ends costs the
+    next batch a failed attempt and a new connection."""
 
     def __post_init__(self) -> None:
         _check_range("batch.size_max", self.size_max, 1, 8192)
