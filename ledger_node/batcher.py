@@ -180,8 +180,9 @@ class Batcher:
                 held, connection = connection, None  # _execute releases it if it fails
                 try:
                     connection = await self._execute(batch, held)
-                except Exception:  # the loop must survive anything; each future was failed
+                except Exception as exc:  # the loop must survive anything
                     log.exception("batch loop error")
+                    _fail_all(batch, map_database_error(exc), exc)  # those not failed yet
         finally:
             if connection is not None:
                 await self._release(connection)
@@ -210,6 +211,12 @@ class Batcher:
         """Run one batch, retrying lost races; returns the connection to keep for the next."""
         attempt = 0
         started = time.perf_counter()
+        if connection is not None and not _usable(connection):
+            # Ended while it was held (idle_hold_ms, or between batches): by the server, a
+            # restart, the network. Nothing of this batch was sent on it, so take another
+            # rather than fail the batch.
+            await self._release(connection)
+            connection = None
         while True:
             try:
                 if connection is None:
@@ -402,10 +409,20 @@ async def _prepare_write(connection: asyncpg.Connection) -> None:
         await connection.execute(store.PREPARE_WRITE)
 
 
+def _usable(connection: asyncpg.Connection) -> bool:
+    """Whether a connection this writer holds can still run a batch. One whose session ended
+    is closed; asyncpg's pool then also takes it back at once, after which every call on it,
+    is_closed() included, raises InterfaceError."""
+    try:
+        return not connection.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
 async def _roll_back(connection: asyncpg.Connection) -> None:
     """End a failed batch's transaction, or the next batch's that never came; a connection that
     cannot even do that is closed, and the pool replaces it."""
-    if connection.is_closed() or not connection.is_in_transaction():
+    if not _usable(connection) or not connection.is_in_transaction():
         return
     try:
         await connection.execute("ROLLBACK")

@@ -391,3 +391,37 @@ async def test_no_batch_connection_stays_open_in_a_transaction_once_idle(
         await connection.close()
     assert held == []
     assert (await balance(client, player))["posted"] == 800
+
+
+async def test_a_held_connection_the_server_ended_is_replaced_not_failed(
+    ledger_node, client, ledger_dsn
+):
+    """A writer keeps its connection between batches (batch.idle_hold_ms). If the server ends
+    that session meanwhile (a timeout, an operator, a restart), the next batch must run on
+    another connection: nothing of it was sent on the dead one, so it must not fail."""
+    player = await new_player(client)
+    await fund(client, player, 100)
+    connection = await asyncpg.connect(ledger_dsn)
+    try:
+        held = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%'"
+        )
+        assert held, "no writer is holding its connection"
+        for row in held:
+            await connection.execute("SELECT pg_terminate_backend($1)", row["pid"])
+
+        async def ended() -> bool:
+            pids = [row["pid"] for row in held]
+            return not await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            )
+
+        await assert_eventually(ended)
+    finally:
+        await connection.close()
+    answer = await client.post(
+        "/v1/transfers", transfer_body(player, HOUSE, 1), idempotency_key=unique()
+    )
+    assert answer.status == 201, answer.body
+    assert (await balance(client, player))["posted"] == 99
