@@ -357,6 +357,14 @@ async def test_work_queued_while_the_writer_gives_back_its_connection_is_served(
     await assert_ledger_invariants(ledger_dsn)
 
 
+# The sessions of this test's database that sit idle in a transaction: a batch writer holding
+# its connection (batch.idle_hold_ms) with the next batch's transaction open.
+IDLE_IN_TRANSACTION = (
+    "SELECT pid, backend_xid, backend_xmin FROM pg_stat_activity"
+    " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+)
+
+
 async def test_no_batch_connection_stays_open_in_a_transaction_once_idle(
     ledger_node, client, ledger_dsn
 ):
@@ -374,22 +382,17 @@ async def test_no_batch_connection_stays_open_in_a_transaction_once_idle(
     )
     assert all(answer.status == 201 for answer in answers)
     connection = await asyncpg.connect(ledger_dsn)
-    idle_in_transaction = (
-        "SELECT backend_xid, backend_xmin FROM pg_stat_activity"
-        " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
-    )
     try:
-        held = await connection.fetch(idle_in_transaction)
+        held = await connection.fetch(IDLE_IN_TRANSACTION)
         assert all(row["backend_xid"] is None and row["backend_xmin"] is None for row in held)
+
+        async def none_held() -> bool:
+            return await connection.fetch(IDLE_IN_TRANSACTION) == []
+
         hold_s = ledger_node[0].config.batch.idle_hold_ms / 1000
-        deadline = asyncio.get_running_loop().time() + hold_s + 3
-        while (held := await connection.fetch(idle_in_transaction)) and (
-            asyncio.get_running_loop().time() < deadline
-        ):
-            await asyncio.sleep(0.05)
+        await assert_eventually(none_held, timeout_s=hold_s + 3)
     finally:
         await connection.close()
-    assert held == []
     assert (await balance(client, player))["posted"] == 800
 
 
@@ -403,10 +406,7 @@ async def test_a_held_connection_the_server_ended_is_replaced_not_failed(
     await fund(client, player, 100)
     connection = await asyncpg.connect(ledger_dsn)
     try:
-        held = await connection.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND state LIKE 'idle in transaction%'"
-        )
+        held = await connection.fetch(IDLE_IN_TRANSACTION)
         assert held, "no writer is holding its connection"
         for row in held:
             await connection.execute("SELECT pg_terminate_backend($1)", row["pid"])
