@@ -72,16 +72,17 @@ class BatchConfig:
     locks at once; without it, a lightly loaded node paid a BEGIN round trip on every batch,
     and a ROLLBACK and the pool's reset between batches (the saga's hold and its post each pay
     it: bench_saga). 0 gives the connection back at once. Keep it below the database's
-    idle_in_transaction_session_timeout, if one is set: a session that timeout ends costs the
-    next batch a failed attempt and a new connection."""
+    idle_in_transaction_session_timeout, if one is set: a held session that the server ends is
+    replaced before the next batch uses it, but one ended just as that batch starts fails it
+    (503, and the client retries with its key)."""
 
     def __post_init__(self) -> None:
         _check_range("batch.size_max", self.size_max, 1, 8192)
-        _check_range("batch.idle_hold_ms", self.idle_hold_ms, 0, 60_000)
         _check_range("batch.wait_max_us", self.wait_max_us, 0, 100_000)
         _check_range("batch.queue_depth_max", self.queue_depth_max, 1, 1_000_000)
         _check_range("batch.retry_attempts_max", self.retry_attempts_max, 0, 20)
         _check_range("batch.writers", self.writers, 1, 16)
+        _check_range("batch.idle_hold_ms", self.idle_hold_ms, 0, 60_000)
 
 
 @dataclass(frozen=True, slots=True)

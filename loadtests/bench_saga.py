@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"    round trip through the WAN link: {results['rtt_ms']:.2f} ms", flush=True)
         print(f"    cross {_summary(cross)}", flush=True)
         print(f"    intra {_summary(intra)}", flush=True)
-        # Means over the cross-region run, warm-up included: the eu ledger's whole answer, its
-        # call for step 2 over the WAN, the us ledger's part of that call, an eu batch.
+        # Means over the cross-region run, warm-up included: BREAKDOWN, and each region's WAL
+        # flush.
         print(f"    cross, where the time goes (means): {results['breakdown']}", flush=True)
         audit = uvloop.run(
             audit_regions({r: c.dsn(f"ledger_{r}") for r, c in cluster.postgres.items()})

@@ -47,6 +47,8 @@ def with_changes(**changes) -> dict:
         (with_changes(batch={"size_max": 0}), "batch.size_max"),
         (with_changes(batch={"size_max": 10**6}), "batch.size_max"),
         (with_changes(batch={"wait_max_us": -1}), "batch.wait_max_us"),
+        (with_changes(batch={"idle_hold_ms": -1}), "batch.idle_hold_ms"),
+        (with_changes(batch={"idle_hold_ms": 60_001}), "batch.idle_hold_ms"),
         (with_changes(batch={"queue_depth_max": 0}), "batch.queue_depth_max"),
         (with_changes(batch={"bogus": 1}), "unknown keys"),
         (with_changes(amount_max=10**16), "amount_max"),
