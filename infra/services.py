@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -50,11 +51,43 @@ LEDGER_POSTGRES_SETTINGS: dict[str, str] = {
 }
 
 
+# Ports for our own servers come from below the kernel's ephemeral range. A port the kernel picks
+# for a bind to 0 lies inside that range, so between free_port() and the server's own bind, any
+# outgoing connection (a pool's, a health check's) could take it as its source port: bench_saga
+# once failed so, with EADDRINUSE on a port handed out a moment before.
+PORTS_FLOOR = 10_000
+PORT_TRIES_MAX = 500
+_ports_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+    return low if low > PORTS_FLOOR + 1_000 else 32_768
+
+
 def free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port that was free a moment ago, below the ephemeral range (see above)
+    and not handed out before by this process, drawn at random so that concurrent processes
+    (a test session and a benchmark) seldom draw the same one."""
+    ceiling = _ephemeral_floor()
+    rng = random.SystemRandom()
+    for _ in range(PORT_TRIES_MAX):
+        port = rng.randrange(PORTS_FLOOR, ceiling)
+        if port in _ports_handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise ServiceStartError(
+        f"no free loopback port in [{PORTS_FLOOR}, {ceiling}) after {PORT_TRIES_MAX} tries"
+    )
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:

@@ -8,12 +8,14 @@ import asyncio
 import base64
 import concurrent.futures
 import os
+import socket
 
 import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from infra import services
 from ledger_node import ids
 from ledger_node.audit import check_invariants
 from ledger_node.config import ledger_config_from_dict
@@ -290,3 +292,14 @@ async def test_migration_5_keeps_a_populated_ledger_whole(fresh_dsn):
     assert "bets_account_id_fkey" in foreign_keys
     references = next(r for r in results if r.name.startswith("every transfer names"))
     assert references.ok, references.violations
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice():
+    """A port from a bind to 0 lies in the kernel's ephemeral range, where an outgoing
+    connection can take it as its source port before the server that was given it binds it."""
+    ceiling = services._ephemeral_floor()
+    ports = [services.free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(services.PORTS_FLOOR <= port < ceiling for port in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))  # free a moment ago, and still
