@@ -61,10 +61,13 @@ _ports_handed_out: set[int] = set()
 
 
 def _ephemeral_floor() -> int:
+    """The lowest ephemeral port, the ceiling of our draw. Where it cannot be read, Linux's
+    default; where it leaves under a thousand ports above PORTS_FLOOR, that default too: no
+    range is safe from source ports then, and a wide one at least keeps draws apart."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default
+        return 32_768
     return low if low > PORTS_FLOOR + 1_000 else 32_768
 
 
