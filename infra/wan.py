@@ -5,7 +5,12 @@ than refusals), healed, or made to drop its open connections.
 
 The delay is applied per chunk with its arrival time, so a link keeps its bandwidth: a chunk
 waits until ``arrival + delay``, not behind the previous chunk's wait. Buffers are bounded
-(``buffer_chunks_max`` per direction; a full buffer stops reading, which is TCP backpressure).
+(``BUFFER_BYTES_MAX`` per direction; a full buffer stops reading, which is TCP backpressure).
+
+Each connection is a pair of protocols with one timer per direction, not a pair of tasks: a
+chunk costs one callback on its way in and one on its way out. The proxy shares this machine's
+two cores with the regions it connects, and a network costs their hosts nothing, so the less it
+takes the closer the benchmarks come to a real WAN.
 
 Tests drive links in a thread of their own (``WanThread``), so they can cut and heal them; the
 local cluster and the benchmark run them in a process of their own (``WanProcess``).
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -22,30 +28,187 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("regiongate.wan")
 
-CHUNK_BYTES_MAX = 64 * 1024
-BUFFER_CHUNKS_MAX = 1024
+BUFFER_BYTES_MAX = 4 * 1024 * 1024
 CONNECT_TIMEOUT_S = 5.0
 
 
-@dataclass(eq=False)
+# What an end of a connection is given to do when its time comes, besides writing bytes.
+_EOF = "eof"
+_CLOSE = "close"
+_ABORT = "abort"
+
+
+class _End(asyncio.Protocol):
+    """One socket of a proxied connection (the client's, or the one to the target). What it
+    reads goes to the other end's queue, stamped with when it may leave; one timer per end
+    writes the queue's due head, so the bytes leave in the order they came. A queue over
+    BUFFER_BYTES_MAX, or a socket whose write buffer is full, stops the other end reading:
+    TCP's backpressure, through the link."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self.connection = connection
+        self.peer: _End | None = None
+        self.transport: asyncio.Transport | None = None
+        self._queue: collections.deque[tuple[float, bytes | str]] = collections.deque()
+        self._queued_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._holding_peer = False  # whether this end has paused the peer's reading
+        self.lost = False
+
+    # The socket's side.
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.connection.closed:  # closed while it connected
+            transport.abort()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.connection.blackholed:
+            self.peer.send_later(data)
+
+    def eof_received(self) -> bool:
+        if not self.connection.blackholed:
+            self.peer.send_later(_EOF)
+        return True  # half-closed: the other way may still carry the answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.connection.closed:
+            return
+        if self.connection.blackholed or self.peer.lost:
+            self.connection.close()
+        else:
+            # The other end ends as this one did, one trip later, after what is on its way.
+            self.peer.send_later(_CLOSE if exc is None else _ABORT)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._hold_peer()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._hold_peer()
+
+    # The link's side.
+
+    def send_later(self, item: bytes | str) -> None:
+        """Queue bytes (or an end) to leave from this end after the link's one-way delay."""
+        if self.lost:
+            return
+        loop = self.connection.loop
+        self._queue.append((loop.time() + self.connection.link.one_way_delay_ms / 1000, item))
+        if isinstance(item, bytes):
+            self._queued_bytes += len(item)
+        if self._timer is None:
+            self._arm()
+        self._hold_peer()
+
+    def abort(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm(self) -> None:
+        if self._queue and self.transport is not None and not self.lost:
+            self._timer = self.connection.loop.call_at(self._queue[0][0], self._deliver)
+
+    def _deliver(self) -> None:
+        self._timer = None
+        now = self.connection.loop.time()
+        chunks: list[bytes] = []
+        end: str | None = None
+        # The head is due (its timer fired: a clock may fire a hair early), and so is all that
+        # came in behind it by now.
+        first = True
+        while self._queue and (first or self._queue[0][0] <= now) and end is None:
+            first = False
+            _, item = self._queue.popleft()
+            if isinstance(item, str):
+                end = item
+                continue
+            self._queued_bytes -= len(item)
+            if not self.connection.blackholed:
+                chunks.append(item)
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if chunks:
+            transport.write(b"".join(chunks))
+        if end == _EOF:
+            if transport.can_write_eof():
+                transport.write_eof()
+        elif end == _CLOSE:
+            transport.close()
+        elif end == _ABORT:
+            transport.abort()
+        self._arm()
+        self._hold_peer()
+
+    def _hold_peer(self) -> None:
+        """Pause the peer's reading while this end cannot take more; resume it once it can."""
+        hold = self._write_paused or self._queued_bytes > BUFFER_BYTES_MAX
+        if hold == self._holding_peer or self.peer is None or self.peer.transport is None:
+            return
+        self._holding_peer = hold
+        with contextlib.suppress(RuntimeError):  # a closing transport
+            if hold:
+                self.peer.transport.pause_reading()
+            else:
+                self.peer.transport.resume_reading()
+
+
 class _Connection:
-    client: asyncio.StreamWriter
-    upstream: asyncio.StreamWriter | None = None
-    tasks: list[asyncio.Task] = field(default_factory=list)
-    blackholed: bool = False
+    """A client's connection through a link, and the one it opens to the target."""
+
+    def __init__(self, link: WanLink, loop: asyncio.AbstractEventLoop) -> None:
+        self.link = link
+        self.loop = loop
+        self.blackholed = link.cut_now
+        self.client = _End(self)
+        self.upstream = _End(self)
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        self.connecting: asyncio.Task | None = None
+        self.closed = False
+
+    def open_upstream(self) -> None:
+        """After the SYN's trip, connect to the target; the client's bytes wait in the
+        upstream end's queue meanwhile. A connection accepted during a partition never
+        reaches the target."""
+        if self.closed or self.blackholed:
+            return
+        self.connecting = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self.loop.create_connection(lambda: self.upstream, *self.link.target)
+        except (OSError, TimeoutError):
+            self.close()
 
     def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for writer in (self.client, self.upstream):
-            if writer is not None:
-                writer.transport.abort()
+        if self.closed:
+            return
+        self.closed = True
+        if self.connecting is not None and not self.connecting.done():
+            self.connecting.cancel()
+        self.client.abort()
+        self.upstream.abort()
+        self.link._connections.discard(self)
 
 
 class WanLink:
@@ -67,13 +230,13 @@ class WanLink:
         self.target = (target_host, target_port)
         self.one_way_delay_ms = one_way_delay_ms
         self._listen = (listen_host, listen_port)
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self.cut_now = False
         self.port = listen_port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, *self._listen)
+        self._server = await asyncio.get_running_loop().create_server(self._accept, *self._listen)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -102,73 +265,17 @@ class WanLink:
         self.cut_now = False
         for connection in [c for c in self._connections if c.blackholed]:
             connection.close()
-            self._connections.discard(connection)
 
     def drop_connections(self) -> None:
         """Reset every open connection now (a middlebox or a peer restarting)."""
         for connection in list(self._connections):
             connection.close()
-        self._connections.clear()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(writer, blackholed=self.cut_now)
+    def _accept(self) -> _End:
+        connection = _Connection(self, asyncio.get_running_loop())
         self._connections.add(connection)
-        try:
-            if connection.blackholed:
-                # A partition: the peer's bytes go nowhere until heal() resets the connection.
-                while await reader.read(CHUNK_BYTES_MAX):
-                    pass
-                return
-            await asyncio.sleep(self.one_way_delay_ms / 1000)  # the SYN's trip
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
-            connection.upstream = up_writer
-            connection.tasks = [
-                asyncio.create_task(self._pump(connection, reader, up_writer)),
-                asyncio.create_task(self._pump(connection, up_reader, writer)),
-            ]
-            await asyncio.gather(*connection.tasks, return_exceptions=True)
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            connection.close()
-            self._connections.discard(connection)
-
-    async def _pump(
-        self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """Copy one direction, each chunk held for the link's one-way delay."""
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(BUFFER_CHUNKS_MAX)
-
-        async def deliver() -> None:
-            while True:
-                due, chunk = await queue.get()
-                wait_s = due - time.monotonic()
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
-                if not chunk:
-                    with contextlib.suppress(OSError, RuntimeError):
-                        writer.write_eof()
-                    return
-                if connection.blackholed:
-                    continue
-                writer.write(chunk)
-                await writer.drain()
-
-        delivery = asyncio.create_task(deliver())
-        try:
-            while True:
-                chunk = await reader.read(CHUNK_BYTES_MAX)
-                if connection.blackholed:
-                    if not chunk:
-                        return
-                    continue
-                await queue.put((time.monotonic() + self.one_way_delay_ms / 1000, chunk))
-                if not chunk:
-                    break
-            await delivery
-        finally:
-            delivery.cancel()
+        connection.loop.call_later(self.one_way_delay_ms / 1000, connection.open_upstream)
+        return connection.client
 
 
 class WanThread:
