@@ -44,10 +44,16 @@ async def _connect(link: WanLink):
     return await asyncio.open_connection("127.0.0.1", link.port)
 
 
-async def test_bytes_arrive_once_in_order_after_the_delay_each_way(link):
+async def _echoed(link: WanLink, probe: bytes):
+    """A connection through the link that has carried probe to the target and back."""
     reader, writer = await _connect(link)
-    writer.write(b"warm")  # the connection itself takes a trip to reach the target
-    assert await reader.readexactly(4) == b"warm"
+    writer.write(probe)
+    assert await reader.readexactly(len(probe)) == probe
+    return reader, writer
+
+
+async def test_bytes_arrive_once_in_order_after_the_delay_each_way(link):
+    reader, writer = await _echoed(link, b"warm")  # the first trip also opens the connection
     started = time.monotonic()
     writer.write(b"ping")
     assert await reader.readexactly(4) == b"ping"
@@ -71,9 +77,7 @@ async def test_a_half_close_travels_and_the_answer_still_comes_back(link):
 
 
 async def test_a_cut_link_carries_nothing_and_healing_resets_what_lived_through_it(link):
-    reader, writer = await _connect(link)
-    writer.write(b"a")
-    assert await reader.readexactly(1) == b"a"
+    reader, writer = await _echoed(link, b"a")
     link.cut()
     writer.write(b"lost")
     with pytest.raises(TimeoutError):
@@ -87,22 +91,16 @@ async def test_a_cut_link_carries_nothing_and_healing_resets_what_lived_through_
     for old in (reader, late_reader):
         # Reset: the peer sees its connection end, with nothing of what the cut swallowed.
         assert await asyncio.wait_for(_read_until_end(old), 5) == b""
-    reader, writer = await _connect(link)
-    writer.write(b"again")
-    assert await reader.readexactly(5) == b"again"
+    _, writer = await _echoed(link, b"again")
     writer.close()
     late_writer.close()
 
 
 async def test_dropping_connections_resets_them_and_new_ones_work(link):
-    reader, writer = await _connect(link)
-    writer.write(b"x")
-    assert await reader.readexactly(1) == b"x"
+    reader, _ = await _echoed(link, b"x")
     link.drop_connections()
     assert await asyncio.wait_for(_read_until_end(reader), 5) == b""
-    reader, writer = await _connect(link)
-    writer.write(b"y")
-    assert await reader.readexactly(1) == b"y"
+    _, writer = await _echoed(link, b"y")
     writer.close()
 
 
