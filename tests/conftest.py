@@ -48,6 +48,15 @@ def services_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def own_services_dir(services_dir: Path) -> Path:
+    """A directory of its own for a test that starts its own PostgreSQL. Not under tmp_path:
+    when the tests run as root, PostgreSQL runs as an unprivileged user that must traverse to
+    its data dir, and every new pytest session makes its base temp dir 0700 again, which would
+    lock a concurrent session's servers out (seen with two sessions on one machine)."""
+    return Path(tempfile.mkdtemp(dir=services_dir))
+
+
 @pytest.fixture(scope="session")
 def postgres(services_dir: Path) -> Iterator[PostgresCluster]:
     cluster = PostgresCluster(services_dir / "postgres", free_port())

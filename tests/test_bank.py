@@ -130,9 +130,9 @@ async def _faults(world: SagaWorld, bank: Bank, rng: random.Random, stop: asynci
 
 
 @pytest.fixture
-def world(postgres, tmp_path):
+def world(postgres, own_services_dir):
     world = SagaWorld(
-        tmp_path / "bank",
+        own_services_dir / "bank",
         postgres,
         SERVICE_KEYS_TEXT,
         regions=REGIONS,

@@ -148,9 +148,11 @@ async def test_kill_9_under_load_loses_nothing_and_applies_nothing_twice(
         ledger.stop()
 
 
-async def test_postgres_restart_under_a_running_node(tmp_path, session, ledger_pool):
+async def test_postgres_restart_under_a_running_node(
+    tmp_path, own_services_dir, session, ledger_pool
+):
     """The node answers 503 while its database is down and recovers without a restart."""
-    cluster = PostgresCluster(tmp_path / "pg", free_port())
+    cluster = PostgresCluster(own_services_dir / "pg", free_port())
     cluster.start()
     ledger = None
     try:

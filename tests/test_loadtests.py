@@ -127,13 +127,15 @@ def test_a_step_history_becomes_a_plot_with_its_knee(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_smoke_profile_against_the_local_cluster(tmp_path):
+def test_smoke_profile_against_the_local_cluster(tmp_path, own_services_dir):
     """CI's load smoke: the smoke profile for 15 s against a real two-region local cluster.
     Every request succeeds or is an expected refusal, and the audit afterwards is clean."""
     from infra.local import LocalCluster
     from loadtests.run import run_profile
 
-    cluster = LocalCluster(root=tmp_path / "cluster", regions=["eu", "us"], fixed_ports=False)
+    cluster = LocalCluster(
+        root=own_services_dir / "cluster", regions=["eu", "us"], fixed_ports=False
+    )
     cluster.start()
     try:
         code = run_profile(
