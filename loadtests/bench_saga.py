@@ -1,5 +1,5 @@
 """Saga benchmark: ``python -m loadtests.bench_saga [--seconds N] [--one-way-delay-ms D]
-[--clients C]``.
+[--clients C] [--rounds R]``.
 
 Two regions (eu, us) of the local cluster, each with its PostgreSQL, ledger node and HTTPS
 gateway, with every link between them through the WAN proxy (infra.wan) at a one-way delay of
@@ -13,11 +13,16 @@ The round trip is measured, not assumed: a health call through the same WAN link
 trip is the floor for a cross-region transfer, so ``rtt_multiple_p50`` (cross p50 over that
 round trip) says how close the saga gets to it. After the load the cross-region audit runs.
 
+On this shared machine one run's multiple moved between 1.19 and 1.35 within an hour, on the
+same code, so the runs come in R rounds (default 3) of cross, then intra, and the summary is the
+median of the rounds' own figures, with every round's under ``per_round``.
+
 The last line is one JSON object: ``rtt_ms``, ``cross_p50_ms``, ``cross_p99_ms``,
-``cross_tps``, ``intra_p50_ms``, ``intra_tps``, ``rtt_multiple_p50``, ``audit_failures``, and the
-``cross_*_ms`` means of BREAKDOWN: where a cross-region transfer's time goes, read from the
-ledgers' own histograms before and after the cross-region run, with each region's mean WAL flush
-over it (``cross_*_wal_sync_ms``: each of the three commits of a saga waits for one).
+``cross_tps``, ``intra_p50_ms``, ``intra_tps``, ``rtt_multiple_p50`` (and its ``_min`` and
+``_max`` over the rounds), ``audit_failures``, and the ``cross_*_ms`` means of BREAKDOWN: where
+a cross-region transfer's time goes, read from the ledgers' own histograms before and after each
+cross-region run, with each region's mean WAL flush over it (``cross_*_wal_sync_ms``: each of
+the three commits of a saga waits for one). The p99s are over every round's requests.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -196,17 +202,57 @@ async def measure(args, cluster: LocalCluster, token: str) -> dict:
         "ssl_context": client_context(cluster.secrets_dir / "tls" / "dev-ca.pem"),
     }
     dsns = {region: cluster.postgres[region].dsn(f"ledger_{region}") for region in ("eu", "us")}
-    before = await _scrape(cluster)
-    wal_before = {region: await wal_syncs(dsn) for region, dsn in dsns.items()}
-    cross = await run_load(make_request=transfers(remote, "cross"), **common)
-    breakdown = _breakdown(before, await _scrape(cluster))
-    for region, dsn in dsns.items():
-        # Every batch's commit waits for one WAL flush: part of each step's time above.
-        breakdown[f"{region}_wal_sync_ms"] = (await wal_syncs(dsn)).mean_ms_since(
-            wal_before[region]
-        )
-    intra = await run_load(make_request=transfers(local, "intra"), **common)
-    return {"rtt_ms": rtt_ms, "cross": cross, "intra": intra, "breakdown": breakdown}
+    rounds = []
+    for index in range(1, args.rounds + 1):
+        before = await _scrape(cluster)
+        wal_before = {region: await wal_syncs(dsn) for region, dsn in dsns.items()}
+        cross = await run_load(make_request=transfers(remote, f"cross{index}"), **common)
+        breakdown = _breakdown(before, await _scrape(cluster))
+        for region, dsn in dsns.items():
+            # Every batch's commit waits for one WAL flush: part of each step's time above.
+            breakdown[f"{region}_wal_sync_ms"] = (await wal_syncs(dsn)).mean_ms_since(
+                wal_before[region]
+            )
+        intra = await run_load(make_request=transfers(local, f"intra{index}"), **common)
+        rounds.append({"cross": cross, "intra": intra, "breakdown": breakdown})
+        print(f"    round {index}: {_round_figures(rtt_ms, rounds[-1])}", flush=True)
+    return {"rtt_ms": rtt_ms, "rounds": rounds}
+
+
+def _round_figures(rtt_ms: float, round_: dict) -> dict:
+    """One round's figures: its own percentiles, throughputs and breakdown."""
+    cross, intra = round_["cross"], round_["intra"]
+    cross_p50, intra_p50 = cross.percentile_ms(0.5), intra.percentile_ms(0.5)
+    return {
+        "cross_p50_ms": round(cross_p50, 2),
+        "cross_tps": round(cross.rps, 1),
+        "intra_p50_ms": round(intra_p50, 2),
+        "intra_tps": round(intra.rps, 1),
+        "rtt_multiple_p50": round(cross_p50 / rtt_ms, 3) if rtt_ms else None,
+        # What the saga adds over an intra-region transfer at the same concurrency, in round
+        # trips: the WAN's share of the latency, apart from this machine's own queueing.
+        "added_over_intra_rtt_multiple_p50": round((cross_p50 - intra_p50) / rtt_ms, 3)
+        if rtt_ms
+        else None,
+        **{f"cross_{name}": value for name, value in round_["breakdown"].items()},
+    }
+
+
+def _median(values: list) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
+def _pooled(results: list[LoadResult]) -> LoadResult:
+    """Every round's requests as one run (for percentiles and status counts)."""
+    pooled = LoadResult(latencies_ms=[ms for r in results for ms in r.latencies_ms])
+    for result in results:
+        pooled.requests += result.requests
+        pooled.elapsed_s += result.elapsed_s
+        for status, count in result.statuses.items():
+            pooled.statuses[status] = pooled.statuses.get(status, 0) + count
+        pooled.error_samples.update(result.error_samples)
+    return pooled
 
 
 def _summary(result: LoadResult) -> dict:
@@ -226,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--one-way-delay-ms", type=float, default=40.0)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of cross, then intra")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument(
         "--writers", type=int, default=None, help="batch writers per ledger (default: theirs)"
@@ -233,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
         parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be in [1, 20]")
     if not 0 <= args.one_way_delay_ms <= 5_000:
         parser.error("--one-way-delay-ms must be in [0, 5000]")
     if args.writers is not None and not 1 <= args.writers <= 16:
@@ -256,42 +305,35 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         results = uvloop.run(measure(args, cluster, token))
-        cross, intra = results["cross"], results["intra"]
-        print(f"    round trip through the WAN link: {results['rtt_ms']:.2f} ms", flush=True)
-        print(f"    cross {_summary(cross)}", flush=True)
-        print(f"    intra {_summary(intra)}", flush=True)
-        # Means over the cross-region run, warm-up included: BREAKDOWN, and each region's WAL
-        # flush.
-        print(f"    cross, where the time goes (means): {results['breakdown']}", flush=True)
+        rtt_ms = results["rtt_ms"]
+        rounds = [_round_figures(rtt_ms, round_) for round_ in results["rounds"]]
+        cross = _pooled([round_["cross"] for round_ in results["rounds"]])
+        intra = _pooled([round_["intra"] for round_ in results["rounds"]])
+        print(f"    round trip through the WAN link: {rtt_ms:.2f} ms", flush=True)
+        print(f"    cross, all rounds {_summary(cross)}", flush=True)
+        print(f"    intra, all rounds {_summary(intra)}", flush=True)
         audit = uvloop.run(
             audit_regions({r: c.dsn(f"ledger_{r}") for r, c in cluster.postgres.items()})
         )
         failures = [result.name for result in audit if not result.ok]
         print(f"    audit: {len(audit) - len(failures)} checks passed, failed: {failures}")
-        rtt_ms = results["rtt_ms"]
         figures = {
             "clients": args.clients,
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "one_way_delay_ms": args.one_way_delay_ms,
             "batch_writers": args.writers or BatchConfig().writers,
             "rtt_ms": round(rtt_ms, 2),
-            "cross_p50_ms": round(cross.percentile_ms(0.5), 2),
+            # Medians of the rounds' own figures (p50s, throughputs, multiples, and the means of
+            # BREAKDOWN and the WAL flushes), except the p99s: those are over every request.
+            **{name: _median([r[name] for r in rounds]) for name in rounds[0]},
             "cross_p99_ms": round(cross.percentile_ms(0.99), 2),
-            "cross_tps": round(cross.rps, 1),
-            "intra_p50_ms": round(intra.percentile_ms(0.5), 2),
             "intra_p99_ms": round(intra.percentile_ms(0.99), 2),
-            "intra_tps": round(intra.rps, 1),
-            "rtt_multiple_p50": round(cross.percentile_ms(0.5) / rtt_ms, 3) if rtt_ms else None,
-            # What the saga adds over an intra-region transfer at the same concurrency, in round
-            # trips: the WAN's share of the latency, apart from this machine's own queueing.
-            "added_over_intra_rtt_multiple_p50": round(
-                (cross.percentile_ms(0.5) - intra.percentile_ms(0.5)) / rtt_ms, 3
-            )
-            if rtt_ms
-            else None,
-            **{f"cross_{name}": value for name, value in results["breakdown"].items()},
+            "rtt_multiple_p50_min": min(r["rtt_multiple_p50"] for r in rounds),
+            "rtt_multiple_p50_max": max(r["rtt_multiple_p50"] for r in rounds),
             "non_2xx": sum(n for r in (cross, intra) for s, n in r.statuses.items() if s >= 300),
             "audit_failures": len(failures),
+            "per_round": rounds,
         }
         print(json.dumps(figures))
     finally:
