@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import os
 import random
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +45,7 @@ from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
-from loadtests.httpload import LoadResult, run_load, signed_post
+from loadtests.httpload import LoadResult, median, run_load, signed_post
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
@@ -145,13 +143,11 @@ async def make_players(dsn: str, count: int) -> list[str]:
 def summarise(results: list[LoadResult]) -> dict:
     """One kind of run over every round."""
     return {
-        "tps": _median([round(result.rps, 1) for result in results]),
-        "batch_size_mean": _median([round(result.batch_size_mean, 1) for result in results]),
+        "tps": median([round(result.rps, 1) for result in results]),
+        "batch_size_mean": median([round(result.batch_size_mean, 1) for result in results]),
         "p50_ms": _percentile_ms(results, 0.50),
         "p99_ms": _percentile_ms(results, 0.99),
-        "statuses": dict(
-            sum((collections.Counter(r.statuses) for r in results), collections.Counter())
-        ),
+        "statuses": LoadResult.pooled(results).statuses,
     }
 
 
@@ -175,15 +171,8 @@ def round_figures(pgbench_tps: float, pgbench_wal_sync_ms: float | None, runs: l
     return figures
 
 
-def _median(values: list) -> float | None:
-    """The median of the values that were measured (a run without WAL flushes has None)."""
-    known = [value for value in values if value is not None]
-    return round(statistics.median(known), 3) if known else None
-
-
 def _percentile_ms(results: list[LoadResult], fraction: float) -> float:
-    pooled = LoadResult(latencies_ms=[ms for result in results for ms in result.latencies_ms])
-    return round(pooled.percentile_ms(fraction), 2)
+    return round(LoadResult.pooled(results).percentile_ms(fraction), 2)
 
 
 async def ledger_runs(
@@ -362,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         print("    invariants after the run: " + check.stdout.strip().splitlines()[-1])
 
         def middle(name: str) -> float | None:
-            return _median([record[name] for record in rounds])
+            return median([record[name] for record in rounds])
 
         figures = {
             "clients": args.clients,

@@ -31,7 +31,6 @@ import argparse
 import json
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from infra.tls import client_context
 from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
-from loadtests.httpload import LoadResult, bearer_post, run_load
+from loadtests.httpload import LoadResult, bearer_post, median, run_load
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
@@ -238,23 +237,6 @@ def _round_figures(rtt_ms: float, round_: dict) -> dict:
     }
 
 
-def _median(values: list) -> float | None:
-    known = [value for value in values if value is not None]
-    return round(statistics.median(known), 3) if known else None
-
-
-def _pooled(results: list[LoadResult]) -> LoadResult:
-    """Every round's requests as one run (for percentiles and status counts)."""
-    pooled = LoadResult(latencies_ms=[ms for r in results for ms in r.latencies_ms])
-    for result in results:
-        pooled.requests += result.requests
-        pooled.elapsed_s += result.elapsed_s
-        for status, count in result.statuses.items():
-            pooled.statuses[status] = pooled.statuses.get(status, 0) + count
-        pooled.error_samples.update(result.error_samples)
-    return pooled
-
-
 def _summary(result: LoadResult) -> dict:
     return {
         "tps": round(result.rps, 1),
@@ -307,8 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         results = uvloop.run(measure(args, cluster, token))
         rtt_ms = results["rtt_ms"]
         rounds = [_round_figures(rtt_ms, round_) for round_ in results["rounds"]]
-        cross = _pooled([round_["cross"] for round_ in results["rounds"]])
-        intra = _pooled([round_["intra"] for round_ in results["rounds"]])
+        cross = LoadResult.pooled([round_["cross"] for round_ in results["rounds"]])
+        intra = LoadResult.pooled([round_["intra"] for round_ in results["rounds"]])
         print(f"    round trip through the WAN link: {rtt_ms:.2f} ms", flush=True)
         print(f"    cross, all rounds {_summary(cross)}", flush=True)
         print(f"    intra, all rounds {_summary(intra)}", flush=True)
@@ -326,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
             "rtt_ms": round(rtt_ms, 2),
             # Medians of the rounds' own figures (p50s, throughputs, multiples, and the means of
             # BREAKDOWN and the WAL flushes), except the p99s: those are over every request.
-            **{name: _median([r[name] for r in rounds]) for name in rounds[0]},
+            **{name: median([r[name] for r in rounds]) for name in rounds[0]},
             "cross_p99_ms": round(cross.percentile_ms(0.99), 2),
             "intra_p99_ms": round(intra.percentile_ms(0.99), 2),
             "rtt_multiple_p50_min": min(r["rtt_multiple_p50"] for r in rounds),

@@ -9,6 +9,7 @@ still carries a fresh idempotency key and its own HMAC signature, as a gateway's
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,26 @@ class LoadResult:
             return 0.0
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    @classmethod
+    def pooled(cls, results: list[LoadResult]) -> LoadResult:
+        """Several runs' requests as one (a benchmark's rounds): for percentiles over all of
+        them, and their statuses counted together."""
+        pooled = cls(latencies_ms=[ms for result in results for ms in result.latencies_ms])
+        for result in results:
+            pooled.requests += result.requests
+            pooled.elapsed_s += result.elapsed_s
+            for status, count in result.statuses.items():
+                pooled.statuses[status] = pooled.statuses.get(status, 0) + count
+            pooled.error_samples.update(result.error_samples)
+        return pooled
+
+
+def median(values: list[float | None]) -> float | None:
+    """The median over a benchmark's rounds of the figures that were measured (a run without WAL
+    flushes has None), rounded to 3 places."""
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 3) if known else None
 
 
 def signed_get(host: str, port: int, path: str, key: ServiceKey) -> bytes:
