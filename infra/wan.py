@@ -86,11 +86,12 @@ class _End(asyncio.Protocol):
             self._timer = None
         if self.connection.closed:
             return
-        if self.connection.blackholed or self.peer.lost:
+        if self.peer.lost or self.peer.transport is None:
             self.connection.close()
-        else:
+        elif not self.connection.blackholed:
             # The other end ends as this one did, one trip later, after what is on its way.
             self.peer.send_later(_CLOSE if exc is None else _ABORT)
+        # In a partition the other end hears nothing, as it would not: heal() resets it.
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -133,20 +134,19 @@ class _End(asyncio.Protocol):
         chunks: list[bytes] = []
         end: str | None = None
         # The head is due (its timer fired: a clock may fire a hair early), and so is all that
-        # came in behind it by now.
-        first = True
-        while self._queue and (first or self._queue[0][0] <= now) and end is None:
-            first = False
+        # came in behind it by now, up to an end.
+        while self._queue and end is None and (not chunks or self._queue[0][0] <= now):
             _, item = self._queue.popleft()
             if isinstance(item, str):
                 end = item
-                continue
-            self._queued_bytes -= len(item)
-            if not self.connection.blackholed:
+            else:
+                self._queued_bytes -= len(item)
                 chunks.append(item)
         transport = self.transport
         if transport.is_closing():
             return
+        if self.connection.blackholed:  # what was on its way when the link was cut is lost
+            chunks, end = [], None
         if chunks:
             transport.write(b"".join(chunks))
         if end == _EOF:

@@ -9,6 +9,8 @@ target that stops reading stops the client too, with the proxy's own buffer boun
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 
 import pytest
@@ -94,6 +96,34 @@ async def test_a_cut_link_carries_nothing_and_healing_resets_what_lived_through_
     _, writer = await _echoed(link, b"again")
     writer.close()
     late_writer.close()
+
+
+@pytest.mark.parametrize("ending", ["fin", "reset"])
+async def test_a_target_that_hangs_up_during_a_cut_is_not_heard_until_heal(ending):
+    hang_up = asyncio.Event()
+
+    async def closes_on_cue(reader, writer):
+        writer.write(await reader.read(1))
+        await hang_up.wait()
+        if ending == "reset":  # linger 0: closing sends RST, not FIN
+            linger = struct.pack("ii", 1, 0)
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(closes_on_cue, "127.0.0.1", 0)
+    wan = WanLink("eu>us", "127.0.0.1", server.sockets[0].getsockname()[1], one_way_delay_ms=1)
+    await wan.start()
+    try:
+        reader, _ = await _echoed(wan, b"a")
+        wan.cut()
+        hang_up.set()  # the target's end meets the partition: the client must see nothing
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), QUIET_S)
+        wan.heal()
+        assert await asyncio.wait_for(_read_until_end(reader), 5) == b""
+    finally:
+        await wan.stop()
+        server.close()
 
 
 async def test_dropping_connections_resets_them_and_new_ones_work(link):
