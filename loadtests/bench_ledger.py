@@ -10,14 +10,20 @@ synchronous_commit on, one fresh PostgreSQL cluster with the ledger's settings):
   (d) with --bets, bets into the house account (bet bookkeeping on top of the hot row).
 
 This machine is shared and noisy, so the figures that matter are the ratios against (a). A
-neighbour's load comes and goes within minutes and moves pgbench and the ledger differently
-(pgbench waits on its WAL flushes, the ledger on its CPU), so one pgbench run followed by one
-ledger run gave ratios from 1.39 to 1.93 within an hour. The runs are therefore interleaved in
-``--rounds`` rounds (default 3) of (a), (b), (c) on the same cluster and node, each round gives
-its own ratios, and the summary is their median: a pair measured seconds apart, and no single
-round's luck. Each run also reports its mean WAL flush (``*wal_sync_ms``, loadtests.walstats):
-the durability both sides pay on every commit. The last line printed is one JSON object: the
-medians, each round's figures under ``per_round``, and latency percentiles over all rounds.
+neighbour's load comes and goes within minutes and moves pgbench and the ledger differently, so
+one pgbench run followed by one ledger run gave ratios from 1.39 to 1.93 within an hour. The
+runs are therefore interleaved in ``--rounds`` rounds (default 3) of (a), (b), (c) on the same
+cluster and node, each round gives its own ratios, and the summary is their median: a pair
+measured seconds apart, and no single round's luck.
+
+Each run also reports its mean WAL flush (``*wal_sync_ms``, loadtests.walstats), the durability
+both sides pay on every commit, and the cores each part used (``*cores``, loadtests.cpustats).
+The two sides are bound differently: pgbench's 32 sessions can keep both cores busy, while the
+ledger's batches go one after another (lock and read, decide, write and commit), so its run
+leaves part of the machine idle and a slower CPU lengthens every step of that chain. That is
+how the same ledger code gave a ratio of 1.45 one day and 0.81 on another (2026-11-27: pgbench 2.0
+cores, the ledger's runs 1.4). The last line printed is one JSON object: the medians, each
+round's figures under ``per_round``, and latency percentiles over all rounds.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -45,6 +52,7 @@ from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
+from loadtests.cpustats import CpuMeter, postmaster_pid
 from loadtests.httpload import LoadResult, median, run_load, signed_post
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
@@ -82,19 +90,25 @@ async def _checkpoint(dsn: str) -> None:
         await connection.close()
 
 
-def run_pgbench(cluster: PostgresCluster, clients: int, seconds: int) -> float:
+def run_pgbench(
+    cluster: PostgresCluster, clients: int, seconds: int
+) -> tuple[float, dict[str, float | None]]:
+    """pgbench's tps, and the cores it and PostgreSQL used meanwhile."""
     pgbench, dsn_args = _pgbench_args(cluster)
     threads = min(clients, os.cpu_count() or 1)
+    meter = CpuMeter({"postgres": lambda: postmaster_pid(cluster.data_dir)}, client_is_child=True)
+    meter.start()
     output = subprocess.run(
         [pgbench, "-c", str(clients), "-j", str(threads), "-T", str(seconds), *dsn_args, "pgbench"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+    cores = meter.stop()
     match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
     if match is None:
         raise RuntimeError(f"could not read pgbench output:\n{output}")
-    return float(match[1])
+    return float(match[1]), cores
 
 
 async def make_players(dsn: str, count: int) -> list[str]:
@@ -151,7 +165,12 @@ def summarise(results: list[LoadResult]) -> dict:
     }
 
 
-def round_figures(pgbench_tps: float, pgbench_wal_sync_ms: float | None, runs: list) -> dict:
+def round_figures(
+    pgbench_tps: float,
+    pgbench_wal_sync_ms: float | None,
+    runs: list,
+    pgbench_cores: dict[str, float | None] | None = None,
+) -> dict:
     """One round: pgbench, then the ledger's runs, with the round's own ratios."""
     uniform, hot = runs[0], runs[1]
     figures = {
@@ -165,6 +184,9 @@ def round_figures(pgbench_tps: float, pgbench_wal_sync_ms: float | None, runs: l
         "pgbench_wal_sync_ms": pgbench_wal_sync_ms,
         "wal_sync_ms": uniform.wal_sync_ms,
         "hot_wal_sync_ms": hot.wal_sync_ms,
+        "pgbench_cores": pgbench_cores or {},
+        "cores": uniform.cores,
+        "hot_cores": hot.cores,
     }
     if len(runs) > 2:
         figures["ledger_bet_tps"] = round(runs[2].rps, 1)
@@ -184,6 +206,7 @@ async def ledger_runs(
     seconds: int,
     with_bets: bool,
     round_index: int,
+    postgres_pid: Callable[[], int | None] = lambda: None,
 ) -> list[LoadResult]:
     key = keyring.signing_key
     rng = random.Random(round_index)
@@ -246,7 +269,10 @@ async def ledger_runs(
         for make_request in (uniform, hot, bet) if with_bets else (uniform, hot):
             before = (await stats_client.get("/v1/stats")).json()
             wal_before = await wal_syncs(dsn)
+            meter = CpuMeter({"node": lambda: ledger.process.pid, "postgres": postgres_pid})
+            meter.start()
             result = await run_load(make_request=make_request, **common)
+            result.cores = meter.stop()
             result.wal_sync_ms = (await wal_syncs(dsn)).mean_ms_since(wal_before)
             after = (await stats_client.get("/v1/stats")).json()
             batches = after["batches"] - before["batches"]
@@ -324,14 +350,22 @@ def main(argv: list[str] | None = None) -> None:
         results: list[list[LoadResult]] = []
         for index in range(1, args.rounds + 1):
             wal_before = asyncio.run(wal_syncs(cluster.dsn()))
-            pgbench_tps = run_pgbench(cluster, args.clients, args.seconds)
+            pgbench_tps, pgbench_cores = run_pgbench(cluster, args.clients, args.seconds)
             pgbench_wal_sync_ms = asyncio.run(wal_syncs(cluster.dsn())).mean_ms_since(wal_before)
             runs = uvloop.run(
                 ledger_runs(
-                    ledger, dsn, keyring, players, args.clients, args.seconds, args.bets, index
+                    ledger,
+                    dsn,
+                    keyring,
+                    players,
+                    args.clients,
+                    args.seconds,
+                    args.bets,
+                    index,
+                    lambda: postmaster_pid(cluster.data_dir),
                 )
             )
-            rounds.append(round_figures(pgbench_tps, pgbench_wal_sync_ms, runs))
+            rounds.append(round_figures(pgbench_tps, pgbench_wal_sync_ms, runs, pgbench_cores))
             results.append(runs)
             print(f"    round {index}: {rounds[-1]}", flush=True)
         uniform = [runs[0] for runs in results]
@@ -352,6 +386,13 @@ def main(argv: list[str] | None = None) -> None:
 
         def middle(name: str) -> float | None:
             return median([record[name] for record in rounds])
+
+        def middle_cores(name: str) -> dict[str, float | None]:
+            parts = {part for record in rounds for part in record[name]}
+            return {
+                part: median([record[name].get(part) for record in rounds])
+                for part in sorted(parts)
+            }
 
         figures = {
             "clients": args.clients,
@@ -378,6 +419,11 @@ def main(argv: list[str] | None = None) -> None:
             "pgbench_wal_sync_ms": middle("pgbench_wal_sync_ms"),
             "wal_sync_ms": middle("wal_sync_ms"),
             "hot_wal_sync_ms": middle("hot_wal_sync_ms"),
+            # Cores each part used, the median round's (loadtests.cpustats): near the machine's
+            # count a run is CPU-bound; well under it, it waits on its own chain of steps.
+            "pgbench_cores": middle_cores("pgbench_cores"),
+            "cores": middle_cores("cores"),
+            "hot_cores": middle_cores("hot_cores"),
             "non_2xx": sum(
                 n for runs in results for run in runs for s, n in run.statuses.items() if s >= 300
             ),

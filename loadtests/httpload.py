@@ -68,6 +68,8 @@ class LoadResult:
     elapsed_s: float = 0.0
     batch_size_mean: float = 0.0
     wal_sync_ms: float | None = None
+    cores: dict[str, float | None] = field(default_factory=dict)
+    """Cores each part used over the run (loadtests.cpustats), where the benchmark measures it."""
     error_samples: dict[int, bytes] = field(default_factory=dict)
     """One response body per status >= 300, to say what went wrong."""
 

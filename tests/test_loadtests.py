@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from gateway.devkeys import ensure_dev_keys
+from loadtests.cpustats import CpuMeter, postmaster_pid
 from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
 from loadtests.sizing import Capacity, Step, knee, parse_peak, plot_step_load, size
 from loadtests.walstats import WalSyncs, wal_syncs
@@ -219,3 +220,32 @@ async def test_wal_flushes_are_counted_and_timed(postgres):
     mean = (await wal_syncs(dsn)).mean_ms_since(before)
     assert mean is not None and mean > 0
     assert WalSyncs(5, 2.0).mean_ms_since(WalSyncs(5, 1.0)) is None
+
+
+BURN = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+TREE = (
+    "import subprocess, sys\n"
+    f"subprocess.run([sys.executable, '-c', {BURN!r}])\n"
+    "print('reaped', flush=True)\n"
+    "input()"
+)
+
+
+def test_cpu_meter_counts_a_tree_with_its_ended_children(postgres):
+    """bench_ledger's cores: a process tree's CPU includes the children it reaped within the run
+    (pgbench's PostgreSQL backends end with it), and a tree that is gone reads as None."""
+    root = subprocess.Popen(
+        [sys.executable, "-c", TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        meter = CpuMeter({"root": lambda: root.pid, "gone": lambda: None})
+        meter.start()
+        assert root.stdout.readline().strip() == "reaped"  # the burner spent 0.3 s of CPU
+        cores = meter.stop()
+    finally:
+        root.communicate("\n", timeout=30)
+    assert cores["gone"] is None
+    assert cores["root"] is not None and cores["root"] * meter.elapsed_s >= 0.25
+    assert cores["machine"] is not None and cores["machine"] * meter.elapsed_s >= 0.25
+    assert postmaster_pid(postgres.data_dir) is not None
+    assert postmaster_pid(Path("/nonexistent")) is None
