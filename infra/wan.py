@@ -357,6 +357,13 @@ class WanProcess:
         ports = json.loads(line)
         self.links = {name: LinkAddress(name, port) for name, port in ports.items()}
 
+    @property
+    def pid(self) -> int | None:
+        """The proxy's process while it runs (the benchmarks read its CPU time)."""
+        if self._process is None or self._process.poll() is not None:
+            return None
+        return self._process.pid
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()

@@ -22,7 +22,9 @@ The last line is one JSON object: ``rtt_ms``, ``cross_p50_ms``, ``cross_p99_ms``
 ``_max`` over the rounds), ``audit_failures``, and the ``cross_*_ms`` means of BREAKDOWN: where
 a cross-region transfer's time goes, read from the ledgers' own histograms before and after each
 cross-region run, with each region's mean WAL flush over it (``cross_*_wal_sync_ms``: each of
-the three commits of a saga waits for one). The p99s are over every round's requests.
+the three commits of a saga waits for one), and the cores each process used over it
+(``cross_cores_*``, loadtests.cpustats; ``client`` is this process, the load generator). The
+p99s are over every round's requests.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from infra.tls import client_context
 from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
+from loadtests.cpustats import CpuMeter, postmaster_pid
 from loadtests.httpload import LoadResult, bearer_post, median, run_load
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
@@ -201,21 +204,42 @@ async def measure(args, cluster: LocalCluster, token: str) -> dict:
         "ssl_context": client_context(cluster.secrets_dir / "tls" / "dev-ca.pem"),
     }
     dsns = {region: cluster.postgres[region].dsn(f"ledger_{region}") for region in ("eu", "us")}
+    meter = CpuMeter(_process_trees(cluster))
     rounds = []
     for index in range(1, args.rounds + 1):
         before = await _scrape(cluster)
         wal_before = {region: await wal_syncs(dsn) for region, dsn in dsns.items()}
+        meter.start()
         cross = await run_load(make_request=transfers(remote, f"cross{index}"), **common)
+        cores = meter.stop()
         breakdown = _breakdown(before, await _scrape(cluster))
         for region, dsn in dsns.items():
             # Every batch's commit waits for one WAL flush: part of each step's time above.
             breakdown[f"{region}_wal_sync_ms"] = (await wal_syncs(dsn)).mean_ms_since(
                 wal_before[region]
             )
+        # Cores each process used over the run: how near the machine is to its 2 cores.
+        breakdown.update({f"cores_{part}": value for part, value in cores.items()})
         intra = await run_load(make_request=transfers(local, f"intra{index}"), **common)
         rounds.append({"cross": cross, "intra": intra, "breakdown": breakdown})
         print(f"    round {index}: {_round_figures(rtt_ms, rounds[-1])}", flush=True)
     return {"rtt_ms": rtt_ms, "rounds": rounds}
+
+
+def _process_trees(cluster: LocalCluster) -> dict:
+    """The processes whose CPU the cross-region run reports, by part (loadtests.cpustats)."""
+
+    def pid_of(service):
+        return lambda: service.process.pid if service.alive() else None
+
+    trees = {}
+    for region in ("eu", "us"):
+        trees[f"ledger_{region}"] = pid_of(cluster.ledgers[region])
+        trees[f"gateway_{region}"] = pid_of(cluster.gateways[region])
+        data_dir = cluster.postgres[region].data_dir
+        trees[f"postgres_{region}"] = lambda data_dir=data_dir: postmaster_pid(data_dir)
+    trees["wan"] = lambda: cluster.wan.pid
+    return trees
 
 
 def _round_figures(rtt_ms: float, round_: dict) -> dict:
