@@ -37,34 +37,19 @@ from ledger_node.node import LedgerNode
 from ledger_node.operations import CreateTransfer
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.bench_ledger import CURRENCY, REGION, make_players
+from loadtests.cpustats import postmaster_pid, tree_cpu_s
 
 PLAYERS = 2_000
 SIZE_MAX = 512
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int | str) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:  # the process ended meanwhile
-        return None
 
 
 def cluster_cpu_s(cluster: PostgresCluster) -> float:
-    """CPU seconds (user and system) of the cluster's postmaster and of its children so far:
-    the live ones, and through the postmaster's cutime and cstime those it has reaped (a
-    backend or an autovacuum worker that ended between two readings). The postmaster is read
-    last, so a child reaped meanwhile is counted twice at worst, never lost."""
-    postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        fields = _stat(entry) if entry.isdigit() else None
-        if fields is not None and int(fields[1]) == postmaster:
-            ticks += int(fields[11]) + int(fields[12])
-    fields = _stat(postmaster)
-    if fields is not None:
-        ticks += sum(int(field) for field in fields[11:15])
-    return ticks / CLOCK_TICKS_PER_S
+    """CPU seconds so far of the cluster's postmaster and its children, the ones it has reaped
+    included (a backend or an autovacuum worker that ended between two readings)."""
+    seconds = tree_cpu_s(postmaster_pid(cluster.data_dir))
+    if seconds is None:
+        raise RuntimeError(f"no running postmaster in {cluster.data_dir}")
+    return seconds
 
 
 async def measure(cluster: PostgresCluster, dsn: str, sizes: list[int], rounds: int) -> dict:

@@ -34,7 +34,9 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def _tree_ticks(root: int) -> int | None:
-    """CPU ticks of root and its live descendants, with every reaped child's included."""
+    """CPU ticks of root and its live descendants, with every reaped child's included. The
+    processes with children are read again after the rest, so a child reaped meanwhile is
+    counted twice at worst (as itself, then in its parent's cutime), never lost."""
     children: dict[int, list[int]] = {}
     times: dict[int, int] = {}
     for entry in PROC.iterdir():
@@ -48,12 +50,23 @@ def _tree_ticks(root: int) -> int | None:
         times[int(entry.name)] = sum(int(value) for value in fields[11:15])
     if root not in times:
         return None
-    total, stack = 0, [root]
+    members, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += times.get(pid, 0)
+        members.append(pid)
         stack.extend(children.get(pid, ()))
-    return total
+    for pid in reversed(members):  # parents after their children
+        if pid in children:
+            fields = _stat_fields(pid)
+            if fields is not None:
+                times[pid] = sum(int(value) for value in fields[11:15])
+    return sum(times.get(pid, 0) for pid in members)
+
+
+def tree_cpu_s(root: int | None) -> float | None:
+    """CPU seconds so far of the process tree under root (None if there is no such process)."""
+    ticks = None if root is None else _tree_ticks(root)
+    return None if ticks is None else ticks / _TICKS_PER_S
 
 
 def _machine_busy_ticks() -> int | None:
