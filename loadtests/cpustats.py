@@ -33,39 +33,44 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text.rpartition(")")[2].split()
 
 
-def _tree_ticks(root: int) -> int | None:
-    """CPU ticks of root and its live descendants, with every reaped child's included. The
-    processes with children are read again after the rest, so a child reaped meanwhile is
-    counted twice at worst (as itself, then in its parent's cutime), never lost."""
+def _processes() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Every process's children, and its CPU ticks with those of its reaped children."""
     children: dict[int, list[int]] = {}
-    times: dict[int, int] = {}
+    ticks: dict[int, int] = {}
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
         fields = _stat_fields(int(entry.name))
-        if fields is None:
+        if fields is None:  # it ended meanwhile
             continue
         # After the name: state, ppid, ..., utime (12th), stime, cutime, cstime.
         children.setdefault(int(fields[1]), []).append(int(entry.name))
-        times[int(entry.name)] = sum(int(value) for value in fields[11:15])
-    if root not in times:
+        ticks[int(entry.name)] = sum(int(value) for value in fields[11:15])
+    return children, ticks
+
+
+def _tree_ticks(root: int, processes: tuple[dict[int, list[int]], dict[int, int]]) -> int | None:
+    """CPU ticks of root and its live descendants, with every reaped child's included. The
+    processes with children are read again after the rest, so a child reaped meanwhile is
+    counted twice at worst (as itself, then in its parent's cutime), never lost."""
+    children, ticks = processes
+    if root not in ticks:
         return None
     members, stack = [], [root]
     while stack:
         pid = stack.pop()
         members.append(pid)
         stack.extend(children.get(pid, ()))
+    total = 0
     for pid in reversed(members):  # parents after their children
-        if pid in children:
-            fields = _stat_fields(pid)
-            if fields is not None:
-                times[pid] = sum(int(value) for value in fields[11:15])
-    return sum(times.get(pid, 0) for pid in members)
+        fields = _stat_fields(pid) if pid in children else None
+        total += sum(int(value) for value in fields[11:15]) if fields else ticks[pid]
+    return total
 
 
 def tree_cpu_s(root: int | None) -> float | None:
     """CPU seconds so far of the process tree under root (None if there is no such process)."""
-    ticks = None if root is None else _tree_ticks(root)
+    ticks = None if root is None else _tree_ticks(root, _processes())
     return None if ticks is None else ticks / _TICKS_PER_S
 
 
@@ -97,26 +102,28 @@ def postmaster_pid(data_dir: Path) -> int | None:
 class CpuMeter:
     """Cores used between start() and stop(), by the machine, by the client (this process, or
     with client_is_child the children it reaped meanwhile), and by each named process tree. A
-    tree is given by a function returning its root's pid (or None), read at both ends, so a
-    restarted process is not mistaken for the same one."""
+    tree is given by a function returning its root's pid (or None); a tree whose root is not the
+    same process at both ends (it restarted) reads as None, as does one that is gone."""
 
     def __init__(
         self, trees: Mapping[str, Callable[[], int | None]], *, client_is_child: bool = False
     ) -> None:
         self._trees = dict(trees)
         self._client_is_child = client_is_child
-        self._start: dict[str, int | None] = {}
+        self._start: dict[str, tuple[int | None, int | None]] = {}
         self._started_at = 0.0
         self.elapsed_s = 0.0
 
-    def _read(self) -> dict[str, int | None]:
-        readings: dict[str, int | None] = {
-            "machine": _machine_busy_ticks(),
-            "client": _own_ticks(self._client_is_child),
+    def _read(self) -> dict[str, tuple[int | None, int | None]]:
+        """Per part, (the root's pid, or None for the machine and the client; its ticks)."""
+        readings: dict[str, tuple[int | None, int | None]] = {
+            "machine": (None, _machine_busy_ticks()),
+            "client": (None, _own_ticks(self._client_is_child)),
         }
+        processes = _processes() if self._trees else ({}, {})
         for name, root in self._trees.items():
             pid = root()
-            readings[name] = None if pid is None else _tree_ticks(pid)
+            readings[name] = (pid, None if pid is None else _tree_ticks(pid, processes))
         return readings
 
     def start(self) -> None:
@@ -127,10 +134,10 @@ class CpuMeter:
         elapsed_s = self.elapsed_s = time.monotonic() - self._started_at
         end = self._read()
         cores: dict[str, float | None] = {}
-        for name, before in self._start.items():
-            after = end.get(name)
-            if before is None or after is None or elapsed_s <= 0 or after < before:
+        for name, (pid, before) in self._start.items():
+            end_pid, after = end.get(name, (None, None))
+            if before is None or after is None or end_pid != pid or elapsed_s <= 0:
                 cores[name] = None
             else:
-                cores[name] = round((after - before) / _TICKS_PER_S / elapsed_s, 2)
+                cores[name] = round(max(0, after - before) / _TICKS_PER_S / elapsed_s, 2)
         return cores

@@ -233,18 +233,22 @@ TREE = (
 
 def test_cpu_meter_counts_a_tree_with_its_ended_children(postgres):
     """bench_ledger's cores: a process tree's CPU includes the children it reaped within the run
-    (pgbench's PostgreSQL backends end with it), and a tree that is gone reads as None."""
+    (pgbench's PostgreSQL backends end with it); a tree that is gone, or whose root is another
+    process at the end (a restart), reads as None."""
     root = subprocess.Popen(
         [sys.executable, "-c", TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        meter = CpuMeter({"root": lambda: root.pid, "gone": lambda: None})
+        roots = iter([root.pid, os.getpid()])
+        meter = CpuMeter(
+            {"root": lambda: root.pid, "gone": lambda: None, "restarted": lambda: next(roots)}
+        )
         meter.start()
         assert root.stdout.readline().strip() == "reaped"  # the burner spent 0.3 s of CPU
         cores = meter.stop()
     finally:
         root.communicate("\n", timeout=30)
-    assert cores["gone"] is None
+    assert cores["gone"] is None and cores["restarted"] is None
     assert cores["root"] is not None and cores["root"] * meter.elapsed_s >= 0.25
     assert cores["machine"] is not None and cores["machine"] * meter.elapsed_s >= 0.25
     assert postmaster_pid(postgres.data_dir) is not None
