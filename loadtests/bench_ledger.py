@@ -21,9 +21,9 @@ both sides pay on every commit, and the cores each part used (``*cores``, loadte
 The two sides are bound differently: pgbench's 32 sessions can keep both cores busy, while the
 ledger's batches go one after another (lock and read, decide, write and commit), so its run
 leaves part of the machine idle and a slower CPU lengthens every step of that chain. That is
-how the same ledger code gave a ratio of 1.45 one day and 0.81 on another (2026-11-27: pgbench 2.0
-cores, the ledger's runs 1.4). The last line printed is one JSON object: the medians, each
-round's figures under ``per_round``, and latency percentiles over all rounds.
+how the same ledger code gave a ratio of 1.45 one day and 0.81 on another (2026-11-27:
+pgbench 2.0 cores, the ledger's runs 1.4). The last line printed is one JSON object: the
+medians, each round's figures under ``per_round``, and latency percentiles over all rounds.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def round_figures(
     pgbench_tps: float,
     pgbench_wal_sync_ms: float | None,
     runs: list,
-    pgbench_cores: dict[str, float | None] | None = None,
+    pgbench_cores: dict[str, float | None],
 ) -> dict:
     """One round: pgbench, then the ledger's runs, with the round's own ratios."""
     uniform, hot = runs[0], runs[1]
@@ -184,7 +184,7 @@ def round_figures(
         "pgbench_wal_sync_ms": pgbench_wal_sync_ms,
         "wal_sync_ms": uniform.wal_sync_ms,
         "hot_wal_sync_ms": hot.wal_sync_ms,
-        "pgbench_cores": pgbench_cores or {},
+        "pgbench_cores": pgbench_cores,
         "cores": uniform.cores,
         "hot_cores": hot.cores,
     }
@@ -206,7 +206,7 @@ async def ledger_runs(
     seconds: int,
     with_bets: bool,
     round_index: int,
-    postgres_pid: Callable[[], int | None] = lambda: None,
+    postgres_pid: Callable[[], int | None],
 ) -> list[LoadResult]:
     key = keyring.signing_key
     rng = random.Random(round_index)
