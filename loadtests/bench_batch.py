@@ -37,7 +37,7 @@ from ledger_node.node import LedgerNode
 from ledger_node.operations import CreateTransfer
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.bench_ledger import CURRENCY, REGION, make_players
-from loadtests.cpustats import postmaster_pid, tree_cpu_s
+from loadtests.cpustats import tree_cpu_s
 
 PLAYERS = 2_000
 SIZE_MAX = 512
@@ -46,7 +46,7 @@ SIZE_MAX = 512
 def cluster_cpu_s(cluster: PostgresCluster) -> float:
     """CPU seconds so far of the cluster's postmaster and its children, the ones it has reaped
     included (a backend or an autovacuum worker that ended between two readings)."""
-    seconds = tree_cpu_s(postmaster_pid(cluster.data_dir))
+    seconds = tree_cpu_s(cluster.pid)
     if seconds is None:
         raise RuntimeError(f"no running postmaster in {cluster.data_dir}")
     return seconds

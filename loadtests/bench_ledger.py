@@ -52,7 +52,7 @@ from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
-from loadtests.cpustats import CpuMeter, postmaster_pid
+from loadtests.cpustats import CpuMeter
 from loadtests.httpload import LoadResult, median, run_load, signed_post
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
@@ -96,7 +96,7 @@ def run_pgbench(
     """pgbench's tps, and the cores it and PostgreSQL used meanwhile."""
     pgbench, dsn_args = _pgbench_args(cluster)
     threads = min(clients, os.cpu_count() or 1)
-    meter = CpuMeter({"postgres": lambda: postmaster_pid(cluster.data_dir)}, client_is_child=True)
+    meter = CpuMeter({"postgres": lambda: cluster.pid}, client_is_child=True)
     meter.start()
     output = subprocess.run(
         [pgbench, "-c", str(clients), "-j", str(threads), "-T", str(seconds), *dsn_args, "pgbench"],
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.seconds,
                     args.bets,
                     index,
-                    lambda: postmaster_pid(cluster.data_dir),
+                    lambda: cluster.pid,
                 )
             )
             rounds.append(round_figures(pgbench_tps, pgbench_wal_sync_ms, runs, pgbench_cores))

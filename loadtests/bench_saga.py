@@ -50,7 +50,7 @@ from infra.tls import client_context
 from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
-from loadtests.cpustats import CpuMeter, postmaster_pid
+from loadtests.cpustats import CpuMeter
 from loadtests.httpload import LoadResult, bearer_post, median, run_load
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
@@ -236,8 +236,7 @@ def _process_trees(cluster: LocalCluster) -> dict:
     for region in ("eu", "us"):
         trees[f"ledger_{region}"] = pid_of(cluster.ledgers[region])
         trees[f"gateway_{region}"] = pid_of(cluster.gateways[region])
-        data_dir = cluster.postgres[region].data_dir
-        trees[f"postgres_{region}"] = lambda data_dir=data_dir: postmaster_pid(data_dir)
+        trees[f"postgres_{region}"] = lambda postgres=cluster.postgres[region]: postgres.pid
     trees["wan"] = lambda: cluster.wan.pid
     return trees
 

@@ -91,14 +91,6 @@ def _own_ticks(children: bool) -> int:
     return round((times.user + times.system) * _TICKS_PER_S)
 
 
-def postmaster_pid(data_dir: Path) -> int | None:
-    """The running cluster's postmaster, from the first line of its postmaster.pid."""
-    try:
-        return int((data_dir / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class CpuMeter:
     """Cores used between start() and stop(), by the machine, by the client (this process, or
     with client_is_child the children it reaped meanwhile), and by each named process tree. A

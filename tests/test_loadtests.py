@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 
 from gateway.devkeys import ensure_dev_keys
-from loadtests.cpustats import CpuMeter, postmaster_pid
+from infra.services import PostgresCluster
+from loadtests.cpustats import CpuMeter
 from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
 from loadtests.sizing import Capacity, Step, knee, parse_peak, plot_step_load, size
 from loadtests.walstats import WalSyncs, wal_syncs
@@ -251,5 +252,5 @@ def test_cpu_meter_counts_a_tree_with_its_ended_children(postgres):
     assert cores["gone"] is None and cores["restarted"] is None
     assert cores["root"] is not None and cores["root"] * meter.elapsed_s >= 0.25
     assert cores["machine"] is not None and cores["machine"] * meter.elapsed_s >= 0.25
-    assert postmaster_pid(postgres.data_dir) is not None
-    assert postmaster_pid(Path("/nonexistent")) is None
+    assert postgres.pid is not None
+    assert PostgresCluster(Path("/nonexistent"), 1).pid is None
