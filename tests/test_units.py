@@ -259,7 +259,7 @@ async def test_migration_5_keeps_a_populated_ledger_whole(fresh_dsn):
                 status_code, body) VALUES ('k-1', '\\x00', 'bet', 'ok', 'eu-t-1', 201, '\\x7b7d');
             """
         )
-        assert await apply_migrations(connection) == [5]
+        assert await apply_migrations(connection) == [m.version for m in load_migrations()[4:]]
         counts = await connection.fetchrow(
             "SELECT (SELECT count(*) FROM accounts) AS accounts,"
             " (SELECT count(*) FROM transfers) AS transfers, (SELECT count(*) FROM bets) AS bets,"
