@@ -17,7 +17,9 @@ cluster and node, each round gives its own ratios, and the summary is their medi
 measured seconds apart, and no single round's luck.
 
 Each run also reports its mean WAL flush (``*wal_sync_ms``, loadtests.walstats), the durability
-both sides pay on every commit, and the cores each part used (``*cores``, loadtests.cpustats).
+both sides pay on every commit, the cores each part used (``*cores``, loadtests.cpustats), and
+the mean time of the node's batches and of their phases (``*batch_ms``: lock and read, decide,
+write and commit), from its own histograms (loadtests.promstats).
 The two sides are bound differently: pgbench's 32 sessions can keep both cores busy, while the
 ledger's batches go one after another (lock and read, decide, write and commit), so its run
 leaves part of the machine idle and a slower CPU lengthens every step of that chain. That is
@@ -47,13 +49,19 @@ import asyncpg
 import msgspec
 import uvloop
 
-from infra.local import LedgerProcess, ensure_service_keys, write_ledger_config
+from infra.local import (
+    METRICS_PORT_OFFSET,
+    LedgerProcess,
+    ensure_service_keys,
+    write_ledger_config,
+)
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.cpustats import CpuMeter
 from loadtests.httpload import LoadResult, median, run_load, signed_post
+from loadtests.promstats import Series, means_ms, scrape
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
@@ -165,6 +173,18 @@ def summarise(results: list[LoadResult]) -> dict:
     }
 
 
+def batch_phases(workers: int) -> dict[str, Series]:
+    """A batch's mean time and its phases, from the node's own histograms (every worker's)."""
+    sources = tuple(str(index) for index in range(workers))
+    phase = "regiongate_ledger_batch_phase_seconds"
+    return {
+        "batch": (sources, "regiongate_ledger_batch_seconds", {}),
+        "lock_and_read": (sources, phase, {"phase": "lock_and_read"}),
+        "decide": (sources, phase, {"phase": "decide"}),
+        "write": (sources, phase, {"phase": "write"}),
+    }
+
+
 def round_figures(
     pgbench_tps: float,
     pgbench_wal_sync_ms: float | None,
@@ -187,6 +207,8 @@ def round_figures(
         "pgbench_cores": pgbench_cores,
         "cores": uniform.cores,
         "hot_cores": hot.cores,
+        "batch_ms": uniform.phases_ms,
+        "hot_batch_ms": hot.phases_ms,
     }
     if len(runs) > 2:
         figures["ledger_bet_tps"] = round(runs[2].rps, 1)
@@ -207,8 +229,14 @@ async def ledger_runs(
     with_bets: bool,
     round_index: int,
     postgres_pid: Callable[[], int | None],
+    workers: int,
 ) -> list[LoadResult]:
     key = keyring.signing_key
+    metrics = {
+        str(index): f"http://127.0.0.1:{ledger.port + METRICS_PORT_OFFSET + index}/metrics"
+        for index in range(workers)
+    }
+    phases = batch_phases(workers)
     rng = random.Random(round_index)
     house = house_account_id(REGION, CURRENCY)
     encode = msgspec.json.encode
@@ -269,10 +297,12 @@ async def ledger_runs(
         for make_request in (uniform, hot, bet) if with_bets else (uniform, hot):
             before = (await stats_client.get("/v1/stats")).json()
             wal_before = await wal_syncs(dsn)
+            metrics_before = await scrape(metrics)
             meter = CpuMeter({"node": lambda: ledger.process.pid, "postgres": postgres_pid})
             meter.start()
             result = await run_load(make_request=make_request, **common)
             result.cores = meter.stop()
+            result.phases_ms = means_ms(metrics_before, await scrape(metrics), phases)
             result.wal_sync_ms = (await wal_syncs(dsn)).mean_ms_since(wal_before)
             after = (await stats_client.get("/v1/stats")).json()
             batches = after["batches"] - before["batches"]
@@ -331,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
             service_keys_file=keys_file,
             extra={
                 "workers": args.workers,
+                "metrics_port": port + METRICS_PORT_OFFSET,
                 "batch": {"wait_max_us": args.batch_wait_us, "writers": args.writers},
                 "database": {"dsn": dsn, "pool_size_max": 4},
             },
@@ -363,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.bets,
                     index,
                     lambda: cluster.pid,
+                    args.workers,
                 )
             )
             rounds.append(round_figures(pgbench_tps, pgbench_wal_sync_ms, runs, pgbench_cores))
@@ -387,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         def middle(name: str) -> float | None:
             return median([record[name] for record in rounds])
 
-        def middle_cores(name: str) -> dict[str, float | None]:
+        def middle_parts(name: str) -> dict[str, float | None]:
             parts = {part for record in rounds for part in record[name]}
             return {
                 part: median([record[name].get(part) for record in rounds])
@@ -421,9 +453,12 @@ def main(argv: list[str] | None = None) -> None:
             "hot_wal_sync_ms": middle("hot_wal_sync_ms"),
             # Cores each part used, the median round's (loadtests.cpustats): near the machine's
             # count a run is CPU-bound; well under it, it waits on its own chain of steps.
-            "pgbench_cores": middle_cores("pgbench_cores"),
-            "cores": middle_cores("cores"),
-            "hot_cores": middle_cores("hot_cores"),
+            "pgbench_cores": middle_parts("pgbench_cores"),
+            "cores": middle_parts("cores"),
+            "hot_cores": middle_parts("hot_cores"),
+            # A batch's mean time and phases, the median round's: the writer's chain of steps.
+            "batch_ms": middle_parts("batch_ms"),
+            "hot_batch_ms": middle_parts("hot_batch_ms"),
             "non_2xx": sum(
                 n for runs in results for run in runs for s, n in run.statuses.items() if s >= 300
             ),

@@ -42,7 +42,6 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.devkeys import ensure_dev_keys
 from infra.local import METRICS_PORT_OFFSET, LocalCluster
@@ -52,6 +51,7 @@ from ledger_node.global_audit import audit_regions
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.cpustats import CpuMeter
 from loadtests.httpload import LoadResult, bearer_post, median, run_load
+from loadtests.promstats import Series, means_ms, scrape
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
@@ -102,67 +102,32 @@ async def _rtt_ms(url: str, samples: int = 60) -> float:
     return timings[len(timings) // 2]
 
 
-# Where a cross-region transfer's time goes, from the ledgers' own histograms: (region, metric
-# family, labels that pick the series).
-BREAKDOWN = {
-    "eu_saga_request_ms": ("eu", "regiongate_ledger_request_seconds", {"route": "/v1/sagas"}),
-    "eu_step_call_ms": ("eu", "regiongate_saga_step_call_seconds", {"action": "credit"}),
+# Where a cross-region transfer's time goes, from the ledgers' own histograms (promstats.Series:
+# the region, the metric family, the labels that pick the series).
+BREAKDOWN: dict[str, Series] = {
+    "eu_saga_request_ms": (("eu",), "regiongate_ledger_request_seconds", {"route": "/v1/sagas"}),
+    "eu_step_call_ms": (("eu",), "regiongate_saga_step_call_seconds", {"action": "credit"}),
     "us_step_request_ms": (
-        "us",
+        ("us",),
         "regiongate_ledger_request_seconds",
         {"route": "/v1/saga-steps/{saga_id}/{action}"},
     ),
-    "eu_batch_ms": ("eu", "regiongate_ledger_batch_seconds", {}),
+    "eu_batch_ms": (("eu",), "regiongate_ledger_batch_seconds", {}),
     "eu_batch_lock_and_read_ms": (
-        "eu",
+        ("eu",),
         "regiongate_ledger_batch_phase_seconds",
         {"phase": "lock_and_read"},
     ),
-    "eu_batch_decide_ms": ("eu", "regiongate_ledger_batch_phase_seconds", {"phase": "decide"}),
-    "eu_batch_write_ms": ("eu", "regiongate_ledger_batch_phase_seconds", {"phase": "write"}),
+    "eu_batch_decide_ms": (("eu",), "regiongate_ledger_batch_phase_seconds", {"phase": "decide"}),
+    "eu_batch_write_ms": (("eu",), "regiongate_ledger_batch_phase_seconds", {"phase": "write"}),
 }
 
 
-async def _histogram_totals(session: aiohttp.ClientSession, url: str) -> dict:
-    """(family, sample name, labels) -> value, for every _sum and _count sample at url."""
-    async with session.get(url) as response:
-        text = await response.text()
-    totals = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith(("_sum", "_count")):
-                totals[(family.name, sample.name, tuple(sorted(sample.labels.items())))] = (
-                    sample.value
-                )
-    return totals
-
-
-async def _scrape(cluster: LocalCluster) -> dict:
-    async with aiohttp.ClientSession() as session:
-        return {
-            region: await _histogram_totals(
-                session,
-                f"http://127.0.0.1:{cluster.ledgers[region].port + METRICS_PORT_OFFSET}/metrics",
-            )
-            for region in ("eu", "us")
-        }
-
-
-def _breakdown(before: dict, after: dict) -> dict:
-    """Mean milliseconds per BREAKDOWN entry over the interval between two scrapes."""
-    means = {}
-    for name, (region, family, wanted) in BREAKDOWN.items():
-        sums = counts = 0.0
-        for (fam, sample, labels), value in after[region].items():
-            if fam != family or not set(wanted.items()) <= set(labels):
-                continue
-            delta = value - before[region].get((fam, sample, labels), 0.0)
-            if sample.endswith("_sum"):
-                sums += delta
-            else:
-                counts += delta
-        means[name] = round(1000 * sums / counts, 2) if counts else None
-    return means
+def _metrics_urls(cluster: LocalCluster) -> dict[str, str]:
+    return {
+        region: f"http://127.0.0.1:{cluster.ledgers[region].port + METRICS_PORT_OFFSET}/metrics"
+        for region in ("eu", "us")
+    }
 
 
 async def measure(args, cluster: LocalCluster, token: str) -> dict:
@@ -207,12 +172,12 @@ async def measure(args, cluster: LocalCluster, token: str) -> dict:
     meter = CpuMeter(_process_trees(cluster))
     rounds = []
     for index in range(1, args.rounds + 1):
-        before = await _scrape(cluster)
+        before = await scrape(_metrics_urls(cluster))
         wal_before = {region: await wal_syncs(dsn) for region, dsn in dsns.items()}
         meter.start()
         cross = await run_load(make_request=transfers(remote, f"cross{index}"), **common)
         cores = meter.stop()
-        breakdown = _breakdown(before, await _scrape(cluster))
+        breakdown = means_ms(before, await scrape(_metrics_urls(cluster)), BREAKDOWN)
         for region, dsn in dsns.items():
             # Every batch's commit waits for one WAL flush: part of each step's time above.
             breakdown[f"{region}_wal_sync_ms"] = (await wal_syncs(dsn)).mean_ms_since(

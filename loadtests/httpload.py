@@ -70,6 +70,8 @@ class LoadResult:
     wal_sync_ms: float | None = None
     cores: dict[str, float | None] = field(default_factory=dict)
     """Cores each part used over the run (loadtests.cpustats), where the benchmark measures it."""
+    phases_ms: dict[str, float | None] = field(default_factory=dict)
+    """Mean milliseconds of the service's own histograms over the run (loadtests.promstats)."""
     error_samples: dict[int, bytes] = field(default_factory=dict)
     """One response body per status >= 300, to say what went wrong."""
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gateway.devkeys import ensure_dev_keys
 from infra.services import PostgresCluster
 from loadtests.cpustats import CpuMeter
 from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
+from loadtests.promstats import means_ms, totals_of
 from loadtests.sizing import Capacity, Step, knee, parse_peak, plot_step_load, size
 from loadtests.walstats import WalSyncs, wal_syncs
 from tests.support import assert_eventually, unique
@@ -254,3 +256,29 @@ def test_cpu_meter_counts_a_tree_with_its_ended_children(postgres):
     assert cores["machine"] is not None and cores["machine"] * meter.elapsed_s >= 0.25
     assert postgres.pid is not None
     assert PostgresCluster(Path("/nonexistent"), 1).pid is None
+
+
+def test_histogram_means_add_up_their_sources_and_pick_series_by_label():
+    """The benchmarks' breakdowns (loadtests.promstats): a mean over a run is its change in
+    _sum over its change in _count, added up over the wanted sources (a node's workers), only
+    for the series whose labels match; a series observed nowhere in the run is None."""
+    registries = {source: CollectorRegistry() for source in ("0", "1", "other")}
+    histograms = {
+        source: Histogram("phase_seconds", "a phase", ["phase"], registry=registry)
+        for source, registry in registries.items()
+    }
+
+    def scrape() -> dict:
+        return {source: totals_of(generate_latest(r).decode()) for source, r in registries.items()}
+
+    histograms["0"].labels("write").observe(5.0)  # before the run: not part of its mean
+    before = scrape()
+    histograms["0"].labels("write").observe(0.001)
+    histograms["1"].labels("write").observe(0.003)
+    histograms["1"].labels("decide").observe(0.5)
+    histograms["other"].labels("write").observe(9.0)
+    wanted = {
+        "write": (("0", "1"), "phase_seconds", {"phase": "write"}),
+        "lock": (("0", "1"), "phase_seconds", {"phase": "lock_and_read"}),
+    }
+    assert means_ms(before, scrape(), wanted) == {"write": 2.0, "lock": None}
