@@ -45,6 +45,12 @@ PEER_KEY_ID = "local-peer-1"
 STATE_FILE = "cluster.json"
 
 
+def metrics_url(port: int, worker: int = 0) -> str:
+    """Where the service on port P serves Prometheus metrics: P + METRICS_PORT_OFFSET, plus the
+    worker's index for a service run in several processes."""
+    return f"http://127.0.0.1:{port + METRICS_PORT_OFFSET + worker}/metrics"
+
+
 def ensure_service_keys(path: Path) -> str:
     """The development service keys file, made once with fresh random secrets: the key the
     gateways sign with (first) and the key ledgers sign saga steps with (PEER_KEY_ID; a data dir
@@ -397,7 +403,7 @@ class LocalCluster:
                     "gateway": self.gateway_urls.get(region),
                     "ledger": self.ledgers[region].url,
                     "metrics": [
-                        f"http://127.0.0.1:{port + METRICS_PORT_OFFSET}/metrics"
+                        metrics_url(port)
                         for port in (self.ledgers[region].port, DEFAULT_GATEWAY_PORTS.get(region))
                         if port
                     ],

@@ -53,6 +53,7 @@ from infra.local import (
     METRICS_PORT_OFFSET,
     LedgerProcess,
     ensure_service_keys,
+    metrics_url,
     write_ledger_config,
 )
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
@@ -232,10 +233,7 @@ async def ledger_runs(
     workers: int,
 ) -> list[LoadResult]:
     key = keyring.signing_key
-    metrics = {
-        str(index): f"http://127.0.0.1:{ledger.port + METRICS_PORT_OFFSET + index}/metrics"
-        for index in range(workers)
-    }
+    metrics = {str(index): metrics_url(ledger.port, index) for index in range(workers)}
     phases = batch_phases(workers)
     rng = random.Random(round_index)
     house = house_account_id(REGION, CURRENCY)

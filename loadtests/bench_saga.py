@@ -44,7 +44,7 @@ import msgspec
 import uvloop
 
 from gateway.devkeys import ensure_dev_keys
-from infra.local import METRICS_PORT_OFFSET, LocalCluster
+from infra.local import LocalCluster, metrics_url
 from infra.tls import client_context
 from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
@@ -124,10 +124,7 @@ BREAKDOWN: dict[str, Series] = {
 
 
 def _metrics_urls(cluster: LocalCluster) -> dict[str, str]:
-    return {
-        region: f"http://127.0.0.1:{cluster.ledgers[region].port + METRICS_PORT_OFFSET}/metrics"
-        for region in ("eu", "us")
-    }
+    return {region: metrics_url(cluster.ledgers[region].port) for region in ("eu", "us")}
 
 
 async def measure(args, cluster: LocalCluster, token: str) -> dict:
