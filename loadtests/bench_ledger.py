@@ -24,7 +24,10 @@ The two sides are bound differently: pgbench's 32 sessions can keep both cores b
 ledger's batches go one after another (lock and read, decide, write and commit), so its run
 leaves part of the machine idle and a slower CPU lengthens every step of that chain. That is
 how the same ledger code gave a ratio of 1.45 one day and 0.81 on another (2026-11-27:
-pgbench 2.0 cores, the ledger's runs 1.4). The last line printed is one JSON object: the
+pgbench 2.0 cores, the ledger's runs 1.4). The baseline moves on its own too: two invocations
+minutes apart later that day gave pgbench 6,584-6,881 and 8,613-9,289 tps at the same 1.41-1.45
+PostgreSQL cores, while the ledger held 8,8xx in both, so compare ``ledger_tps`` across runs as
+well as ``ratio``. The last line printed is one JSON object: the
 medians, each round's figures under ``per_round``, and latency percentiles over all rounds.
 """
 
