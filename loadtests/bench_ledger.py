@@ -19,7 +19,11 @@ measured seconds apart, and no single round's luck.
 Each run also reports its mean WAL flush (``*wal_sync_ms``, loadtests.walstats), the durability
 both sides pay on every commit, the cores each part used (``*cores``, loadtests.cpustats), and
 the mean time of the node's batches and of their phases (``*batch_ms``: lock and read, decide,
-write and commit), from its own histograms (loadtests.promstats).
+write and commit), from its own histograms (loadtests.promstats), and the CPU microseconds per
+operation of each part (``*cpu_us``: cores over throughput). ``cpu_ratio`` sets the machine's
+CPU per pgbench transaction beside its CPU per ledger transfer: it is what ``ratio`` would be
+if the ledger's run kept as many cores busy as pgbench's, so the two together say whether a
+shortfall is cost (``cpu_ratio`` low too) or idle cores (``cpu_ratio`` well above ``ratio``).
 The two sides are bound differently: pgbench's 32 sessions can keep both cores busy, while the
 ledger's batches go one after another (lock and read, decide, write and commit), so its run
 leaves part of the machine idle and a slower CPU lengthens every step of that chain. That is
@@ -63,7 +67,7 @@ from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
 from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
-from loadtests.cpustats import CpuMeter
+from loadtests.cpustats import CpuMeter, us_per_operation
 from loadtests.httpload import LoadResult, median, run_load, signed_post
 from loadtests.promstats import Series, means_ms, scrape
 from loadtests.walstats import wal_syncs
@@ -197,6 +201,8 @@ def round_figures(
 ) -> dict:
     """One round: pgbench, then the ledger's runs, with the round's own ratios."""
     uniform, hot = runs[0], runs[1]
+    pgbench_cpu_us = us_per_operation(pgbench_cores, pgbench_tps)
+    cpu_us = us_per_operation(uniform.cores, uniform.rps)
     figures = {
         "pgbench_tps": round(pgbench_tps, 1),
         "ledger_tps": round(uniform.rps, 1),
@@ -211,12 +217,23 @@ def round_figures(
         "pgbench_cores": pgbench_cores,
         "cores": uniform.cores,
         "hot_cores": hot.cores,
+        "pgbench_cpu_us": pgbench_cpu_us,
+        "cpu_us": cpu_us,
+        "hot_cpu_us": us_per_operation(hot.cores, hot.rps),
+        "cpu_ratio": cpu_ratio(pgbench_cpu_us, cpu_us),
         "batch_ms": uniform.phases_ms,
         "hot_batch_ms": hot.phases_ms,
     }
     if len(runs) > 2:
         figures["ledger_bet_tps"] = round(runs[2].rps, 1)
     return figures
+
+
+def cpu_ratio(pgbench_cpu_us: dict, cpu_us: dict) -> float | None:
+    """The machine's CPU per pgbench transaction over its CPU per ledger transfer: the ratio
+    the ledger would reach if its run kept as many cores busy as pgbench's does."""
+    pgbench, ledger = pgbench_cpu_us.get("machine"), cpu_us.get("machine")
+    return round(pgbench / ledger, 3) if pgbench and ledger else None
 
 
 def _percentile_ms(results: list[LoadResult], fraction: float) -> float:
@@ -457,6 +474,13 @@ def main(argv: list[str] | None = None) -> None:
             "pgbench_cores": middle_parts("pgbench_cores"),
             "cores": middle_parts("cores"),
             "hot_cores": middle_parts("hot_cores"),
+            # CPU microseconds per operation (cores over throughput), the median round's, and
+            # the machine's per pgbench transaction over its per transfer: what ratio would be
+            # if the ledger kept both cores as busy as pgbench does.
+            "pgbench_cpu_us": middle_parts("pgbench_cpu_us"),
+            "cpu_us": middle_parts("cpu_us"),
+            "hot_cpu_us": middle_parts("hot_cpu_us"),
+            "cpu_ratio": middle("cpu_ratio"),
             # A batch's mean time and phases, the median round's: the writer's chain of steps.
             "batch_ms": middle_parts("batch_ms"),
             "hot_batch_ms": middle_parts("hot_batch_ms"),

@@ -133,3 +133,16 @@ class CpuMeter:
             else:
                 cores[name] = round(max(0, after - before) / _TICKS_PER_S / elapsed_s, 2)
         return cores
+
+
+def us_per_operation(
+    cores: Mapping[str, float | None], per_second: float
+) -> dict[str, float | None]:
+    """CPU microseconds each part spent per operation: its cores over the throughput. Unlike the
+    throughput, this does not depend on how many of the machine's cores a run kept busy, so set
+    beside pgbench's it says whether the ledger costs more per operation or only leaves cores
+    idle (a figure is None where its cores are, or where nothing was done)."""
+    return {
+        name: None if used is None or per_second <= 0 else round(used * 1e6 / per_second, 1)
+        for name, used in cores.items()
+    }

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gateway.devkeys import ensure_dev_keys
 from infra.services import PostgresCluster
-from loadtests.cpustats import CpuMeter
+from loadtests.bench_ledger import cpu_ratio
+from loadtests.cpustats import CpuMeter, us_per_operation
 from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
 from loadtests.promstats import means_ms, totals_of
 from loadtests.sizing import Capacity, Step, knee, parse_peak, plot_step_load, size
@@ -256,6 +257,17 @@ def test_cpu_meter_counts_a_tree_with_its_ended_children(postgres):
     assert cores["machine"] is not None and cores["machine"] * meter.elapsed_s >= 0.25
     assert postgres.pid is not None
     assert PostgresCluster(Path("/nonexistent"), 1).pid is None
+
+
+def test_cpu_per_operation_is_cores_over_throughput_and_unknown_stays_unknown():
+    """bench_ledger's cpu_us and cpu_ratio: 1.5 cores at 5,000 operations a second is 300 us an
+    operation; a part not measured, or a run that did nothing, gives None, not a number."""
+    per_op = us_per_operation({"machine": 1.5, "node": 0.7, "postgres": None}, 5_000)
+    assert per_op == {"machine": 300.0, "node": 140.0, "postgres": None}
+    assert us_per_operation({"machine": 1.5}, 0) == {"machine": None}
+    # pgbench: 1.9 cores at 3,800 tps (500 us); the ledger 1.5 at 5,000 (300 us).
+    assert cpu_ratio(us_per_operation({"machine": 1.9}, 3_800), per_op) == 1.667
+    assert cpu_ratio({"machine": 500.0}, {"machine": None}) is None
 
 
 def test_histogram_means_add_up_their_sources_and_pick_series_by_label():
