@@ -52,8 +52,15 @@ def ensure_dev_keys(directory: Path) -> DevKeys:
     fd = os.open(keys.private_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
-    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key()))
     keys.jwks_file.write_text(
-        json.dumps({"keys": [{**public, "kid": DEV_KID, "use": "sig", "alg": "ES256"}]}, indent=2)
+        json.dumps({"keys": [public_jwk(private_key.public_key(), DEV_KID)]}, indent=2)
     )
     return keys
+
+
+def public_jwk(public_key: ec.EllipticCurvePublicKey, kid: str) -> dict:
+    """The JWK of an ES256 verification key. RFC 7518 (6.2.1.2) gives each coordinate the
+    curve's full 32 bytes; PyJWT writes them so from 2.10 (pyproject.toml's floor), while 2.8
+    and 2.9 dropped leading zero bytes, and then refused their own JWK of one key in 128."""
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public_key))
+    return {**public, "kid": kid, "use": "sig", "alg": "ES256"}

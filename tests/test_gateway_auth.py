@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.auth import AuthConfig, Authenticator, Scope
+from gateway.devkeys import public_jwk
 from gateway.errors import Forbidden, Unauthenticated
 from tests.support import assert_eventually
 
@@ -26,8 +27,7 @@ def new_key():
 
 
 def jwk(private_key, kid: str) -> dict:
-    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key()))
-    return {**public, "kid": kid, "use": "sig", "alg": "ES256"}
+    return public_jwk(private_key.public_key(), kid)
 
 
 def token(private_key, kid: str | None = "k1", **overrides) -> str:
@@ -81,6 +81,7 @@ def _public_pem(key) -> bytes:
         ("unknown kid", "unknown key"),
         ("wrong audience", "audience"),
         ("wrong issuer", "issuer"),
+        ("a part of the issuer", "issuer"),
         ("alg none", "not accepted"),
         ("hmac with the public key", "not accepted"),
         ("missing exp", "invalid token"),
@@ -100,6 +101,8 @@ def test_bad_tokens_are_refused(keys, case, reason):
         "unknown kid": "Bearer " + token(key, kid="k9"),
         "wrong audience": "Bearer " + token(key, aud="someone-else"),
         "wrong issuer": "Bearer " + token(key, iss="https://evil.test"),
+        # PyJWT 2.10.0 matched a string issuer as a substring (CVE-2024-53861).
+        "a part of the issuer": "Bearer " + token(key, iss="auth.example"),
         "alg none": "Bearer "
         + jwt.encode(
             {"sub": "x", "aud": AUDIENCE, "iss": ISSUER, "exp": now + 60, "iat": now},
@@ -150,6 +153,26 @@ def test_keys_rotate_through_the_key_set_file(keys):
         auth.authenticate("Bearer " + old_token)
     path.write_text("{ half written")
     assert auth.authenticate("Bearer " + token(new, kid="k2")).subject == "player-1"
+
+
+KEYS_TRIED_MAX = 10_000  # one key in 128 has a coordinate below 2**248: none in 10,000 is 1e-34
+
+
+def test_a_key_whose_coordinate_starts_with_a_zero_byte_loads(tmp_path):
+    """The JWK of such a key keeps the coordinate's full 32 bytes, so the gateway accepts it.
+    PyJWT before 2.10 dropped the zero byte and refused the result ("Coords should be 32 bytes
+    for curve P-256"): one `./dev up` in 128 would have made dev keys that no gateway loads."""
+    for _ in range(KEYS_TRIED_MAX):
+        key = new_key()
+        numbers = key.public_key().public_numbers()
+        if min(numbers.x, numbers.y) < 2**248:
+            break
+    else:
+        pytest.fail(f"no key with a short coordinate in {KEYS_TRIED_MAX}")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk(key, "k1")]}))
+    auth = Authenticator(AuthConfig(str(path), AUDIENCE, ISSUER, reload_check_interval_s=0))
+    assert auth.authenticate("Bearer " + token(key)).subject == "player-1"
 
 
 async def test_a_cached_token_still_expires(tmp_path):
