@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 from aiohttp.test_utils import TestServer
+from hypothesis import settings
 
 from infra.services import free_port
 from ledger_node.app import build_app
@@ -28,6 +30,22 @@ CURRENCIES = [
 ]
 HOUSE = f"{REGION}-house-EUR"
 CLEARING = f"{REGION}-clearing-EUR"
+
+
+# Property tests run REGIONGATE_PROPERTY_SCALE times their examples (default 1, at most 1000),
+# and the per-test timeout (120 s, pyproject.toml) scales with them: for a deep run before a
+# release, REGIONGATE_PROPERTY_SCALE=40 ./dev test tests/test_properties.py tests/test_saga_rules.py
+PROPERTY_SCALE_MAX = 1000
+PROPERTY_SCALE = int(os.environ.get("REGIONGATE_PROPERTY_SCALE", "1"))
+if not 1 <= PROPERTY_SCALE <= PROPERTY_SCALE_MAX:
+    raise ValueError(f"REGIONGATE_PROPERTY_SCALE must be in [1, {PROPERTY_SCALE_MAX}]")
+PROPERTY_TIMEOUT_S = 120 * PROPERTY_SCALE
+
+
+def property_settings(examples: int, **options) -> settings:
+    """Hypothesis settings for a property over real services: examples times the scale, and no
+    per-example deadline (a PostgreSQL round trip's time is the machine's, not the property's)."""
+    return settings(max_examples=examples * PROPERTY_SCALE, deadline=None, **options)
 
 
 def ledger_config(dsn: str, region: str = REGION, **overrides) -> LedgerConfig:

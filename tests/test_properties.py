@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from ledger_node import accounts as accounts_module
@@ -32,7 +32,15 @@ from ledger_node.operations import (
     SettleWin,
 )
 from ledger_node.results import Result
-from tests.support import CLEARING, HOUSE, ledger_config, migrated_database, unique
+from tests.support import (
+    CLEARING,
+    HOUSE,
+    PROPERTY_TIMEOUT_S,
+    ledger_config,
+    migrated_database,
+    property_settings,
+    unique,
+)
 
 PLAYERS = 3
 NAMES = [f"p{i}" for i in range(PLAYERS)] + ["house", "clearing"]
@@ -245,7 +253,8 @@ async def _check_against_model(dsn: str, model: Model, players: list[str]) -> No
         assert row["debits_pending"] == model.pending_debits[row["id"]], row["id"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.timeout(PROPERTY_TIMEOUT_S)
+@property_settings(40, suppress_health_check=list(HealthCheck))
 @given(plan=groups)
 def test_ledger_matches_model_and_keeps_invariants(plan, fresh_dsn_for_properties, keyring):
     async def run() -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger_node.decide import decide
@@ -29,6 +30,7 @@ from ledger_node.operations import (
     StartSaga,
 )
 from ledger_node.results import Result
+from tests.support import PROPERTY_TIMEOUT_S, property_settings
 
 TRANSIT_AT_US = transit_account_id("us", "eu", "EUR")
 TRANSIT_AT_EU = transit_account_id("eu", "us", "EUR")
@@ -67,7 +69,8 @@ step_calls = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.timeout(PROPERTY_TIMEOUT_S)
+@property_settings(300)
 @given(calls=step_calls, frozen=st.booleans())
 def test_each_step_id_is_decided_once_and_answered_the_same(calls, frozen):
     payee = _account("us-payee", "player", "frozen" if frozen else "active")
@@ -112,7 +115,8 @@ finishes = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.timeout(PROPERTY_TIMEOUT_S)
+@property_settings(300)
 @given(actions=finishes)
 def test_a_saga_hold_is_resolved_once_and_only_by_its_saga(actions):
     payer = _account("eu-payer", "player", credits=1_000)
