@@ -27,6 +27,7 @@ from region_router.ledger_client import LedgerClient
 from region_router.yaml_directory import write_directory_file
 from tests.support import (
     LIMIT_BURST,
+    PROPERTY_SCALE,
     SAGA_TEST_CONFIG,
     Cluster,
     RegionNode,
@@ -39,6 +40,17 @@ SERVICE_KEYS_TEXT = (
     "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\ntest-peer: " + "c3" * 32 + "\n"
 )
 PEER_KEY_ID = "test-peer"  # what ledgers sign saga steps with
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """In a deep property run (REGIONGATE_PROPERTY_SCALE above 1) every Hypothesis test gets
+    the suite's timeout (pyproject.toml) times the scale, as its examples are (support.py)."""
+    if PROPERTY_SCALE == 1:
+        return
+    timeout_s = float(config.getini("timeout")) * PROPERTY_SCALE
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.timeout(timeout_s))
 
 
 @pytest.fixture(scope="session")

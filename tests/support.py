@@ -33,13 +33,12 @@ CLEARING = f"{REGION}-clearing-EUR"
 
 
 # Property tests run REGIONGATE_PROPERTY_SCALE times their examples (default 1, at most 1000),
-# and the per-test timeout (120 s, pyproject.toml) scales with them: for a deep run before a
-# release, REGIONGATE_PROPERTY_SCALE=40 ./dev test tests/test_properties.py tests/test_saga_rules.py
+# and their timeout scales with them (conftest.py): for a deep run before a release,
+# REGIONGATE_PROPERTY_SCALE=40 ./dev test tests/test_properties.py tests/test_saga_rules.py
 PROPERTY_SCALE_MAX = 1000
 PROPERTY_SCALE = int(os.environ.get("REGIONGATE_PROPERTY_SCALE", "1"))
 if not 1 <= PROPERTY_SCALE <= PROPERTY_SCALE_MAX:
     raise ValueError(f"REGIONGATE_PROPERTY_SCALE must be in [1, {PROPERTY_SCALE_MAX}]")
-PROPERTY_TIMEOUT_S = 120 * PROPERTY_SCALE
 
 
 def property_settings(examples: int, **options) -> settings:

@@ -35,7 +35,6 @@ from ledger_node.results import Result
 from tests.support import (
     CLEARING,
     HOUSE,
-    PROPERTY_TIMEOUT_S,
     ledger_config,
     migrated_database,
     property_settings,
@@ -253,7 +252,6 @@ async def _check_against_model(dsn: str, model: Model, players: list[str]) -> No
         assert row["debits_pending"] == model.pending_debits[row["id"]], row["id"]
 
 
-@pytest.mark.timeout(PROPERTY_TIMEOUT_S)
 @property_settings(40, suppress_health_check=list(HealthCheck))
 @given(plan=groups)
 def test_ledger_matches_model_and_keeps_invariants(plan, fresh_dsn_for_properties, keyring):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,7 +29,7 @@ from ledger_node.operations import (
     StartSaga,
 )
 from ledger_node.results import Result
-from tests.support import PROPERTY_TIMEOUT_S, property_settings
+from tests.support import property_settings
 
 TRANSIT_AT_US = transit_account_id("us", "eu", "EUR")
 TRANSIT_AT_EU = transit_account_id("eu", "us", "EUR")
@@ -69,7 +68,6 @@ step_calls = st.lists(
 )
 
 
-@pytest.mark.timeout(PROPERTY_TIMEOUT_S)
 @property_settings(300)
 @given(calls=step_calls, frozen=st.booleans())
 def test_each_step_id_is_decided_once_and_answered_the_same(calls, frozen):
@@ -115,7 +113,6 @@ finishes = st.lists(
 )
 
 
-@pytest.mark.timeout(PROPERTY_TIMEOUT_S)
 @property_settings(300)
 @given(actions=finishes)
 def test_a_saga_hold_is_resolved_once_and_only_by_its_saga(actions):
