@@ -25,6 +25,7 @@ from ledger_node.migrations import apply_migrations, load_migrations
 from ledger_node.results import PROBLEMS, Result
 from ledger_node.service_auth import ServiceKey, ServiceKeyring, sign, verify
 from ledger_node.store import sql_literal
+from tests.support import property_settings
 
 BASE = {
     "region": "eu",
@@ -137,6 +138,7 @@ def test_ids_never_repeat_their_random_bits_across_blocks_or_a_fork():
     assert not {i[10:] for i in in_child} & {i[10:] for i in in_parent}
 
 
+@property_settings(100)  # Hypothesis's own default count, scaled in a deep run
 @given(value=st.integers(min_value=0, max_value=2**128 - 1))
 def test_ulid_letters_are_rfc_4648_base32_in_crockfords_alphabet(value):
     """The table encoding gives exactly what the standard library's base32 gives, so ids made
