@@ -1,5 +1,11 @@
 """Run a ledger node: uvloop, JSON logs, graceful stop on SIGTERM/SIGINT, and ``workers``
-processes sharing the port through SO_REUSEPORT (each with its own batcher)."""
+processes sharing the port through SO_REUSEPORT (each with its own batcher).
+
+One batching process fed by HTTP worker processes over a unix socket was measured on 2 cores
+(2026-11-28, a prototype with two HTTP processes): 4,640 and 4,890 transfers/s against 5,170
+to 5,520 for one process, at more machine CPU per transfer (295 to 311 µs against 246 to 252)
+and with batches hardly shorter (2.8 to 2.9 ms against 2.9 to 3.1). A batch waits on its own
+chain of database work more than on the HTTP handlers that share its process."""
 
 from __future__ import annotations
 
