@@ -69,10 +69,8 @@ from ledger_node.ids import clearing_account_id, house_account_id
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.cpustats import CpuMeter, us_per_operation
 from loadtests.httpload import LoadResult, median, run_load, signed_post
-from loadtests.promstats import Series, means_ms, scrape
+from loadtests.promstats import Series, means, means_ms, scrape
 from loadtests.walstats import wal_syncs
-from region_router.http_pool import HttpPool
-from region_router.ledger_client import LedgerClient
 
 REGION = "eu"
 CURRENCY = "EUR"
@@ -181,11 +179,11 @@ def summarise(results: list[LoadResult]) -> dict:
     }
 
 
-def batch_phases(workers: int) -> dict[str, Series]:
-    """A batch's mean time and its phases, from the node's own histograms (every worker's)."""
+def batch_series(workers: int) -> tuple[Series, dict[str, Series]]:
+    """The node's own histograms, every worker's: a batch's size, and its time and phases."""
     sources = tuple(str(index) for index in range(workers))
     phase = "regiongate_ledger_batch_phase_seconds"
-    return {
+    return (sources, "regiongate_ledger_batch_size", {}), {
         "batch": (sources, "regiongate_ledger_batch_seconds", {}),
         "lock_and_read": (sources, phase, {"phase": "lock_and_read"}),
         "decide": (sources, phase, {"phase": "decide"}),
@@ -254,7 +252,7 @@ async def ledger_runs(
 ) -> list[LoadResult]:
     key = keyring.signing_key
     metrics = {str(index): metrics_url(ledger.port, index) for index in range(workers)}
-    phases = batch_phases(workers)
+    size, phases = batch_series(workers)
     rng = random.Random(round_index)
     house = house_account_id(REGION, CURRENCY)
     encode = msgspec.json.encode
@@ -309,25 +307,20 @@ async def ledger_runs(
         "seconds": seconds,
         "warmup_s": warmup_s,
     }
-    async with HttpPool() as pool:
-        stats_client = LedgerClient(ledger.url, key, pool)
-        results = []
-        for make_request in (uniform, hot, bet) if with_bets else (uniform, hot):
-            before = (await stats_client.get("/v1/stats")).json()
-            wal_before = await wal_syncs(dsn)
-            metrics_before = await scrape(metrics)
-            meter = CpuMeter({"node": lambda: ledger.process.pid, "postgres": postgres_pid})
-            meter.start()
-            result = await run_load(make_request=make_request, **common)
-            result.cores = meter.stop()
-            result.phases_ms = means_ms(metrics_before, await scrape(metrics), phases)
-            result.wal_sync_ms = (await wal_syncs(dsn)).mean_ms_since(wal_before)
-            after = (await stats_client.get("/v1/stats")).json()
-            batches = after["batches"] - before["batches"]
-            result.batch_size_mean = (
-                (after["operations"] - before["operations"]) / batches if batches else 0.0
-            )
-            results.append(result)
+    results = []
+    for make_request in (uniform, hot, bet) if with_bets else (uniform, hot):
+        wal_before = await wal_syncs(dsn)
+        metrics_before = await scrape(metrics)
+        meter = CpuMeter({"node": lambda: ledger.process.pid, "postgres": postgres_pid})
+        meter.start()
+        result = await run_load(make_request=make_request, **common)
+        result.cores = meter.stop()
+        metrics_after = await scrape(metrics)
+        result.phases_ms = means_ms(metrics_before, metrics_after, phases)
+        # From every worker's histogram: /v1/stats would answer for the one worker it reached.
+        result.batch_size_mean = means(metrics_before, metrics_after, {"size": size})["size"] or 0.0
+        result.wal_sync_ms = (await wal_syncs(dsn)).mean_ms_since(wal_before)
+        results.append(result)
     return results
 
 

@@ -48,8 +48,19 @@ async def scrape(urls: dict[str, str]) -> dict[str, Totals]:
 def means_ms(
     before: dict[str, Totals], after: dict[str, Totals], wanted: dict[str, Series]
 ) -> dict[str, float | None]:
-    """Mean milliseconds of each wanted series between two scrapes; None where none observed."""
-    means: dict[str, float | None] = {}
+    """Mean milliseconds of each wanted series (of seconds) between two scrapes."""
+    return means(before, after, wanted, scale=1000)
+
+
+def means(
+    before: dict[str, Totals],
+    after: dict[str, Totals],
+    wanted: dict[str, Series],
+    *,
+    scale: float = 1.0,
+) -> dict[str, float | None]:
+    """Mean of each wanted series between two scrapes, times scale; None where none observed."""
+    result: dict[str, float | None] = {}
     for name, (sources, family, labels) in wanted.items():
         sums = counts = 0.0
         for source in sources:
@@ -61,5 +72,5 @@ def means_ms(
                     sums += delta
                 else:
                     counts += delta
-        means[name] = round(1000 * sums / counts, 3) if counts else None
-    return means
+        result[name] = round(scale * sums / counts, 3) if counts else None
+    return result

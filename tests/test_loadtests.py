@@ -22,7 +22,7 @@ from infra.services import PostgresCluster
 from loadtests.bench_ledger import cpu_ratio
 from loadtests.cpustats import CpuMeter, us_per_operation
 from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
-from loadtests.promstats import means_ms, totals_of
+from loadtests.promstats import means, means_ms, totals_of
 from loadtests.sizing import Capacity, Step, knee, parse_peak, plot_step_load, size
 from loadtests.walstats import WalSyncs, wal_syncs
 from tests.support import assert_eventually, unique
@@ -294,3 +294,5 @@ def test_histogram_means_add_up_their_sources_and_pick_series_by_label():
         "lock": (("0", "1"), "phase_seconds", {"phase": "lock_and_read"}),
     }
     assert means_ms(before, scrape(), wanted) == {"write": 2.0, "lock": None}
+    # A histogram of counts (a batch's size) keeps its own unit.
+    assert means(before, scrape(), wanted) == {"write": 0.002, "lock": None}
