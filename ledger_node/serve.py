@@ -10,9 +10,9 @@ chain of database work more than on the HTTP handlers that share its process.
 Nor does a thread of its own, in the same process, help (2026-11-28, a prototype: the batch
 writer on a second uvloop loop in a thread, with its own connection, handing each batch's
 outcomes back in one thread-safe call): ``bench_ledger --seconds 8 --rounds 2`` gave ratio 0.81
-(with sys.setswitchinterval at 0.5 ms) and 0.72 (at its default), against 1.00 in one thread
-between them, the node's CPU per transfer 246 to 273 us against 200: the two threads take turns
-on the GIL, so the handoffs are added to the same CPU."""
+(with sys.setswitchinterval at 0.5 ms) and 0.72 (at its default), against 1.00 for one thread
+in a run between the two; the node's CPU per transfer was 246 to 273 µs against 200. The two
+threads take turns on the GIL, so the handoffs are added to the same CPU."""
 
 from __future__ import annotations
 

@@ -25,16 +25,18 @@ were all remembered was decided first, then sent as one message: a call that loc
 accounts in id order and checked every row against the state decided on (any change, or an
 existing key or bet reference, aborted it before the COMMIT and the batch ran again this way),
 then the write and COMMIT. Two thirds of uniform batches and 99 % of hot ones took it, yet the
-batch did not get shorter: the wait moved from the lock-and-read into the write (hot batch
-4.33 ms read first, 4.40 ms in one message; its write 2.46 -> 3.78 ms): under load a reply
-waits for the node's busy event loop either way, and unloaded a round trip is a small part of a
-batch, most of which is the server's and the writer's CPU. ``bench_ledger --seconds 8
---rounds 2``: 3,076 and 3,708 transfers/s reading first, 2,990 and 3,388 in one message
-(pgbench 3,313 and 3,045).
-``bench_batch --sizes 1,16,32``, two pairs: a batch of 16 took 4.34 and 3.95 ms reading first,
-4.07 and 4.48 ms in one message, and PostgreSQL's CPU per transfer did not move (163 and 153
-against 159 and 170 us): the check locks and reads what the read did. A cache on the money path
-is not worth carrying for that.
+batch did not get shorter. Under load the wait moved from the lock-and-read into the write (hot
+batch 4.33 ms read first, 4.40 ms in one message; its write 2.46 -> 3.78 ms), since a reply
+waits for the node's busy event loop either way; unloaded, a round trip is a small part of a
+batch, most of which is the server's and the writer's CPU.
+
+- ``bench_ledger --seconds 8 --rounds 2``: 3,076 and 3,708 transfers/s read first, 2,990 and
+  3,388 in one message (pgbench 3,313 and 3,045).
+- ``bench_batch --sizes 1,16,32``, two pairs: a batch of 16 took 4.34 and 3.95 ms read first,
+  4.07 and 4.48 ms in one message; PostgreSQL's CPU per transfer did not move (163 and 153 µs
+  against 159 and 170 µs), since the check locks and reads what the read did.
+
+A cache on the money path is not worth carrying for that.
 
 Each UPDATE in the write names its rows twice: joined to the JSON rows, and as ``id = ANY`` of
 their ids. The planner guesses a hundred rows for any ``json_to_recordset``, so with the join
