@@ -10,14 +10,15 @@ A batch makes two round trips, because under load each costs far more than the s
 0.1 ms of the server's time): (1) one prepared call of ``regiongate_lock_and_read`` (migration
 0004), which locks the accounts in id order and then reads, in a statement of its own and so
 with a fresh snapshot, the locked accounts, the keys, the holds, the bet references, the sagas
-and the saga steps; (2) every write in one statement of data-modifying CTEs over JSON row sets,
-which checks its own row counts, then ``COMMIT`` and the next batch's ``BEGIN``, in one
-simple-protocol message. The batch's transaction is thus open before the batch is even formed
-(an empty transaction: no snapshot, no locks), and a connection that goes back to the pool has
-it rolled back. The write is a server-side prepared statement (``PREPARE``, once per
-connection), so the message carries only ``EXECUTE`` and its quoted arguments: sending the
-statement's text itself was measured slower, since the server then parsed and planned it each
-time. If the write fails, PostgreSQL skips the rest of the message, so the COMMIT never runs.
+and the saga steps; (2) every write in one statement of data-modifying CTEs over the batch's
+row sets (the bulk as one array per column, the rare sets as JSON), which checks its own row
+counts, then ``COMMIT`` and the next batch's ``BEGIN``, in one simple-protocol message. The
+batch's transaction is thus open before the batch is even formed (an empty transaction: no
+snapshot, no locks), and a connection that goes back to the pool has it rolled back. The write
+is a server-side prepared statement (``PREPARE``, once per connection), so the message carries
+only ``EXECUTE`` and its quoted arguments: sending the statement's text itself was measured
+slower, since the server then parsed and planned it each time. If the write fails, PostgreSQL
+skips the rest of the message, so the COMMIT never runs.
 
 One round trip was measured too (2026-11-28), and is not kept. The writer remembered the
 committed state of the accounts it had locked; a batch of transfers, bets and wins whose accounts
@@ -38,15 +39,16 @@ batch, most of which is the server's and the writer's CPU.
 
 A cache on the money path is not worth carrying for that.
 
-Each UPDATE in the write names its rows twice: joined to the JSON rows, and as ``id = ANY`` of
-their ids. The planner guesses a hundred rows for any ``json_to_recordset``, so with the join
-alone it hashed the batch's rows and scanned every account to probe them: a fixed cost per batch
-that grew with the number of accounts (0.2 ms of PostgreSQL's CPU per 2,000). The ``ANY`` gives it
-an index condition instead (tests/test_batch_sql.py pins the plan's shape).
+Each UPDATE in the write names its rows twice: joined to the batch's rows, and as ``id = ANY`` of
+their ids. The planner guesses a hundred rows for any ``unnest`` or ``json_to_recordset``, so
+with the join alone it hashed the batch's rows and scanned every account to probe them: a fixed
+cost per batch that grew with the number of accounts (0.2 ms of PostgreSQL's CPU per 2,000). The
+``ANY`` gives it an index condition instead (tests/test_batch_sql.py pins the plan's shape).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -80,34 +82,35 @@ WITH new_transfers AS (
     SELECT id, kind, flow, status, pending_id, debit_account_id, credit_account_id, amount,
            currency, timeout_at, reference, round_id, metadata, $1::timestamptz,
            dpa, ddpa, dcpa, dva, cpa, cdpa, ccpa, cva
-    FROM json_to_recordset($2::json) AS r(
-        id text, kind text, flow text, status text, pending_id text, debit_account_id text,
-        credit_account_id text, amount bigint, currency text, timeout_at timestamptz,
-        reference text, round_id text, metadata jsonb, dpa bigint, ddpa bigint, dcpa bigint,
-        dva bigint, cpa bigint, cdpa bigint, ccpa bigint, cva bigint)
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::text[], $9::bigint[], $10::text[], $11::timestamptz[], $12::text[],
+                $13::text[], $14::jsonb[], $15::bigint[], $16::bigint[], $17::bigint[],
+                $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[])
+      AS r(id, kind, flow, status, pending_id, debit_account_id, credit_account_id, amount,
+           currency, timeout_at, reference, round_id, metadata, dpa, ddpa, dcpa, dva, cpa, cdpa,
+           ccpa, cva)
     RETURNING debit_account_id, credit_account_id, pending_id
 ), changed_accounts AS (
     UPDATE accounts a
     SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dpe,
         credits_pending = u.cpe, version = u.v
-    FROM json_to_recordset($3::json)
-      AS u(id text, dp bigint, cp bigint, dpe bigint, cpe bigint, v bigint)
-    WHERE a.id = u.id
-      AND a.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($3::json) AS x(id text)))
+    FROM unnest($23::text[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bigint[],
+                $28::bigint[]) AS u(id, dp, cp, dpe, cpe, v)
+    WHERE a.id = u.id AND a.id = ANY ($23::text[])
     RETURNING a.id
 ), resolved_pendings AS (
     UPDATE transfers t
     SET status = u.status, resolved_amount = u.resolved_amount
-    FROM json_to_recordset($4::json) AS u(id text, status text, resolved_amount bigint)
+    FROM json_to_recordset($36::json) AS u(id text, status text, resolved_amount bigint)
     WHERE t.id = u.id AND t.status = 'pending'
-      AND t.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($4::json) AS x(id text)))
+      AND t.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($36::json) AS x(id text)))
     RETURNING t.id
 ), changed_bets AS (
     INSERT INTO bets (account_id, reference, status, bet_transfer_id, rollback_transfer_id,
                       created_at)
     SELECT account_id, reference, status, bet_transfer_id, rollback_transfer_id,
            $1::timestamptz
-    FROM json_to_recordset($5::json) AS b(account_id text, reference text, status text,
+    FROM json_to_recordset($37::json) AS b(account_id text, reference text, status text,
                                               bet_transfer_id text, rollback_transfer_id text)
     ON CONFLICT (account_id, reference) DO UPDATE
     SET status = EXCLUDED.status, bet_transfer_id = EXCLUDED.bet_transfer_id,
@@ -116,12 +119,12 @@ WITH new_transfers AS (
 ), new_keys AS (
     INSERT INTO idempotency_keys (key, request_hash, operation, result, transfer_id,
                                   status_code, body, created_at)
-    -- body is the response's JSON text, kept byte for byte (json, not jsonb, preserves it).
+    -- body is the response's JSON text, kept byte for byte.
     SELECT key, decode(request_hash, 'hex'), operation, result, transfer_id, status_code,
-           convert_to(body::text, 'UTF8'), $1::timestamptz
-    FROM json_to_recordset($6::json) AS k(key text, request_hash text, operation text,
-                                              result text, transfer_id text,
-                                              status_code smallint, body json)
+           convert_to(body, 'UTF8'), $1::timestamptz
+    FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
+                $34::smallint[], $35::text[])
+      AS k(key, request_hash, operation, result, transfer_id, status_code, body)
     RETURNING 1
 ), new_sagas AS (
     INSERT INTO sagas (id, status, debit_account_id, credit_account_id, credit_region, amount,
@@ -130,7 +133,7 @@ WITH new_transfers AS (
     SELECT id, status, debit_account_id, credit_account_id, credit_region, amount, currency,
            hold_transfer_id, reference, metadata, deadline_at, next_attempt_at, lease_owner,
            lease_until, $1::timestamptz
-    FROM json_to_recordset($7::json) AS s(
+    FROM json_to_recordset($38::json) AS s(
         id text, status text, debit_account_id text, credit_account_id text,
         credit_region text, amount bigint, currency text, hold_transfer_id text,
         reference text, metadata jsonb, deadline_at timestamptz, next_attempt_at timestamptz,
@@ -141,29 +144,29 @@ WITH new_transfers AS (
     SET status = f.status, finish_transfer_id = f.finish_transfer_id,
         credit_transfer_id = f.credit_transfer_id, reason = f.reason,
         finished_at = $1::timestamptz, lease_owner = NULL, lease_until = NULL
-    FROM json_to_recordset($8::json) AS f(id text, status text, finish_transfer_id text,
+    FROM json_to_recordset($39::json) AS f(id text, status text, finish_transfer_id text,
                                               credit_transfer_id text, reason text)
     WHERE s.id = f.id AND s.status = 'held'
-      AND s.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($8::json) AS x(id text)))
+      AND s.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($39::json) AS x(id text)))
     RETURNING 1
 ), new_steps AS (
     INSERT INTO saga_steps (step_id, saga_id, origin_region, status, transfer_id, amount,
                             reason, created_at)
     SELECT step_id, saga_id, origin_region, status, transfer_id, amount, reason,
            $1::timestamptz
-    FROM json_to_recordset($9::json) AS g(step_id text, saga_id text, origin_region text,
+    FROM json_to_recordset($40::json) AS g(step_id text, saga_id text, origin_region text,
                                               status text, transfer_id text, amount bigint,
                                               reason text)
     RETURNING 1
 )
-SELECT regiongate_expect((SELECT count(*) FROM new_transfers), $10::bigint, 'transfers'),
-       regiongate_expect((SELECT count(*) FROM changed_accounts), $11::bigint, 'accounts'),
-       regiongate_expect((SELECT count(*) FROM resolved_pendings), $12::bigint, 'holds'),
-       regiongate_expect((SELECT count(*) FROM changed_bets), $13::bigint, 'bets'),
-       regiongate_expect((SELECT count(*) FROM new_keys), $14::bigint, 'keys'),
-       regiongate_expect((SELECT count(*) FROM new_sagas), $15::bigint, 'sagas'),
-       regiongate_expect((SELECT count(*) FROM finished_sagas), $16::bigint, 'finished sagas'),
-       regiongate_expect((SELECT count(*) FROM new_steps), $17::bigint, 'saga steps'),
+SELECT regiongate_expect((SELECT count(*) FROM new_transfers), $41::bigint, 'transfers'),
+       regiongate_expect((SELECT count(*) FROM changed_accounts), $42::bigint, 'accounts'),
+       regiongate_expect((SELECT count(*) FROM resolved_pendings), $43::bigint, 'holds'),
+       regiongate_expect((SELECT count(*) FROM changed_bets), $44::bigint, 'bets'),
+       regiongate_expect((SELECT count(*) FROM new_keys), $45::bigint, 'keys'),
+       regiongate_expect((SELECT count(*) FROM new_sagas), $46::bigint, 'sagas'),
+       regiongate_expect((SELECT count(*) FROM finished_sagas), $47::bigint, 'finished sagas'),
+       regiongate_expect((SELECT count(*) FROM new_steps), $48::bigint, 'saga steps'),
        -- In place of foreign keys (migration 0005): each new transfer names two accounts this
        -- statement updates, and a resolution the hold it resolves.
        regiongate_expect((SELECT count(*) FROM new_transfers n
@@ -178,10 +181,19 @@ SELECT regiongate_expect((SELECT count(*) FROM new_transfers), $10::bigint, 'tra
 """
 
 WRITE_STATEMENT_NAME = "regiongate_write_batch"
-PREPARE_WRITE = (
-    f"PREPARE {WRITE_STATEMENT_NAME} (timestamptz, json, json, json, json, json, json, json, json,"
-    f" bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint) AS {WRITE_BATCH}"
+_WRITE_TYPES = (
+    ["timestamptz"]
+    + ["text[]"] * 7
+    + ["bigint[]", "text[]", "timestamptz[]", "text[]", "text[]", "jsonb[]"]
+    + ["bigint[]"] * 8
+    + ["text[]"]
+    + ["bigint[]"] * 5
+    + ["text[]"] * 5
+    + ["smallint[]", "text[]"]
+    + ["json"] * 5
+    + ["bigint"] * 8
 )
+PREPARE_WRITE = f"PREPARE {WRITE_STATEMENT_NAME} ({', '.join(_WRITE_TYPES)}) AS {WRITE_BATCH}"
 WRITE_IS_PREPARED = (
     "SELECT count(*) FROM pg_prepared_statements WHERE name = '" + WRITE_STATEMENT_NAME + "'"
 )
@@ -265,45 +277,38 @@ async def lock_and_read(
     }
 
 
-def write_arguments(state: BatchState) -> list:
-    """The parameters of WRITE_BATCH. Rows travel as JSON documents that msgspec encodes in C
-    (asyncpg's per-element encoding of 43 column arrays cost a fifth of the node's CPU)."""
-    rows = [
-        {
-            "id": r.id,
-            "kind": r.kind,
-            "flow": r.flow,
-            "status": r.status,
-            "pending_id": r.pending_id,
-            "debit_account_id": r.debit_account_id,
-            "credit_account_id": r.credit_account_id,
-            "amount": r.amount,
-            "currency": r.currency,
-            "timeout_at": r.timeout_at,
-            "reference": r.reference,
-            "round_id": r.round_id,
-            "metadata": msgspec.Raw(r.metadata.encode()) if r.metadata else None,
-            "dpa": r.debit_after[0],
-            "ddpa": r.debit_after[1],
-            "dcpa": r.debit_after[2],
-            "dva": r.debit_after[3],
-            "cpa": r.credit_after[0],
-            "cdpa": r.credit_after[1],
-            "ccpa": r.credit_after[2],
-            "cva": r.credit_after[3],
-        }
-        for r in state.rows
-    ]
-    accounts = [
-        {
-            "id": a.id,
-            "dp": a.debits_posted,
-            "cp": a.credits_posted,
-            "dpe": a.debits_pending,
-            "cpe": a.credits_pending,
-            "v": a.version,
-        }
-        for a in (state.accounts[account_id] for account_id in sorted(state.touched))
+def text_array(values: Sequence[str | None]) -> str:
+    """A PostgreSQL array literal of text: each element in double quotes with its backslashes
+    and double quotes escaped (array syntax, whatever the element holds), None as NULL. The
+    escaping runs once over the joined elements, in C, rather than once per element."""
+    if not values:
+        return "{}"
+    if None in values:
+        return "{" + ",".join("NULL" if v is None else text_array([v])[1:-1] for v in values) + "}"
+    joined = "\x00".join(values)
+    # NUL joins the elements here, so none may hold one (PostgreSQL text cannot either).
+    ensure(joined.count("\x00") == len(values) - 1, "NUL in a value bound for an array literal")
+    escaped = joined.replace("\\", "\\\\").replace('"', '\\"')
+    return '{"' + escaped.replace("\x00", '","') + '"}'
+
+
+def int_array(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def write_arguments(state: BatchState) -> list[str | int | datetime]:
+    """The parameters of WRITE_BATCH. The transfers, the accounts and the keys, a batch's bulk,
+    travel as one array literal per column: PostgreSQL reads an array in one pass, where the
+    JSON documents they were before were read two or three times each (validated as json, then
+    by json_to_recordset, and the accounts again for their ids), which was 30 % of the server's
+    instructions per transfer (callgrind). The rare row sets (holds, bets, sagas, saga steps)
+    stay JSON documents, encoded by msgspec in C."""
+    rows = state.rows
+    accounts = [state.accounts[account_id] for account_id in sorted(state.touched)]
+    keys = [
+        (key, request_hash, outcome, name)
+        for key, (request_hash, outcome, name) in state.new_keys.items()
     ]
     pendings = [
         {"id": p.id, "status": p.status, "resolved_amount": p.resolved_amount}
@@ -321,19 +326,6 @@ def write_arguments(state: BatchState) -> list:
         for b in state.bets.values()
         if b.dirty
     ]
-    keys = [
-        {
-            "key": key,
-            "request_hash": request_hash.hex(),
-            "operation": name,
-            "result": outcome.result.value,
-            "transfer_id": outcome.transfer_id,
-            "status_code": outcome.status_code,
-            "body": msgspec.Raw(outcome.body),
-        }
-        for key, (request_hash, outcome, name) in state.new_keys.items()
-    ]
-
     new_sagas = [
         {**saga.new, "metadata": msgspec.Raw(saga.new["metadata"].encode())}
         if saga.new["metadata"]
@@ -344,14 +336,90 @@ def write_arguments(state: BatchState) -> list:
     finished_sagas = [saga.finished for saga in state.sagas.values() if saga.finished]
     steps = [step.new for step in state.steps.values() if step.new is not None]
 
+    # One pass over each row set, then a transposition in C: a column per array.
+    empty: list[tuple] = [()] * 21
+    row_columns = (
+        list(
+            zip(
+                *(
+                    (
+                        r.id,
+                        r.kind,
+                        r.flow,
+                        r.status,
+                        r.pending_id,
+                        r.debit_account_id,
+                        r.credit_account_id,
+                        r.amount,
+                        r.currency,
+                        None if r.timeout_at is None else r.timeout_at.isoformat(),
+                        r.reference,
+                        r.round_id,
+                        r.metadata,
+                        *r.debit_after,
+                        *r.credit_after,
+                    )
+                    for r in rows
+                ),
+                strict=True,
+            )
+        )
+        or empty
+    )
+    account_columns = (
+        list(
+            zip(
+                *(
+                    (
+                        a.id,
+                        a.debits_posted,
+                        a.credits_posted,
+                        a.debits_pending,
+                        a.credits_pending,
+                        a.version,
+                    )
+                    for a in accounts
+                ),
+                strict=True,
+            )
+        )
+        or empty[:6]
+    )
+    key_columns = (
+        list(
+            zip(
+                *(
+                    (
+                        key,
+                        request_hash.hex(),
+                        name,
+                        outcome.result.value,
+                        outcome.transfer_id,
+                        outcome.status_code,
+                        outcome.body.decode(),
+                    )
+                    for key, request_hash, outcome, name in keys
+                ),
+                strict=True,
+            )
+        )
+        or empty[:7]
+    )
+    text, number = text_array, int_array
     encode = _json_encoder.encode
     return [
         state.now,
-        encode(rows).decode(),
-        encode(accounts).decode(),
+        *(text(column) for column in row_columns[:7]),
+        number(row_columns[7]),
+        *(text(column) for column in row_columns[8:13]),
+        *(number(column) for column in row_columns[13:]),
+        text(account_columns[0]),
+        *(number(column) for column in account_columns[1:]),
+        *(text(column) for column in key_columns[:5]),
+        number(key_columns[5]),
+        text(key_columns[6]),
         encode(pendings).decode(),
         encode(bets).decode(),
-        encode(keys).decode(),
         encode(new_sagas).decode(),
         encode(finished_sagas).decode(),
         encode(steps).decode(),
@@ -372,15 +440,23 @@ def write_arguments(state: BatchState) -> list:
 COMMIT_AND_BEGIN = "COMMIT; BEGIN"
 
 
-def write_and_commit_message(state: BatchState) -> str:
-    """EXECUTE of the prepared write with every argument quoted, COMMIT, and the next batch's
-    BEGIN: one message."""
+WRITE_ARGUMENTS = len(_WRITE_TYPES)
+COUNT_ARGUMENTS = 8
+
+
+def write_statement(state: BatchState) -> str:
+    """EXECUTE of the prepared write with every argument quoted."""
     arguments = write_arguments(state)
-    ensure(len(arguments) == 17, "the write takes 17 arguments")
+    ensure(len(arguments) == WRITE_ARGUMENTS, f"the write takes {WRITE_ARGUMENTS} arguments")
     literals = [sql_literal(arguments[0].isoformat())]
-    literals.extend(sql_literal(rows) for rows in arguments[1:9])
-    literals.extend(str(int(count)) for count in arguments[9:])
-    return f"EXECUTE {WRITE_STATEMENT_NAME}({', '.join(literals)}); {COMMIT_AND_BEGIN}"
+    literals.extend(sql_literal(value) for value in arguments[1:-COUNT_ARGUMENTS])
+    literals.extend(str(int(count)) for count in arguments[-COUNT_ARGUMENTS:])
+    return f"EXECUTE {WRITE_STATEMENT_NAME}({', '.join(literals)})"
+
+
+def write_and_commit_message(state: BatchState) -> str:
+    """The write, COMMIT, and the next batch's BEGIN: one message."""
+    return f"{write_statement(state)}; {COMMIT_AND_BEGIN}"
 
 
 def has_writes(state: BatchState) -> bool:

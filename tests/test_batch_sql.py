@@ -1,8 +1,10 @@
 """A batch's SQL on a real PostgreSQL. The write reaches the accounts it changes by their ids,
 never by walking the accounts table: a plan that joins the batch's rows against a scan of every
 account is correct but costs a batch time in proportion to the number of accounts (it did, at
-0.2 ms per 2,000 accounts), so the test pins the plan's shape, not a timing. And the one call
-that locks and reads sees, after its locks, every commit they waited for."""
+0.2 ms per 2,000 accounts), so the test pins the plan's shape, not a timing. The one call that
+locks and reads sees, after its locks, every commit they waited for. And the array literals the
+write's columns travel in read back, through PostgreSQL's own parser, exactly as written,
+whatever text they hold (a property over arbitrary strings)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 
 from ledger_node import store
 from ledger_node.errors import InvariantViolation
 from ledger_node.operations import BatchState, TransferRow
-from tests.support import migrated_database, unique
+from tests.support import migrated_database, property_settings, unique
 
 ACCOUNTS = 5000
 
@@ -46,10 +50,8 @@ async def test_the_write_reaches_accounts_by_id_only(plans_dsn):
         await connection.execute(store.PREPARE_WRITE)
         # The plan a long-lived batch connection settles on: generic, whatever the arguments.
         await connection.execute("SET plan_cache_mode = force_generic_plan")
-        arguments = ["'2026-01-01T00:00:00Z'"] + ["'[]'"] * 8 + ["0"] * 8
-        text = await connection.fetchval(
-            f"EXPLAIN (FORMAT JSON) EXECUTE {store.WRITE_STATEMENT_NAME}({', '.join(arguments)})"
-        )
+        empty = BatchState(now=datetime(2026, 1, 1, tzinfo=UTC), region="eu", accounts={})
+        text = await connection.fetchval(f"EXPLAIN (FORMAT JSON) {store.write_statement(empty)}")
     finally:
         await connection.close()
     nodes = list(_nodes(json.loads(text)[0]["Plan"]))
@@ -192,3 +194,41 @@ async def test_accounts_and_transfers_are_never_deleted(plans_dsn):
                 await connection.execute(statement)
     finally:
         await connection.close()
+
+
+# Any text PostgreSQL can hold: every code point but NUL and the surrogates (not UTF-8).
+texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=40)
+text_lists = st.lists(st.one_of(st.none(), texts), max_size=8)
+
+
+@pytest.fixture(scope="module")
+def literals_dsn(postgres) -> str:
+    return migrated_database(postgres, "batch_literals")
+
+
+@property_settings(60, suppress_health_check=list(HealthCheck))
+@given(values=text_lists, numbers=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=8))
+def test_array_literals_read_back_exactly(values, numbers, literals_dsn):
+    async def run() -> tuple[list, list]:
+        connection = await asyncpg.connect(
+            literals_dsn, server_settings={"standard_conforming_strings": "on"}
+        )
+        try:
+            # The literals go in as the write sends them: quoted into the message's text.
+            text_literal = store.sql_literal(store.text_array(values))
+            number_literal = store.sql_literal(store.int_array(numbers))
+            return (
+                await connection.fetchval(f"SELECT {text_literal}::text[]"),
+                await connection.fetchval(f"SELECT {number_literal}::bigint[]"),
+            )
+        finally:
+            await connection.close()
+
+    text_back, numbers_back = asyncio.run(run())
+    assert text_back == values
+    assert numbers_back == numbers
+
+
+def test_an_array_literal_refuses_nul():
+    with pytest.raises(InvariantViolation):
+        store.text_array(["a", "b\x00c"])
