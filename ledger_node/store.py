@@ -8,11 +8,11 @@ them after the accounts are locked gives a consistent view without locking them 
 A batch makes two round trips, because under load each costs far more than the server's work
 (the reply waits for a busy event loop: measured 0.6 to 1.6 ms a round trip at 32 clients, for
 0.1 ms of the server's time): (1) one prepared call of ``regiongate_lock_and_read`` (migration
-0004), which locks the accounts in id order and then reads, in a statement of its own and so
-with a fresh snapshot, the locked accounts, the keys, the holds, the bet references, the sagas
-and the saga steps; (2) every write in one statement of data-modifying CTEs over the batch's
-row sets (the bulk as one array per column, the rare sets as JSON), which checks its own row
-counts, then ``COMMIT`` and the next batch's ``BEGIN``, in one simple-protocol message. The
+0007), which locks the accounts in id order, reading them as it locks them, and then reads, in
+statements of their own and so with fresh snapshots, the keys, the holds, the bet references,
+the sagas and the saga steps; (2) every write in one statement of data-modifying CTEs over the
+batch's row sets (the bulk as one array per column, the rare sets as JSON), which checks its own
+row counts, then ``COMMIT`` and the next batch's ``BEGIN``, in one simple-protocol message. The
 batch's transaction is thus open before the batch is even formed (an empty transaction: no
 snapshot, no locks), and a connection that goes back to the pool has it rolled back. The write
 is a server-side prepared statement (``PREPARE``, once per connection), so the message carries
@@ -233,7 +233,7 @@ async def lock_and_read(
     step_ids: list[str],
 ) -> None:
     """Lock the batch's accounts, then fill state with them, the stored keys, holds, bet
-    references, sagas and saga steps (migration 0004). Sagas change only in batches that lock
+    references, sagas and saga steps (migration 0007). Sagas change only in batches that lock
     their debit account, saga steps only in batches that lock their transit account, so what
     this reads after the locks is current. The caller's transaction must be open: the locks
     last until its COMMIT."""
