@@ -67,7 +67,7 @@ log = logging.getLogger("regiongate.ledger.batcher")
 RETRY_BACKOFF_BASE_MS = 2
 RETRY_BACKOFF_CAP_MS = 100
 CONNECTION_ACQUIRE_TIMEOUT_S = 5.0
-PREPARED_BACKENDS_MAX = 1024
+PREPARED_WRITES_MAX = 4096
 
 
 @dataclass(slots=True)
@@ -90,10 +90,10 @@ class Batcher:
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        # The backends (by pid) whose session holds the prepared write; a stale pid costs one
-        # retried batch. Replaced connections leave pids behind, so past a bound it is emptied:
-        # each live session then checks pg_prepared_statements once more.
-        self._prepared: set[int] = set()
+        # The (backend pid, write parts) whose session holds that shape of the write prepared;
+        # a stale pid costs one retried batch. Replaced connections leave pids behind, so past
+        # a bound it is emptied: each live session then checks pg_prepared_statements again.
+        self._prepared: set[tuple[int, int]] = set()
         self.stats = BatchStats()
         QUEUE_DEPTH.set_function(lambda: len(self._queue))
 
@@ -281,12 +281,6 @@ class Batcher:
             currencies = await store.account_currencies(connection, rollback_accounts)
             account_ids.update(house_account_id(self._region, c) for c in currencies.values())
         ordered_ids = sorted(account_ids)
-        backend_pid = connection.get_server_pid()
-        if backend_pid not in self._prepared:
-            await _prepare_write(connection)
-            if len(self._prepared) >= PREPARED_BACKENDS_MAX:
-                self._prepared.clear()
-            self._prepared.add(backend_pid)
         if not connection.is_in_transaction():
             await connection.execute("BEGIN")
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
@@ -311,11 +305,20 @@ class Batcher:
         if store.has_writes(state):
             # The statement checks its own row counts (regiongate_expect); on any error the
             # server skips the COMMIT that follows it in the message, and _execute rolls back.
+            parts, message = store.write_and_commit_message(state)
+            prepared = (connection.get_server_pid(), parts)
+            if prepared not in self._prepared:
+                # Once per session and shape of write; a prepared statement outlives the
+                # transaction it was prepared in, whatever becomes of that.
+                await _prepare_write(connection, parts)
+                if len(self._prepared) >= PREPARED_WRITES_MAX:
+                    self._prepared.clear()
+                self._prepared.add(prepared)
             try:
-                await connection.execute(store.write_and_commit_message(state))
+                await connection.execute(message)
             except asyncpg.InvalidSQLStatementNameError:
                 # A new session that reused a backend's pid: prepare again on the retry.
-                self._prepared.discard(backend_pid)
+                self._prepared.discard(prepared)
                 raise
         else:
             await connection.execute(store.COMMIT_AND_BEGIN)
@@ -402,11 +405,12 @@ def _fail_all(batch: list[Submission], error: LedgerError, cause: BaseException)
             submission.future.set_exception(error)
 
 
-async def _prepare_write(connection: asyncpg.Connection) -> None:
-    """PREPARE the batch write in this connection's session, unless it already is (an earlier
-    attempt may have prepared it and then failed before this process noted it)."""
-    if not await connection.fetchval(store.WRITE_IS_PREPARED):
-        await connection.execute(store.PREPARE_WRITE)
+async def _prepare_write(connection: asyncpg.Connection, parts: int) -> None:
+    """PREPARE the batch write with these parts in this connection's session, unless it already
+    is (an earlier attempt may have prepared it and then failed before this process noted
+    it)."""
+    if not await connection.fetchval(store.write_is_prepared(parts)):
+        await connection.execute(store.prepare_write(parts))
 
 
 def _usable(connection: asyncpg.Connection) -> bool:

@@ -48,6 +48,7 @@ cost per batch that grew with the number of accounts (0.2 ms of PostgreSQL's CPU
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
@@ -71,8 +72,14 @@ SELECT id, debit_account_id, credit_account_id FROM transfers WHERE id = ANY($1:
 
 ACCOUNT_CURRENCIES = "SELECT id, currency FROM accounts WHERE id = ANY($1::text[])"
 
-WRITE_BATCH = """
-WITH new_transfers AS (
+# The write's parts, each a data-modifying CTE: its name, its statement, the parameter that holds
+# the number of rows it must touch, and what those rows are. A batch's statement holds only the
+# parts it has rows for (write_parts): a CTE with nothing to do still cost its executor start,
+# about a tenth of a plain transfer batch's instructions (callgrind).
+_WRITE_PARTS: tuple[tuple[str, str, int, str], ...] = (
+    (
+        "new_transfers",
+        """
     INSERT INTO transfers (
         id, kind, flow, status, pending_id, debit_account_id, credit_account_id, amount,
         currency, timeout_at, reference, round_id, metadata, created_at,
@@ -90,7 +97,13 @@ WITH new_transfers AS (
            currency, timeout_at, reference, round_id, metadata, dpa, ddpa, dcpa, dva, cpa, cdpa,
            ccpa, cva)
     RETURNING debit_account_id, credit_account_id, pending_id
-), changed_accounts AS (
+""",
+        41,
+        "transfers",
+    ),
+    (
+        "changed_accounts",
+        """
     UPDATE accounts a
     SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dpe,
         credits_pending = u.cpe, version = u.v
@@ -98,14 +111,26 @@ WITH new_transfers AS (
                 $28::bigint[]) AS u(id, dp, cp, dpe, cpe, v)
     WHERE a.id = u.id AND a.id = ANY ($23::text[])
     RETURNING a.id
-), resolved_pendings AS (
+""",
+        42,
+        "accounts",
+    ),
+    (
+        "resolved_pendings",
+        """
     UPDATE transfers t
     SET status = u.status, resolved_amount = u.resolved_amount
     FROM json_to_recordset($36::json) AS u(id text, status text, resolved_amount bigint)
     WHERE t.id = u.id AND t.status = 'pending'
       AND t.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($36::json) AS x(id text)))
     RETURNING t.id
-), changed_bets AS (
+""",
+        43,
+        "holds",
+    ),
+    (
+        "changed_bets",
+        """
     INSERT INTO bets (account_id, reference, status, bet_transfer_id, rollback_transfer_id,
                       created_at)
     SELECT account_id, reference, status, bet_transfer_id, rollback_transfer_id,
@@ -116,7 +141,13 @@ WITH new_transfers AS (
     SET status = EXCLUDED.status, bet_transfer_id = EXCLUDED.bet_transfer_id,
         rollback_transfer_id = EXCLUDED.rollback_transfer_id
     RETURNING 1
-), new_keys AS (
+""",
+        44,
+        "bets",
+    ),
+    (
+        "new_keys",
+        """
     INSERT INTO idempotency_keys (key, request_hash, operation, result, transfer_id,
                                   status_code, body, created_at)
     -- body is the response's JSON text, kept byte for byte.
@@ -126,7 +157,13 @@ WITH new_transfers AS (
                 $34::smallint[], $35::text[])
       AS k(key, request_hash, operation, result, transfer_id, status_code, body)
     RETURNING 1
-), new_sagas AS (
+""",
+        45,
+        "keys",
+    ),
+    (
+        "new_sagas",
+        """
     INSERT INTO sagas (id, status, debit_account_id, credit_account_id, credit_region, amount,
                        currency, hold_transfer_id, reference, metadata, deadline_at,
                        next_attempt_at, lease_owner, lease_until, created_at)
@@ -139,7 +176,13 @@ WITH new_transfers AS (
         reference text, metadata jsonb, deadline_at timestamptz, next_attempt_at timestamptz,
         lease_owner text, lease_until timestamptz)
     RETURNING 1
-), finished_sagas AS (
+""",
+        46,
+        "sagas",
+    ),
+    (
+        "finished_sagas",
+        """
     UPDATE sagas s
     SET status = f.status, finish_transfer_id = f.finish_transfer_id,
         credit_transfer_id = f.credit_transfer_id, reason = f.reason,
@@ -149,7 +192,13 @@ WITH new_transfers AS (
     WHERE s.id = f.id AND s.status = 'held'
       AND s.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($39::json) AS x(id text)))
     RETURNING 1
-), new_steps AS (
+""",
+        47,
+        "finished sagas",
+    ),
+    (
+        "new_steps",
+        """
     INSERT INTO saga_steps (step_id, saga_id, origin_region, status, transfer_id, amount,
                             reason, created_at)
     SELECT step_id, saga_id, origin_region, status, transfer_id, amount, reason,
@@ -158,29 +207,14 @@ WITH new_transfers AS (
                                               status text, transfer_id text, amount bigint,
                                               reason text)
     RETURNING 1
+""",
+        48,
+        "saga steps",
+    ),
 )
-SELECT regiongate_expect((SELECT count(*) FROM new_transfers), $41::bigint, 'transfers'),
-       regiongate_expect((SELECT count(*) FROM changed_accounts), $42::bigint, 'accounts'),
-       regiongate_expect((SELECT count(*) FROM resolved_pendings), $43::bigint, 'holds'),
-       regiongate_expect((SELECT count(*) FROM changed_bets), $44::bigint, 'bets'),
-       regiongate_expect((SELECT count(*) FROM new_keys), $45::bigint, 'keys'),
-       regiongate_expect((SELECT count(*) FROM new_sagas), $46::bigint, 'sagas'),
-       regiongate_expect((SELECT count(*) FROM finished_sagas), $47::bigint, 'finished sagas'),
-       regiongate_expect((SELECT count(*) FROM new_steps), $48::bigint, 'saga steps'),
-       -- In place of foreign keys (migration 0005): each new transfer names two accounts this
-       -- statement updates, and a resolution the hold it resolves.
-       regiongate_expect((SELECT count(*) FROM new_transfers n
-                          WHERE NOT EXISTS (SELECT 1 FROM changed_accounts c
-                                            WHERE c.id = n.debit_account_id)
-                             OR NOT EXISTS (SELECT 1 FROM changed_accounts c
-                                            WHERE c.id = n.credit_account_id)
-                             OR (n.pending_id IS NOT NULL
-                                 AND NOT EXISTS (SELECT 1 FROM resolved_pendings p
-                                                 WHERE p.id = n.pending_id))),
-                         0, 'transfers naming an account or a hold it did not update')
-"""
+_NEW_TRANSFERS, _CHANGED_ACCOUNTS, _RESOLVED_PENDINGS = 1, 2, 4
+ALL_WRITE_PARTS = (1 << len(_WRITE_PARTS)) - 1
 
-WRITE_STATEMENT_NAME = "regiongate_write_batch"
 _WRITE_TYPES = (
     ["timestamptz"]
     + ["text[]"] * 7
@@ -193,10 +227,58 @@ _WRITE_TYPES = (
     + ["json"] * 5
     + ["bigint"] * 8
 )
-PREPARE_WRITE = f"PREPARE {WRITE_STATEMENT_NAME} ({', '.join(_WRITE_TYPES)}) AS {WRITE_BATCH}"
-WRITE_IS_PREPARED = (
-    "SELECT count(*) FROM pg_prepared_statements WHERE name = '" + WRITE_STATEMENT_NAME + "'"
-)
+
+
+@functools.cache
+def write_sql(parts: int) -> str:
+    """The write of a batch with these parts (a bit per _WRITE_PARTS entry): their CTEs, each
+    one's row count checked, and the references that stand in for foreign keys (migration
+    0005): each new transfer names two accounts this statement updates, and a resolution the
+    hold it resolves. write_parts includes the accounts with any transfer and the holds with any
+    resolution, so that check always has what it compares against."""
+    ensure(0 < parts <= ALL_WRITE_PARTS, f"no such set of write parts: {parts}")
+    chosen = [part for bit, part in enumerate(_WRITE_PARTS) if parts & (1 << bit)]
+    ctes = ",\n".join(f"{name} AS (\n{body.strip(chr(10))}\n)" for name, body, _, _ in chosen)
+    checks = [
+        f"regiongate_expect((SELECT count(*) FROM {name}), ${param}::bigint, '{label}')"
+        for name, _, param, label in chosen
+    ]
+    if parts & _NEW_TRANSFERS:
+        ensure(parts & _CHANGED_ACCOUNTS, "a write of transfers updates their accounts")
+        unresolved = (
+            "(n.pending_id IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM resolved_pendings p WHERE p.id = n.pending_id))"
+            if parts & _RESOLVED_PENDINGS
+            else "n.pending_id IS NOT NULL"
+        )
+        checks.append(
+            "regiongate_expect((SELECT count(*) FROM new_transfers n WHERE"
+            " NOT EXISTS (SELECT 1 FROM changed_accounts c WHERE c.id = n.debit_account_id)"
+            " OR NOT EXISTS (SELECT 1 FROM changed_accounts c WHERE c.id = n.credit_account_id)"
+            f" OR {unresolved}), 0, 'transfers naming an account or a hold it did not update')"
+        )
+    return f"WITH {ctes}\nSELECT " + ",\n       ".join(checks)
+
+
+def write_statement_name(parts: int) -> str:
+    return f"regiongate_write_{parts:02x}"
+
+
+def prepare_write(parts: int) -> str:
+    """PREPARE of the write with these parts. Every shape takes the same parameters, so one
+    set of arguments serves them all; a shape leaves the others unread."""
+    return (
+        f"PREPARE {write_statement_name(parts)} ({', '.join(_WRITE_TYPES)}) AS {write_sql(parts)}"
+    )
+
+
+def write_is_prepared(parts: int) -> str:
+    return (
+        "SELECT count(*) FROM pg_prepared_statements WHERE name = '"
+        + write_statement_name(parts)
+        + "'"
+    )
+
 
 _json_encoder = msgspec.json.Encoder()
 _json_array = msgspec.json.Decoder(list)
@@ -444,19 +526,35 @@ WRITE_ARGUMENTS = len(_WRITE_TYPES)
 COUNT_ARGUMENTS = 8
 
 
-def write_statement(state: BatchState) -> str:
-    """EXECUTE of the prepared write with every argument quoted."""
+def write_parts(state: BatchState, arguments: list) -> int:
+    """The parts a batch's write needs: those with rows, the accounts with any transfer, and the
+    holds with any transfer that names one."""
+    counts = arguments[-COUNT_ARGUMENTS:]
+    parts = sum(1 << bit for bit, count in enumerate(counts) if count)
+    if parts & _NEW_TRANSFERS:
+        parts |= _CHANGED_ACCOUNTS
+        if any(row.pending_id is not None for row in state.rows):
+            parts |= _RESOLVED_PENDINGS
+    return parts
+
+
+def write_statement(state: BatchState, parts: int | None = None) -> tuple[int, str]:
+    """The parts of this batch's write (or those given), and the EXECUTE of the statement
+    prepared for them, every argument quoted."""
     arguments = write_arguments(state)
     ensure(len(arguments) == WRITE_ARGUMENTS, f"the write takes {WRITE_ARGUMENTS} arguments")
+    if parts is None:
+        parts = write_parts(state, arguments)
     literals = [sql_literal(arguments[0].isoformat())]
     literals.extend(sql_literal(value) for value in arguments[1:-COUNT_ARGUMENTS])
     literals.extend(str(int(count)) for count in arguments[-COUNT_ARGUMENTS:])
-    return f"EXECUTE {WRITE_STATEMENT_NAME}({', '.join(literals)})"
+    return parts, f"EXECUTE {write_statement_name(parts)}({', '.join(literals)})"
 
 
-def write_and_commit_message(state: BatchState) -> str:
-    """The write, COMMIT, and the next batch's BEGIN: one message."""
-    return f"{write_statement(state)}; {COMMIT_AND_BEGIN}"
+def write_and_commit_message(state: BatchState, parts: int | None = None) -> tuple[int, str]:
+    """The write, COMMIT, and the next batch's BEGIN: one message, with the write's parts."""
+    parts, statement = write_statement(state, parts)
+    return parts, f"{statement}; {COMMIT_AND_BEGIN}"
 
 
 def has_writes(state: BatchState) -> bool:

@@ -47,11 +47,12 @@ async def test_the_write_reaches_accounts_by_id_only(plans_dsn):
             ACCOUNTS,
         )
         await connection.execute("ANALYZE accounts")
-        await connection.execute(store.PREPARE_WRITE)
+        await connection.execute(store.prepare_write(store.ALL_WRITE_PARTS))
         # The plan a long-lived batch connection settles on: generic, whatever the arguments.
         await connection.execute("SET plan_cache_mode = force_generic_plan")
         empty = BatchState(now=datetime(2026, 1, 1, tzinfo=UTC), region="eu", accounts={})
-        text = await connection.fetchval(f"EXPLAIN (FORMAT JSON) {store.write_statement(empty)}")
+        _, statement = store.write_statement(empty, store.ALL_WRITE_PARTS)
+        text = await connection.fetchval(f"EXPLAIN (FORMAT JSON) {statement}")
     finally:
         await connection.close()
     nodes = list(_nodes(json.loads(text)[0]["Plan"]))
@@ -154,7 +155,6 @@ async def test_the_write_refuses_a_transfer_naming_what_it_did_not_update(plans_
                 "VALUES ($1, 'eu', 'EUR', 'house', 100)",
                 account_id,
             )
-        await connection.execute(store.PREPARE_WRITE)
         state = BatchState(now=datetime.now(UTC), region="eu", accounts={})
         await connection.execute("BEGIN")
         await store.lock_and_read(connection, state, [payer, payee], [], [], [], [], [])
@@ -166,8 +166,10 @@ async def test_the_write_refuses_a_transfer_naming_what_it_did_not_update(plans_
             "unknown hold": _row(f"{tag}-bad", payer, payee, flow="post", pending_id="nohold"),
         }[case]
         state.rows = [good, bad]
+        parts, message = store.write_and_commit_message(state)
+        await connection.execute(store.prepare_write(parts))
         with pytest.raises(asyncpg.PostgresError, match="naming an account or a hold"):
-            await connection.execute(store.write_and_commit_message(state))
+            await connection.execute(message)
         await connection.execute("ROLLBACK")
         written = await connection.fetchval(
             "SELECT count(*) FROM transfers WHERE id LIKE $1", f"{tag}%"

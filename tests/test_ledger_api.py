@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from ledger_node.store import WRITE_IS_PREPARED, WRITE_STATEMENT_NAME
+from ledger_node import store
 from region_router.ledger_client import LedgerClient
 from tests.conftest import start_ledger
 from tests.support import (
@@ -299,9 +299,13 @@ async def test_a_session_that_lost_the_prepared_write_prepares_it_again(
     connections = [await node.batch_pool.acquire() for _ in range(node.config.batch.writers)]
     try:
         for connection in connections:
-            if await connection.fetchval(WRITE_IS_PREPARED):
-                await connection.execute(f"DEALLOCATE {WRITE_STATEMENT_NAME}")
-            node.batcher._prepared.add(connection.get_server_pid())
+            names = await connection.fetch(
+                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'regiongate_write_%'"
+            )
+            for row in names:
+                await connection.execute(f"DEALLOCATE {row['name']}")
+            for parts in range(1, store.ALL_WRITE_PARTS + 1):  # every shape of the write
+                node.batcher._prepared.add((connection.get_server_pid(), parts))
     finally:
         for connection in connections:
             await node.batch_pool.release(connection)
