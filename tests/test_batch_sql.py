@@ -234,3 +234,24 @@ def test_array_literals_read_back_exactly(values, numbers, literals_dsn):
 def test_an_array_literal_refuses_nul():
     with pytest.raises(InvariantViolation):
         store.text_array(["a", "b\x00c"])
+
+
+async def test_every_shape_of_the_write_prepares(plans_dsn):
+    """A batch's write holds only the parts it has rows for: every set of parts write_parts can
+    choose must be a statement PostgreSQL accepts, not only the shapes the other tests reach."""
+    shapes = 0
+    connection = await asyncpg.connect(plans_dsn)
+    try:
+        for parts in range(1, store.ALL_WRITE_PARTS + 1):
+            if parts & 1 and not parts & 2:  # transfers always come with their accounts
+                with pytest.raises(InvariantViolation):
+                    store.write_sql(parts)
+                continue
+            await connection.execute(store.prepare_write(parts))
+            shapes += 1
+        prepared = await connection.fetchval(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'regiongate_write_%'"
+        )
+    finally:
+        await connection.close()
+    assert prepared == shapes == 2**8 - 1 - 2**6
