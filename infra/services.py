@@ -163,6 +163,9 @@ class PostgresCluster:
     port: int
     user: str = "regiongate"
     settings: dict[str, str] | None = None
+    server_path: str | None = None
+    """The server executable pg_ctl starts, where not the installed one: a wrapper that runs it
+    under a profiler (loadtests.bench_instructions runs it under callgrind)."""
 
     @property
     def dsn_base(self) -> str:
@@ -225,6 +228,7 @@ class PostgresCluster:
                 str(log_file),
                 "-o",
                 f"-p {self.port}",
+                *(["-p", self.server_path] if self.server_path else []),
                 "-w",
                 "-t",
                 str(int(POSTGRES_START_TIMEOUT_S)),

@@ -1,7 +1,9 @@
 """The capacity-planning tools: every profile loads and bad ones are refused with the field
 named; the locustfile loads in Locust (in a process of its own: Locust patches the standard
 library with gevent); the sizing arithmetic and the knee; and a smoke run of a profile against
-a real local cluster that must end with no unexpected failure and a clean audit.
+a real local cluster that must end with no unexpected failure and a clean audit; and the
+instruction benchmark's arithmetic, with a tiny run of it under callgrind where valgrind is
+installed.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gateway.devkeys import ensure_dev_keys
 from infra.services import PostgresCluster
+from loadtests.bench_instructions import Pair, callgrind_totals
 from loadtests.bench_ledger import cpu_ratio
 from loadtests.cpustats import CpuMeter, us_per_operation
 from loadtests.profiles import ProfileError, all_profiles, load_profile, profile_from_dict
@@ -296,3 +300,46 @@ def test_histogram_means_add_up_their_sources_and_pick_series_by_label():
     assert means_ms(before, scrape(), wanted) == {"write": 2.0, "lock": None}
     # A histogram of counts (a batch's size) keeps its own unit.
     assert means(before, scrape(), wanted) == {"write": 0.002, "lock": None}
+
+
+def test_instructions_per_operation_are_the_difference_over_the_extra_work():
+    # What a connection costs once (here 1,000) cancels out between the two runs.
+    assert Pair(10, 1_000 + 10 * 7, 30, 1_000 + 30 * 7).per_operation() == 7
+    with pytest.raises(ValueError, match="more operations"):
+        Pair(10, 100, 10, 100).per_operation()
+    header = "version: 1\ncmd: postgres\nevents: Ir\nsummary: 12345\ntotals: 12345\n"
+    assert callgrind_totals(header) == 12345
+    with pytest.raises(ValueError, match="totals"):
+        callgrind_totals("events: Ir\n")
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_the_instruction_benchmark_runs_and_prints_its_figures():
+    """A tiny run of bench_instructions end to end (its own PostgreSQL, under callgrind), so the
+    benchmark cannot rot."""
+    tiny = ["--batches", "2", "--size", "4", "--pgbench-transactions", "5"]
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_instructions", *tiny],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    for name in (
+        "ledger_instructions_per_transfer",
+        "ledger_hot_instructions_per_transfer",
+        "pgbench_instructions_per_transaction",
+    ):
+        assert figures[name] > 0, figures
+    assert figures["instructions_ratio"] > 0
+
+
+def test_the_instruction_benchmark_refuses_bad_arguments():
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_instructions", "--size", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "--size in [1, 512]" in run.stderr
