@@ -212,7 +212,13 @@ _WRITE_PARTS: tuple[tuple[str, str, int, str], ...] = (
         "saga steps",
     ),
 )
+# The bits of the first three parts, which the reference check below relies on.
 _NEW_TRANSFERS, _CHANGED_ACCOUNTS, _RESOLVED_PENDINGS = 1, 2, 4
+ensure(
+    [name for name, _, _, _ in _WRITE_PARTS[:3]]
+    == ["new_transfers", "changed_accounts", "resolved_pendings"],
+    "the write's first parts are its transfers, accounts and holds",
+)
 ALL_WRITE_PARTS = (1 << len(_WRITE_PARTS)) - 1
 
 _WRITE_TYPES = (
