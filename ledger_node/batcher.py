@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from ledger_node import store
+from ledger_node import batch_write, store
 from ledger_node.config import BatchConfig
 from ledger_node.decide import decide
 from ledger_node.errors import (
@@ -319,10 +319,10 @@ class Batcher:
         # The message also opens the next batch's transaction. A writer whose queue runs dry
         # rolls that empty transaction back as it gives the connection back (_release): off
         # the path of any request.
-        if store.has_writes(state):
+        if batch_write.has_writes(state):
             # The statement checks its own row counts (regiongate_expect); on any error the
             # server skips the COMMIT that follows it in the message, and _execute rolls back.
-            parts, message = store.write_and_commit_message(state)
+            parts, message = batch_write.write_and_commit_message(state)
             prepared = (connection.get_server_pid(), parts)
             if prepared not in self._prepared:
                 # Once per session and shape of write; a prepared statement outlives the
@@ -338,7 +338,7 @@ class Batcher:
                 self._prepared.discard(prepared)
                 raise
         else:
-            await connection.execute(store.COMMIT_AND_BEGIN)
+            await connection.execute(batch_write.COMMIT_AND_BEGIN)
         BATCH_WRITE_SECONDS.observe(time.perf_counter() - writing)
         return outcomes
 
@@ -426,8 +426,8 @@ async def _prepare_write(connection: asyncpg.Connection, parts: int) -> None:
     """PREPARE the batch write with these parts in this connection's session, unless it already
     is (an earlier attempt may have prepared it and then failed before this process noted
     it)."""
-    if not await connection.fetchval(store.write_is_prepared(parts)):
-        await connection.execute(store.prepare_write(parts))
+    if not await connection.fetchval(batch_write.write_is_prepared(parts)):
+        await connection.execute(batch_write.prepare_write(parts))
 
 
 def _usable(connection: asyncpg.Connection) -> bool:

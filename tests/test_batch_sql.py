@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from ledger_node import store
+from ledger_node import batch_write, store
 from ledger_node.errors import InvariantViolation
 from ledger_node.operations import BatchState, TransferRow
 from tests.support import migrated_database, property_settings, unique
@@ -47,11 +47,11 @@ async def test_the_write_reaches_accounts_by_id_only(plans_dsn):
             ACCOUNTS,
         )
         await connection.execute("ANALYZE accounts")
-        await connection.execute(store.prepare_write(store.ALL_WRITE_PARTS))
+        await connection.execute(batch_write.prepare_write(batch_write.ALL_WRITE_PARTS))
         # The plan a long-lived batch connection settles on: generic, whatever the arguments.
         await connection.execute("SET plan_cache_mode = force_generic_plan")
         empty = BatchState(now=datetime(2026, 1, 1, tzinfo=UTC), region="eu", accounts={})
-        _, statement = store.write_statement(empty, store.ALL_WRITE_PARTS)
+        _, statement = batch_write.write_statement(empty, batch_write.ALL_WRITE_PARTS)
         text = await connection.fetchval(f"EXPLAIN (FORMAT JSON) {statement}")
     finally:
         await connection.close()
@@ -166,8 +166,8 @@ async def test_the_write_refuses_a_transfer_naming_what_it_did_not_update(plans_
             "unknown hold": _row(f"{tag}-bad", payer, payee, flow="post", pending_id="nohold"),
         }[case]
         state.rows = [good, bad]
-        parts, message = store.write_and_commit_message(state)
-        await connection.execute(store.prepare_write(parts))
+        parts, message = batch_write.write_and_commit_message(state)
+        await connection.execute(batch_write.prepare_write(parts))
         with pytest.raises(asyncpg.PostgresError, match="naming an account or a hold"):
             await connection.execute(message)
         await connection.execute("ROLLBACK")
@@ -217,8 +217,8 @@ def test_array_literals_read_back_exactly(values, numbers, literals_dsn):
         )
         try:
             # The literals go in as the write sends them: quoted into the message's text.
-            text_literal = store.sql_literal(store.text_array(values))
-            number_literal = store.sql_literal(store.int_array(numbers))
+            text_literal = batch_write.sql_literal(batch_write.text_array(values))
+            number_literal = batch_write.sql_literal(batch_write.int_array(numbers))
             return (
                 await connection.fetchval(f"SELECT {text_literal}::text[]"),
                 await connection.fetchval(f"SELECT {number_literal}::bigint[]"),
@@ -233,7 +233,7 @@ def test_array_literals_read_back_exactly(values, numbers, literals_dsn):
 
 def test_an_array_literal_refuses_nul():
     with pytest.raises(InvariantViolation):
-        store.text_array(["a", "b\x00c"])
+        batch_write.text_array(["a", "b\x00c"])
 
 
 async def test_every_shape_of_the_write_prepares(plans_dsn):
@@ -242,12 +242,12 @@ async def test_every_shape_of_the_write_prepares(plans_dsn):
     shapes = 0
     connection = await asyncpg.connect(plans_dsn)
     try:
-        for parts in range(1, store.ALL_WRITE_PARTS + 1):
+        for parts in range(1, batch_write.ALL_WRITE_PARTS + 1):
             if parts & 1 and not parts & 2:  # transfers always come with their accounts
                 with pytest.raises(InvariantViolation):
-                    store.write_sql(parts)
+                    batch_write.write_sql(parts)
                 continue
-            await connection.execute(store.prepare_write(parts))
+            await connection.execute(batch_write.prepare_write(parts))
             shapes += 1
         prepared = await connection.fetchval(
             "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'regiongate_write_%'"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from ledger_node import store
+from ledger_node import batch_write
 from region_router.ledger_client import LedgerClient
 from tests.conftest import start_ledger
 from tests.support import (
@@ -304,7 +304,7 @@ async def test_a_session_that_lost_the_prepared_write_prepares_it_again(
             )
             for row in names:
                 await connection.execute(f"DEALLOCATE {row['name']}")
-            for parts in range(1, store.ALL_WRITE_PARTS + 1):  # every shape of the write
+            for parts in range(1, batch_write.ALL_WRITE_PARTS + 1):  # every shape of the write
                 node.batcher._prepared.add((connection.get_server_pid(), parts))
     finally:
         for connection in connections:

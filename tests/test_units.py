@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from infra import services
 from ledger_node import ids
 from ledger_node.audit import check_invariants
+from ledger_node.batch_write import sql_literal
 from ledger_node.config import ledger_config_from_dict
 from ledger_node.errors import ConfigError, InvariantViolation
 from ledger_node.ids import region_of, ulid, ulid_text
 from ledger_node.migrations import apply_migrations, load_migrations
 from ledger_node.results import PROBLEMS, Result
 from ledger_node.service_auth import ServiceKey, ServiceKeyring, sign, verify
-from ledger_node.store import sql_literal
 from tests.support import property_settings
 
 BASE = {
