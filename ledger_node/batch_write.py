@@ -191,6 +191,9 @@ _WRITE_TYPES = (
     + ["json"] * 5
     + ["bigint"] * 8
 )
+# The column arrays among the parameters ($2 to $35, the bulk), and which of them hold integers.
+_ARRAY_TYPES = [kind for kind in _WRITE_TYPES if kind.endswith("[]")]
+_INTEGER_ARRAYS = frozenset({"bigint[]", "smallint[]"})
 
 
 @functools.cache
@@ -311,88 +314,69 @@ def write_arguments(state: BatchState) -> list[str | int | datetime]:
     finished_sagas = [saga.finished for saga in state.sagas.values() if saga.finished]
     steps = [step.new for step in state.steps.values() if step.new is not None]
 
-    # One pass over each row set, then a transposition in C: a column per array.
-    empty: list[tuple] = [()] * 21
-    row_columns = (
-        list(
-            zip(
-                *(
-                    (
-                        r.id,
-                        r.kind,
-                        r.flow,
-                        r.status,
-                        r.pending_id,
-                        r.debit_account_id,
-                        r.credit_account_id,
-                        r.amount,
-                        r.currency,
-                        None if r.timeout_at is None else r.timeout_at.isoformat(),
-                        r.reference,
-                        r.round_id,
-                        r.metadata,
-                        *r.debit_after,
-                        *r.credit_after,
-                    )
-                    for r in rows
-                ),
-                strict=True,
-            )
-        )
-        or empty
-    )
-    account_columns = (
-        list(
-            zip(
-                *(
-                    (
-                        a.id,
-                        a.debits_posted,
-                        a.credits_posted,
-                        a.debits_pending,
-                        a.credits_pending,
-                        a.version,
-                    )
-                    for a in accounts
-                ),
-                strict=True,
-            )
-        )
-        or empty[:6]
-    )
-    key_columns = (
-        list(
-            zip(
-                *(
-                    (
-                        key,
-                        request_hash.hex(),
-                        name,
-                        outcome.result.value,
-                        outcome.transfer_id,
-                        outcome.status_code,
-                        outcome.body.decode(),
-                    )
-                    for key, request_hash, outcome, name in keys
-                ),
-                strict=True,
-            )
-        )
-        or empty[:7]
-    )
-    text, number = text_array, int_array
+    # One pass over each row set, then a transposition in C: a column per array, in the
+    # parameters' order ($2 to $35), each encoded as its declared type says.
+    columns = [
+        *_transpose(
+            (
+                (
+                    r.id,
+                    r.kind,
+                    r.flow,
+                    r.status,
+                    r.pending_id,
+                    r.debit_account_id,
+                    r.credit_account_id,
+                    r.amount,
+                    r.currency,
+                    None if r.timeout_at is None else r.timeout_at.isoformat(),
+                    r.reference,
+                    r.round_id,
+                    r.metadata,
+                    *r.debit_after,
+                    *r.credit_after,
+                )
+                for r in rows
+            ),
+            21,
+        ),
+        *_transpose(
+            (
+                (
+                    a.id,
+                    a.debits_posted,
+                    a.credits_posted,
+                    a.debits_pending,
+                    a.credits_pending,
+                    a.version,
+                )
+                for a in accounts
+            ),
+            6,
+        ),
+        *_transpose(
+            (
+                (
+                    key,
+                    request_hash.hex(),
+                    name,
+                    outcome.result.value,
+                    outcome.transfer_id,
+                    outcome.status_code,
+                    outcome.body.decode(),
+                )
+                for key, request_hash, outcome, name in keys
+            ),
+            7,
+        ),
+    ]
     encode = _json_encoder.encode
     return [
         state.now,
-        *(text(column) for column in row_columns[:7]),
-        number(row_columns[7]),
-        *(text(column) for column in row_columns[8:13]),
-        *(number(column) for column in row_columns[13:]),
-        text(account_columns[0]),
-        *(number(column) for column in account_columns[1:]),
-        *(text(column) for column in key_columns[:5]),
-        number(key_columns[5]),
-        text(key_columns[6]),
+        *(
+            int_array(column) if kind in _INTEGER_ARRAYS else text_array(column)
+            for kind, column in zip(_ARRAY_TYPES, columns, strict=True)
+        ),
         encode(pendings).decode(),
         encode(bets).decode(),
         encode(new_sagas).decode(),
@@ -407,6 +391,11 @@ def write_arguments(state: BatchState) -> list[str | int | datetime]:
         len(finished_sagas),
         len(steps),
     ]
+
+
+def _transpose(records: Iterable[tuple], width: int) -> list[tuple]:
+    """Rows of width values as width columns (empty columns for no rows)."""
+    return list(zip(*records, strict=True)) or [()] * width
 
 
 # Every batch ends by opening the next one's transaction, so that batch starts with its locks
