@@ -52,6 +52,37 @@ def cluster_cpu_s(cluster: PostgresCluster) -> float:
     return seconds
 
 
+async def run_batches(
+    node: LedgerNode,
+    players: list[str],
+    *,
+    size: int,
+    count: int,
+    hot: bool,
+    rng: random.Random,
+) -> None:
+    """count batches of size transfers between random players, one batch at a time: each is
+    submitted whole, with no await in between, and committed before the next. In a hot batch
+    every transfer credits the house account."""
+    house = house_account_id(REGION, CURRENCY)
+    for _ in range(count):
+        futures = []
+        for _ in range(size):
+            debit, credit = rng.sample(players, 2)
+            operation = CreateTransfer(
+                debit, house if hot else credit, rng.randint(1, 100), CURRENCY
+            )
+            futures.append(
+                node.batcher.submit(
+                    operation,
+                    idempotency_key=os.urandom(12).hex(),
+                    request_hash=b"bench",
+                    name="transfer",
+                )
+            )
+        await asyncio.gather(*futures)
+
+
 async def measure(cluster: PostgresCluster, dsn: str, sizes: list[int], rounds: int) -> dict:
     config = ledger_config_from_dict(
         {
@@ -67,7 +98,6 @@ async def measure(cluster: PostgresCluster, dsn: str, sizes: list[int], rounds: 
     await node.start()
     try:
         players = await make_players(dsn, PLAYERS)
-        house = house_account_id(REGION, CURRENCY)
         rng = random.Random(1)
         figures = {}
         for size in sizes:
@@ -75,22 +105,7 @@ async def measure(cluster: PostgresCluster, dsn: str, sizes: list[int], rounds: 
                 count = max(rounds, 1)
                 pg_before, py_before = cluster_cpu_s(cluster), time.process_time()
                 started = time.perf_counter()
-                for _ in range(count):
-                    futures = []
-                    for _ in range(size):
-                        debit, credit = rng.sample(players, 2)
-                        operation = CreateTransfer(
-                            debit, house if hot else credit, rng.randint(1, 100), CURRENCY
-                        )
-                        futures.append(
-                            node.batcher.submit(
-                                operation,
-                                idempotency_key=os.urandom(12).hex(),
-                                request_hash=b"bench",
-                                name="transfer",
-                            )
-                        )
-                    await asyncio.gather(*futures)
+                await run_batches(node, players, size=size, count=count, hot=hot, rng=rng)
                 operations = count * size
                 row = {
                     "pg_us_per_op": round(

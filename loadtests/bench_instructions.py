@@ -46,10 +46,9 @@ import uvloop
 
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import ledger_config_from_dict
-from ledger_node.ids import house_account_id
 from ledger_node.node import LedgerNode
-from ledger_node.operations import CreateTransfer
 from ledger_node.service_auth import ServiceKeyring
+from loadtests.bench_batch import run_batches
 from loadtests.bench_ledger import CURRENCY, REGION, make_players
 
 PLAYERS = 2_000
@@ -103,16 +102,24 @@ def server_wrapper(directory: Path, output_dir: Path) -> Path:
     return script
 
 
-def counts_by_pid(output_dir: Path) -> dict[int, int]:
-    """The count of every process that has ended and written its file in full."""
-    counts = {}
+def count_files(output_dir: Path) -> dict[int, Path]:
+    """Every process's count file so far, by pid: a running process's may exist, unfinished."""
+    files = {}
     for path in output_dir.glob("callgrind.*"):
         pid = path.name.split(".", 1)[1]
         if pid.isdigit():
-            try:
-                counts[int(pid)] = callgrind_totals(path.read_text())
-            except ValueError:  # still being written
-                continue
+            files[int(pid)] = path
+    return files
+
+
+def counts_by_pid(output_dir: Path) -> dict[int, int]:
+    """The count of every process that has ended and written its file in full."""
+    counts = {}
+    for pid, path in count_files(output_dir).items():
+        try:
+            counts[pid] = callgrind_totals(path.read_text())
+        except ValueError:  # still being written
+            continue
     return counts
 
 
@@ -128,7 +135,9 @@ def wait_for_counts(output_dir: Path, ready, timeout_s: float = 60.0) -> dict[in
         time.sleep(0.2)
 
 
-async def ledger_backend_run(dsn: str, batches: int, size: int, hot: bool) -> int:
+async def ledger_backend_run(
+    dsn: str, players: list[str], batches: int, size: int, hot: bool
+) -> int:
     """Run batches on a fresh node (so a fresh batch connection); the pid of its backend."""
     config = ledger_config_from_dict(
         {
@@ -149,24 +158,8 @@ async def ledger_backend_run(dsn: str, batches: int, size: int, hot: bool) -> in
     try:
         async with node.batch_pool.acquire() as connection:
             pid = connection.get_server_pid()
-        players = [f"{REGION}-bench{i:06d}" for i in range(PLAYERS)]
-        house = house_account_id(REGION, CURRENCY)
         rng = random.Random(batches)
-        for _ in range(batches):
-            futures = []
-            for _ in range(size):
-                debit, credit = rng.sample(players, 2)
-                futures.append(
-                    node.batcher.submit(
-                        CreateTransfer(
-                            debit, house if hot else credit, rng.randint(1, 100), CURRENCY
-                        ),
-                        idempotency_key=os.urandom(12).hex(),
-                        request_hash=b"bench",
-                        name="transfer",
-                    )
-                )
-            await asyncio.gather(*futures)
+        await run_batches(node, players, size=size, count=batches, hot=hot, rng=rng)
     finally:
         await node.stop()
     return pid
@@ -195,20 +188,19 @@ def new_backend_count(output_dir: Path, before: set[int]) -> int:
 
     def settled(counts: dict[int, int]) -> bool:
         # Every file that appeared is complete: each ended backend has written its count.
-        files = {path.name for path in output_dir.glob("callgrind.*")}
-        fresh = {name for name in files if int(name.split(".", 1)[1]) not in before}
+        fresh = set(count_files(output_dir)) - before
         return bool(fresh) and len(set(counts) - before) == len(fresh)
 
     counts = wait_for_counts(output_dir, settled)
     return max(count for pid, count in counts.items() if pid not in before)
 
 
-def measure(cluster: PostgresCluster, output_dir: Path, dsn: str, args) -> dict:
+def measure(cluster: PostgresCluster, output_dir: Path, dsn: str, players: list[str], args) -> dict:
     short, long = args.batches, args.batches * 3
     figures = {}
     for hot in (False, True):
         pids = [
-            uvloop.run(ledger_backend_run(dsn, batches, args.size, hot))
+            uvloop.run(ledger_backend_run(dsn, players, batches, args.size, hot))
             for batches in (short, long)
         ]
         counts = wait_for_counts(output_dir, lambda counts, pids=pids: set(pids) <= set(counts))
@@ -218,7 +210,7 @@ def measure(cluster: PostgresCluster, output_dir: Path, dsn: str, args) -> dict:
     runs = []
     for transactions in (args.pgbench_transactions, args.pgbench_transactions * 3):
         # Every process with a file so far, ended or not (a running one's file may exist).
-        before = {int(path.name.split(".", 1)[1]) for path in output_dir.glob("callgrind.*")}
+        before = set(count_files(output_dir))
         pgbench_run(cluster, transactions)
         runs.append((transactions, new_backend_count(output_dir, before)))
     pgbench = Pair(runs[0][0], runs[0][1], runs[1][0], runs[1][1]).per_operation()
@@ -269,15 +261,15 @@ def main(argv: list[str] | None = None) -> None:
             timeout=TIMEOUT_S,
         )
         # A first node applies the migrations and the currencies, then the players are made.
-        uvloop.run(ledger_backend_run(dsn, 0, args.size, hot=False))
-        asyncio.run(make_players(dsn, PLAYERS))
+        uvloop.run(ledger_backend_run(dsn, [], 0, args.size, hot=False))
+        players = asyncio.run(make_players(dsn, PLAYERS))
         print(
             f"PostgreSQL under callgrind: ledger batches of {args.size} ({args.batches} and "
             f"{args.batches * 3}), pgbench tpcb-like ({args.pgbench_transactions} and "
             f"{args.pgbench_transactions * 3} transactions) ...",
             flush=True,
         )
-        print(json.dumps(measure(cluster, output_dir, dsn, args)))
+        print(json.dumps(measure(cluster, output_dir, dsn, players, args)))
     finally:
         cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
