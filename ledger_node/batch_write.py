@@ -17,6 +17,13 @@ their ids. The planner guesses a hundred rows for any ``unnest`` or ``json_to_re
 with the join alone it hashed the batch's rows and scanned every account to probe them: a fixed
 cost per batch that grew with the number of accounts (0.2 ms of PostgreSQL's CPU per 2,000). The
 ``ANY`` gives it an index condition instead (tests/test_batch_sql.py pins the plan's shape).
+
+The tables' CHECK constraints have a price per statement, not per row: PostgreSQL 15 reads each
+one's stored expression again (``stringToNode`` under ``ExecConstraints``) in every statement
+that writes its table, about 17 a batch here (accounts 9, transfers 8). Under callgrind that was
+22,000 instructions per transfer at batches of 16, 5 % of the write (2026-12-02). They stay:
+they are the money's last check. One-column checks moved into domains (whose constraints a
+backend caches) would be the thing to measure before touching them.
 """
 
 from __future__ import annotations
