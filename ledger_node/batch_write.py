@@ -20,10 +20,11 @@ cost per batch that grew with the number of accounts (0.2 ms of PostgreSQL's CPU
 
 The tables' CHECK constraints have a price per statement, not per row: PostgreSQL 15 reads each
 one's stored expression again (``stringToNode`` under ``ExecConstraints``) in every statement
-that writes its table, about 17 a batch here (accounts 9, transfers 8). Under callgrind that was
-22,000 instructions per transfer at batches of 16, 5 % of the write (2026-12-02). They stay:
-they are the money's last check. One-column checks moved into domains (whose constraints a
-backend caches) would be the thing to measure before touching them.
+that writes its table: 17 a batch here (accounts 9, transfers 8). Under callgrind that was
+22,000 instructions per transfer at batches of 16, 5 % of all a transfer costs the server
+(loadtests.bench_instructions, 2026-12-02). They stay: they are the money's last check.
+One-column checks moved into domains (whose constraints a backend caches) would be the thing to
+measure before touching them.
 """
 
 from __future__ import annotations
