@@ -33,19 +33,21 @@ minutes apart later that day gave pgbench 6,584-6,881 and 8,613-9,289 tps at the
 PostgreSQL cores, while the ledger held 8,8xx in both, so compare ``ledger_tps`` across runs as
 well as ``ratio``.
 
-The ratio depends on the concurrency, and 32 clients is where it is lowest of the loads a node
-meets under real traffic. pgbench is at its ceiling at 32 clients (both cores busy), so more
-clients do not raise its tps. The ledger's 32 clients form two groups of 16 that take turns:
+The ratio depends on the concurrency. pgbench is at its ceiling at 32 clients (both cores
+busy): at 64 it did not gain. The ledger's 32 clients form two groups of 16 that take turns:
 while one group's batch is being decided and written, the other group's requests queue. More
-clients make larger batches, and each batch has a fixed cost. Under callgrind a batch costs
-the server about 1.6 million instructions of its own, plus 330,000 per transfer:
-``bench_instructions --size 4`` gave 729,880 per transfer, ``--size 32`` gave 380,300. On
-2026-12-02, ``--clients 64`` gave ratios of 1.58 to 1.78 (median 1.69), with batches of 32,
-p50 15.4 ms and p99 27.6 ms; the same hour at 32 clients gave 1.34 to 1.55. The default
-stays at 32, the figure every earlier run reported. The COMMIT's WAL flush lies on the
-batches' chain: the same node on a database with ``synchronous_commit = off`` (a diagnostic
-only, never a setting) ran 7 to 24 % faster in three interleaved pairs. Other sync methods
-are no lever: ``wal_sync_method = open_datasync`` sped pgbench up as much as the ledger.
+clients make larger batches, and each batch has a fixed cost. Fitted to two sizes under
+callgrind, a batch costs the server about 1.6 million instructions of its own plus 330,000 per
+transfer (``bench_instructions --size 4`` gave 729,880 per transfer, ``--size 32`` 380,300).
+On 2026-12-02, ``--clients 64`` gave ratios of 1.58 to 1.78 (median 1.69), with batches of 32,
+p50 15.4 ms and p99 27.6 ms; within the same hour, 32 clients gave 1.34 to 1.55. The default
+stays at 32, the figure every earlier run reported.
+
+The COMMIT's WAL flush lies on the batches' chain. As a diagnostic only, never a setting, the
+same node on a database with ``synchronous_commit = off`` ran 7.5 to 24 % faster, over three
+interleaved pairs each of uniform and hot runs (a scratch A/B harness: two nodes on one
+cluster, not kept). Another sync method is no lever: with ``wal_sync_method = open_datasync``
+pgbench rose too, and the ratio's median fell to 1.27.
 
 The last line printed is one JSON object: the medians, each round's figures under
 ``per_round``, and latency percentiles over all rounds.
