@@ -22,6 +22,10 @@ async def limiter(redis_server):
         per_client=Limit(rate_per_s=1, burst=3),
         per_account=Limit(rate_per_s=1, burst=4),
         key_prefix=unique("rl") + ":",
+        # As long as the client's own timeout, like every other limiter here: at the default
+        # 50 ms a slow call on a loaded machine lets the request through (the limiter fails
+        # open), and a test of refusals then sees an "ok".
+        timeout_ms=1000,
     )
     await client.aclose()
 
