@@ -24,11 +24,10 @@ that writes its table: 17 a batch here (accounts 9, transfers 8). Under callgrin
 22,000 instructions per transfer at batches of 16, 5 % of all a transfer costs the server
 (loadtests.bench_instructions, 2026-12-02). They stay: they are the money's last check.
 Neither cheaper form of them pays (2026-12-03, a scratch table shaped like ``accounts``, a
-32-row UPDATE prepared and planned as the batch's is, 5,000 runs a round, the median of four
-rounds after one of warm-up, of the backend's CPU per statement): no checks 405 µs, the nine
-checks 441, the nine folded into one 435, the one-column checks as domains and the rest folded
-451. A fold parses the same nodes, and a domain's check is compiled again at every executor
-start too.
+32-row UPDATE prepared and planned as the batch's is, 5,000 runs a round; the backend's CPU per
+statement, median of four rounds after a warm-up round): no checks 405 µs, the nine checks 441,
+the nine folded into one 435, the one-column checks as domains and the rest folded 451. A fold
+parses the same nodes, and a domain's check is compiled again at every executor start too.
 
 Where the server's instructions go in a batch of 16 (callgrind on the batch's backend, 150
 batches, 2026-12-03): reading the write's array literals (``array_in``) 9 %, the CHECK

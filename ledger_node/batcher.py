@@ -26,10 +26,11 @@ time; the check then cost what the read it replaced did. Answering a batch's req
 so that a reply from the database waits behind fewer handlers, did not help either (4,306 to
 5,022 against 4,806).
 
-What the throughput waits on was measured by adding work to one place at a time (2026-12-03, a
-scratch harness: three nodes on one cluster, each on a database of its own, 32 clients, 8 s
-runs in 16 rounds whose order rotated). 400 µs of busy work in every batch, between its lock and
-read and its write, cost a tenth of the throughput: the median of the rounds' ratios was 0.90.
+Whatever a batch waits on, work added inside it lengthens the chain, and work added outside it
+does not: measured by adding busy work to one place at a time (2026-12-03, a scratch harness:
+three nodes on one cluster, each on a database of its own, 32 clients, 8 s runs in 16 rounds
+whose order rotated). 400 µs in every batch, between its lock and read and its write, cost a
+tenth of the throughput: the median of the rounds' ratios was 0.90.
 25 µs in every request's handler, outside the batch, is the same CPU per batch of 16, and it
 cost nothing measurable (median 1.03). A single round's ratio ranged from 0.78 to 1.40, so one
 pair of runs cannot show a change of this size. The chain of each batch (lock and read, decide,
