@@ -42,6 +42,8 @@ from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerResponse
 from region_router.router import RegionRouter, RouterConfig
 
+HEADER_SIZE_BYTES_MAX = 16_384
+"""Longest header line; past it, 431 headers-too-large (aiohttp's default is 8,190)."""
 CLIENT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,100}$")
 REPLAYED_HEADER = "Idempotent-Replayed"
 FORWARDED_QUERY = ("as_of", "limit", "cursor", "order")
@@ -351,6 +353,9 @@ def build_gateway_app(gateway: Gateway) -> web.Application:
     app = web.Application(
         middlewares=[telemetry_middleware, problem_middleware],
         client_max_size=gateway.config.body_size_max_bytes,
+        # A header line may hold the longest token the gateway accepts, so that an oversized
+        # token gets the gateway's own 401 rather than the parser's refusal.
+        handler_args={"max_field_size": HEADER_SIZE_BYTES_MAX},
     )
     app[GATEWAY] = gateway
 

@@ -28,6 +28,10 @@ import jwt
 from gateway.errors import Forbidden, Unauthenticated
 
 ALLOWED_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+# Which algorithms a key of each JWK type verifies. A token's ``alg`` must fit the key its
+# ``kid`` names: handing PyJWT an EC key for an RS256 token raises TypeError, not
+# InvalidTokenError, and a caller must never turn a bad token into a 500.
+ALGORITHMS_BY_KEY_TYPE = {"RSA": ("RS256", "PS256"), "EC": ("ES256",), "OKP": ("EdDSA",)}
 TOKEN_LENGTH_MAX = 8192
 ACCOUNTS_CLAIM_MAX = 1000
 
@@ -84,7 +88,7 @@ class KeySet:
         self._check_interval_s = check_interval_s
         self._checked_at = 0.0
         self._stamp: tuple[int, int] | None = None
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, tuple[jwt.PyJWK, tuple[str, ...]]] = {}
         self.version = 0
         """Grows on every reload: cached verifications made under older keys are void."""
         self._load()
@@ -100,7 +104,12 @@ class KeySet:
             if raw.get("kty") == "oct":
                 continue  # a shared secret never verifies a caller here
             key = jwt.PyJWK.from_dict(raw)
-            keys[raw.get("kid") or f"#{index}"] = key
+            algorithms = ALGORITHMS_BY_KEY_TYPE.get(key.key_type, ())
+            if raw.get("alg") is not None:  # a key that names its algorithm verifies only it
+                algorithms = tuple(a for a in algorithms if a == raw["alg"])
+            if key.key_type == "EC" and raw.get("crv") != "P-256":
+                algorithms = ()  # ES256 is P-256 only (RFC 7518, 3.4)
+            keys[raw.get("kid") or f"#{index}"] = (key, algorithms)
         if not keys:
             raise ValueError(f"JWK set {self._path} has no asymmetric keys")
         self._keys = keys
@@ -117,7 +126,8 @@ class KeySet:
             except (OSError, ValueError, jwt.PyJWKError):
                 pass  # keep the last good set; a half-written file must not lock everyone out
 
-    def get(self, kid: str | None) -> jwt.PyJWK | None:
+    def get(self, kid: str | None) -> tuple[jwt.PyJWK, tuple[str, ...]] | None:
+        """The key a kid names with the algorithms it verifies (None: no such key)."""
         self.refresh()
         if kid is None:
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
@@ -153,8 +163,10 @@ class Authenticator:
         if not authorization:
             raise Unauthenticated("missing bearer token")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token or len(token) > TOKEN_LENGTH_MAX:
+        if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("expected 'Authorization: Bearer <token>'")
+        if len(token) > TOKEN_LENGTH_MAX:
+            raise Unauthenticated(f"token longer than {TOKEN_LENGTH_MAX} characters")
         self._keys.refresh()
         cached = self._cache.get(token)
         if cached is not None:
@@ -176,9 +188,15 @@ class Authenticator:
             raise Unauthenticated("malformed token") from exc
         if header.get("alg") not in ALLOWED_ALGORITHMS:
             raise Unauthenticated(f"token algorithm {header.get('alg')!r} is not accepted")
-        key = self._keys.get(header.get("kid"))
-        if key is None:
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthenticated("token kid must be a string")
+        found = self._keys.get(kid)
+        if found is None:
             raise Unauthenticated("token signed with an unknown key")
+        key, algorithms = found
+        if header["alg"] not in algorithms:
+            raise Unauthenticated(f"token algorithm {header['alg']} does not fit its key")
         try:
             claims = jwt.decode(
                 token,
@@ -195,7 +213,9 @@ class Authenticator:
             raise Unauthenticated("token is for another audience") from exc
         except jwt.InvalidIssuerError as exc:
             raise Unauthenticated("token from an unknown issuer") from exc
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, jwt.PyJWKError, TypeError, ValueError) as exc:
+            # Whatever a library raises for a token it cannot verify, the caller is refused:
+            # a token is input, and input never answers 500.
             raise Unauthenticated(f"invalid token: {type(exc).__name__}") from exc
         return _principal(claims), float(claims["exp"]) + self._config.leeway_s
 

@@ -45,6 +45,9 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
     except GatewayProblem as exc:
         return problem_response(exc.problem, exc.detail, **exc.extra)
     except Unauthenticated as exc:
+        # Once, at info level, with the reason and never the token: a bad token is a caller's
+        # mistake (or a probe), not the gateway's fault.
+        log.info("unauthenticated %s %s: %s", request.method, request.path, exc)
         return problem_response(
             UNAUTHENTICATED, str(exc), headers={"WWW-Authenticate": 'Bearer realm="regiongate"'}
         )

@@ -13,12 +13,14 @@ from gateway.app import Gateway, build_gateway_app
 from gateway.config import GatewayConfig
 from infra.serving import (
     SHUTDOWN_TIMEOUT_S,
+    ProblemAppRunner,
     configure_logging,
     run_workers,
     wait_for_stop_signal,
 )
 from infra.telemetry import configure_tracing, start_metrics_site
 from infra.tls import server_context
+from ledger_node.http_errors import protocol_problem
 
 log = logging.getLogger("regiongate.gateway")
 
@@ -33,8 +35,11 @@ async def _serve(config: GatewayConfig, reuse_port: bool, worker_index: int) -> 
         ssl_context = server_context(Path(config.tls_cert_file), Path(config.tls_key_file))
     else:
         log.warning("no TLS certificate configured: serving plain HTTP")
-    runner = web.AppRunner(
-        build_gateway_app(Gateway(config)), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    runner = ProblemAppRunner(
+        build_gateway_app(Gateway(config)),
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        protocol_problem=protocol_problem,
     )
     await runner.setup()
     site = web.TCPSite(

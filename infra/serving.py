@@ -1,5 +1,8 @@
 """What every regiongate service process shares: JSON logs on stderr, uvloop, a graceful stop on
-SIGINT/SIGTERM, and ``workers`` processes sharing one port through SO_REUSEPORT."""
+SIGINT/SIGTERM, ``workers`` processes sharing one port through SO_REUSEPORT (a worker that dies
+is replaced, within a bound), and an HTTP server that answers even a request it cannot parse
+(a header too long, a broken request line) with a problem document rather than aiohttp's
+``text/plain``."""
 
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 
 SHUTDOWN_TIMEOUT_S = 10.0
 
@@ -47,6 +55,67 @@ def configure_logging(level: str | None = None) -> None:
         force=True,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+ProtocolProblem = Callable[[int, str], tuple[int, bytes]]
+"""(status aiohttp chose, what was wrong) -> (status, problem+json body) for a request the
+server could not parse: the services' own renderer, so both layers speak one vocabulary."""
+
+
+class _ProblemRequestHandler(RequestHandler):
+    protocol_problem: ProtocolProblem
+
+    def handle_error(
+        self,
+        request,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse or finish, as problem+json."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started, cannot send an error")
+        if status >= 500:
+            self.log_exception("error handling a request", exc_info=exc)
+        else:  # a client's malformed request: its own mistake, not ours; the message is not
+            # logged, since it can quote a header, and a header can hold a token
+            logging.getLogger("regiongate.http").info(
+                "refused a malformed request from %s (%d, %s)",
+                request.remote,
+                status,
+                type(exc).__name__,
+            )
+        if isinstance(exc, LineTooLong):
+            status = 431  # RFC 6585: Request Header Fields Too Large
+        status, body = self.protocol_problem(status, str(message or exc or ""))
+        response = web.Response(status=status, body=body, content_type="application/problem+json")
+        response.force_close()
+        return response
+
+
+class _ProblemServer(Server):
+    protocol_problem: ProtocolProblem
+
+    def __call__(self) -> RequestHandler:
+        handler = _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.protocol_problem = self.protocol_problem
+        return handler
+
+
+class ProblemAppRunner(web.AppRunner):
+    """An AppRunner whose connections answer unparseable requests with a problem document.
+    aiohttp has no hook for that answer, so the server it builds is given a subclass whose
+    request handlers override ``handle_error`` (tests/test_bad_input.py pins the behaviour)."""
+
+    def __init__(self, app: web.Application, *, protocol_problem: ProtocolProblem, **kwargs):
+        super().__init__(app, **kwargs)
+        self._protocol_problem = protocol_problem
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = _ProblemServer  # same layout, one more method: no state is copied
+        server.protocol_problem = self._protocol_problem
+        return server
 
 
 async def wait_for_stop_signal() -> None:

@@ -19,7 +19,9 @@ from ledger_node.errors import (
 from ledger_node.results import (
     BODY_TOO_LARGE,
     DATABASE_UNAVAILABLE,
+    HEADERS_TOO_LARGE,
     INTERNAL,
+    MALFORMED_REQUEST,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     OVERLOADED,
@@ -60,6 +62,17 @@ def problem_response(
         content_type=render.PROBLEM_CONTENT_TYPE,
         headers=headers,
     )
+
+
+def protocol_problem(status: int, message: str) -> tuple[int, bytes]:
+    """The answer to a request the HTTP server could not parse (infra.serving's runner)."""
+    problem = {431: HEADERS_TOO_LARGE, 413: BODY_TOO_LARGE}.get(status)
+    if problem is None:
+        problem = MALFORMED_REQUEST if status < 500 else INTERNAL
+    # The parser's own words, short; never for a 5xx (no internals) nor a long header (it
+    # could quote a token back into a log or a proxy's cache).
+    detail = message[:200] if problem is MALFORMED_REQUEST else None
+    return problem.status, render.problem_body(problem, detail)
 
 
 def field_of(message: str) -> str | None:

@@ -177,6 +177,8 @@ PROBLEMS: dict[Result, Problem] = {
 
 # Problems that do not come from a ledger decision: input, auth, limits, availability.
 VALIDATION_FAILED = Problem(400, "validation-failed", "Request failed validation")
+MALFORMED_REQUEST = Problem(400, "malformed-request", "The HTTP request could not be parsed")
+HEADERS_TOO_LARGE = Problem(431, "headers-too-large", "A request header or line is too long")
 MALFORMED_JSON = Problem(400, "malformed-json", "Request body is not valid JSON")
 IDEMPOTENCY_KEY_MISSING = Problem(
     400, "idempotency-key-missing", "Idempotency-Key header is required", "Idempotency-Key"

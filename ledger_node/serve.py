@@ -23,6 +23,7 @@ from aiohttp import web
 
 from infra.serving import (
     SHUTDOWN_TIMEOUT_S,
+    ProblemAppRunner,
     configure_logging,
     run_workers,
     wait_for_stop_signal,
@@ -30,6 +31,7 @@ from infra.serving import (
 from infra.telemetry import configure_tracing, start_metrics_site
 from ledger_node.app import build_app
 from ledger_node.config import LedgerConfig
+from ledger_node.http_errors import protocol_problem
 from ledger_node.node import LedgerNode
 from ledger_node.service_auth import ServiceKeyring
 
@@ -41,8 +43,11 @@ async def _serve(
     metrics = None
     if config.metrics_port is not None:
         metrics = await start_metrics_site(config.host, config.metrics_port + worker_index)
-    runner = web.AppRunner(
-        build_app(LedgerNode(config, keyring)), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    runner = ProblemAppRunner(
+        build_app(LedgerNode(config, keyring)),
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        protocol_problem=protocol_problem,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port, backlog=1024)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from gateway.app import Gateway, build_gateway_app
 from gateway.config import GatewayConfig, RateLimitConfig
@@ -29,6 +28,7 @@ from tests.support import (
     LIMIT_BURST,
     PROPERTY_SCALE,
     SAGA_TEST_CONFIG,
+    AppServer,
     Cluster,
     RegionNode,
     ledger_config,
@@ -115,7 +115,7 @@ async def loop_errors() -> AsyncIterator[list]:
 async def start_ledger(config, keyring: ServiceKeyring):
     node = LedgerNode(config, keyring)
     await node.start()
-    server = TestServer(build_app(node, manage_node=False), host="127.0.0.1")
+    server = AppServer(build_app(node, manage_node=False), host="127.0.0.1")
     await server.start_server()
     return node, server
 
@@ -189,7 +189,7 @@ async def cluster(postgres, keyring, redis_server, tmp_path):
                 key_prefix=limiter_prefix,
             ),
         )
-        gateways[code] = TestServer(build_gateway_app(Gateway(config)), host="127.0.0.1")
+        gateways[code] = AppServer(build_gateway_app(Gateway(config)), host="127.0.0.1")
         await gateways[code].start_server()
     async with aiohttp.ClientSession() as session:
         yield Cluster(regions, gateways, session, keys)

@@ -16,9 +16,11 @@ from aiohttp.test_utils import TestServer
 from hypothesis import settings
 
 from infra.services import free_port
+from infra.serving import ProblemAppRunner
 from ledger_node.app import build_app
 from ledger_node.audit import check_invariants
 from ledger_node.config import LedgerConfig, ledger_config_from_dict
+from ledger_node.http_errors import protocol_problem
 from ledger_node.node import LedgerNode
 from region_router.ledger_client import LedgerClient
 
@@ -171,6 +173,14 @@ async def ledger_snapshot(dsn: str) -> tuple:
     return transfers, keys, bets, [tuple(a) for a in accounts]
 
 
+class AppServer(TestServer):
+    """A test server on the services' own runner, so that tests meet the same answers to
+    unparseable requests (problem+json) that served processes give."""
+
+    async def _make_runner(self, **kwargs) -> ProblemAppRunner:
+        return ProblemAppRunner(self.app, protocol_problem=protocol_problem, **kwargs)
+
+
 class RegionNode:
     """A ledger node of one region, startable again on the same port."""
 
@@ -191,7 +201,7 @@ class RegionNode:
         config = ledger_config(self.dsn, region=self.region, **self.overrides)
         self.node = LedgerNode(config, self.keyring)
         await self.node.start()
-        self.server = TestServer(
+        self.server = AppServer(
             build_app(self.node, manage_node=False), host="127.0.0.1", port=self.port
         )
         await self.server.start_server()
