@@ -26,6 +26,7 @@ from pathlib import Path
 import jwt
 
 from gateway.errors import Forbidden, Unauthenticated
+from ledger_node.ids import is_system_account_id
 
 ALLOWED_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 # Which algorithms a key of each JWK type verifies. A token's ``alg`` must fit the key its
@@ -57,8 +58,11 @@ class Principal:
             raise Forbidden(f"this needs the {scope.value} scope")
 
     def may_use_wallet(self, account_id: str) -> bool:
+        """A player's own accounts, never a system account, whatever its token lists."""
         return Scope.ADMIN in self.scopes or (
-            Scope.WALLET in self.scopes and account_id in self.accounts
+            Scope.WALLET in self.scopes
+            and account_id in self.accounts
+            and not is_system_account_id(account_id)
         )
 
     def may_play_for(self, account_operator: str | None) -> bool:

@@ -34,6 +34,7 @@ from ledger_node.operations import (
     StartSaga,
     Status,
     TransferRow,
+    system_account_refusal,
 )
 from ledger_node.results import Result
 
@@ -78,6 +79,9 @@ def create_transfer(state: BatchState, op: CreateTransfer) -> tuple[Outcome, Tra
     if result is not Result.OK:
         return fail(result), None
     ensure(debit is not None and credit is not None, "checked pair lost an account")
+    refusal = system_account_refusal(debit.kind, credit.kind, op.kind)
+    if refusal is not None:
+        return fail(refusal), None
     amount = op.amount
     if (
         debit.debits_posted + debit.debits_pending + amount > BIGINT_MAX

@@ -93,6 +93,16 @@ def new_transfer_id(region: str) -> str:
     return f"{region}-t-{ulid()}"
 
 
+SYSTEM_ACCOUNT_KINDS = ("house", "clearing", "transit")
+
+
+def is_system_account_id(account_id: str) -> bool:
+    """A region's house, clearing or transit account (``eu-house-EUR``, ``eu-transit-us-EUR``):
+    their ids are the only ones whose second part is a word; a player's is a ULID."""
+    parts = account_id.split("-", 2)
+    return len(parts) == 3 and parts[1] in SYSTEM_ACCOUNT_KINDS
+
+
 def house_account_id(region: str, currency: str) -> str:
     return f"{region}-house-{currency}"
 

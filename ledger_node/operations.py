@@ -41,6 +41,41 @@ class Kind(enum.StrEnum):
     SAGA = "saga"
 
 
+class AccountKind(enum.StrEnum):
+    PLAYER = "player"
+    HOUSE = "house"
+    CLEARING = "clearing"
+    TRANSIT = "transit"
+
+
+# Which operations may move each kind of system account, as debit and as credit
+# (docs/decisions/0002): the house by bets (credit), wins and rollbacks (debit); clearing by
+# deposits (debit) and withdrawals (credit), which are plain transfers; a transit account by
+# sagas alone. The other side is always a player account, so two system accounts never move
+# money between themselves. Player accounts take every kind.
+SYSTEM_ACCOUNT_DEBITS: dict[AccountKind, frozenset[Kind]] = {
+    AccountKind.HOUSE: frozenset({Kind.WIN, Kind.ROLLBACK}),
+    AccountKind.CLEARING: frozenset({Kind.TRANSFER}),
+    AccountKind.TRANSIT: frozenset({Kind.SAGA}),
+}
+SYSTEM_ACCOUNT_CREDITS: dict[AccountKind, frozenset[Kind]] = {
+    AccountKind.HOUSE: frozenset({Kind.BET}),
+    AccountKind.CLEARING: frozenset({Kind.TRANSFER}),
+    AccountKind.TRANSIT: frozenset({Kind.SAGA}),
+}
+
+
+def system_account_refusal(debit_kind: str, credit_kind: str, kind: Kind) -> Result | None:
+    """The refusal of an operation of this kind between accounts of these kinds, or None."""
+    if debit_kind != AccountKind.PLAYER and kind not in SYSTEM_ACCOUNT_DEBITS[debit_kind]:
+        return Result.DEBIT_ACCOUNT_RESTRICTED
+    if credit_kind != AccountKind.PLAYER and kind not in SYSTEM_ACCOUNT_CREDITS[credit_kind]:
+        return Result.CREDIT_ACCOUNT_RESTRICTED
+    if debit_kind != AccountKind.PLAYER and credit_kind != AccountKind.PLAYER:
+        return Result.CREDIT_ACCOUNT_RESTRICTED
+    return None
+
+
 class BetStatus(enum.StrEnum):
     PLACED = "placed"
     ROLLED_BACK = "rolled_back"

@@ -40,6 +40,10 @@ class Result(enum.Enum):
     BET_REFERENCE_EXISTS = "bet_reference_exists"
     # A rollback for this bet reference arrived first: the late bet is refused for ever.
     BET_ROLLED_BACK = "bet_rolled_back"
+    # A system account moved by an operation that may not move it (house: bets, wins and
+    # rollbacks; clearing: deposits and withdrawals; transit: sagas only).
+    DEBIT_ACCOUNT_RESTRICTED = "debit_account_restricted"
+    CREDIT_ACCOUNT_RESTRICTED = "credit_account_restricted"
     ACCOUNT_HAS_BALANCE = "account_has_balance"
     ACCOUNT_STATUS_INVALID_TRANSITION = "account_status_invalid_transition"
     # A cross-region transfer's hold belongs to its saga: only the saga posts or voids it.
@@ -139,6 +143,18 @@ PROBLEMS: dict[Result, Problem] = {
     ),
     Result.BET_ROLLED_BACK: Problem(
         409, "bet-rolled-back", "This bet was rolled back before it arrived", "reference"
+    ),
+    Result.DEBIT_ACCOUNT_RESTRICTED: Problem(
+        422,
+        "system-account-restricted",
+        "This operation may not move the debit account (a system account)",
+        "debit_account_id",
+    ),
+    Result.CREDIT_ACCOUNT_RESTRICTED: Problem(
+        422,
+        "system-account-restricted",
+        "This operation may not move the credit account (a system account)",
+        "credit_account_id",
     ),
     Result.ACCOUNT_HAS_BALANCE: Problem(
         409, "account-has-balance", "Account still has a balance or pending transfers"

@@ -2,7 +2,8 @@
 
 What one batch costs in CPU, apart from HTTP and apart from this machine's noise: the batcher of
 a ledger node is driven directly (no HTTP), one batch at a time, each of ``size`` transfers
-between random players (and, in the ``hot`` rows, every transfer crediting the house account),
+between random players (and, in the ``hot`` rows, every transfer crediting the one clearing
+account),
 and the CPU time of PostgreSQL's processes and of this process (the batcher, and the loop that
 feeds it) is read before and after. CPU time per operation moves less between runs than
 throughput on a shared machine (about 10 % here, against 30 % for pgbench's throughput), so
@@ -32,7 +33,7 @@ import uvloop
 
 from infra.services import PostgresCluster, free_port
 from ledger_node.config import ledger_config_from_dict
-from ledger_node.ids import house_account_id
+from ledger_node.ids import clearing_account_id
 from ledger_node.node import LedgerNode
 from ledger_node.operations import CreateTransfer
 from ledger_node.service_auth import ServiceKeyring
@@ -63,14 +64,15 @@ async def run_batches(
 ) -> None:
     """count batches of size transfers between random players, one batch at a time: each is
     submitted whole, with no await in between, and committed before the next. In a hot batch
-    every transfer credits the house account."""
-    house = house_account_id(REGION, CURRENCY)
+    every transfer credits the clearing account (a withdrawal: the hot row's shape, as the
+    house is for bets, which only game operations may move)."""
+    hot_account = clearing_account_id(REGION, CURRENCY)
     for _ in range(count):
         futures = []
         for _ in range(size):
             debit, credit = rng.sample(players, 2)
             operation = CreateTransfer(
-                debit, house if hot else credit, rng.randint(1, 100), CURRENCY
+                debit, hot_account if hot else credit, rng.randint(1, 100), CURRENCY
             )
             futures.append(
                 node.batcher.submit(

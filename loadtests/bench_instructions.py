@@ -13,7 +13,7 @@ One cluster, started under callgrind (``valgrind`` must be installed: Debian pac
 
 - the ledger: a node's batcher driven directly (no HTTP), as ``bench_batch`` does, one batch of
   ``--size`` transfers at a time between random players (and, in the hot rows, each crediting
-  the house account), on a batch connection of its own;
+  the clearing account), on a batch connection of its own;
 - pgbench: its built-in tpcb-like transaction on one connection, ``-c 1``.
 
 Every backend writes its own count when it exits. Each side runs twice on fresh connections, at

@@ -6,7 +6,8 @@ synchronous_commit on, one fresh PostgreSQL cluster with the ledger's settings):
   (a) PostgreSQL's own pgbench, built-in tpcb-like workload, scale = clients (so pgbench is not
       held back by contention on its own branch rows);
   (b) the ledger node's transfer endpoint over HTTP, uniformly random player accounts;
-  (c) the same, where every transfer also credits the one house account (the hot row);
+  (c) the same, where every transfer credits the one clearing account (the hot row: a
+      withdrawal; the house, the other hot row, moves only by bets);
   (d) with --bets, bets into the house account (bet bookkeeping on top of the hot row).
 
 This machine is shared and noisy, so the figures that matter are the ratios against (a). A
@@ -83,7 +84,7 @@ from infra.local import (
 )
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
-from ledger_node.ids import clearing_account_id, house_account_id
+from ledger_node.ids import clearing_account_id
 from ledger_node.service_auth import ServiceKeyring
 from loadtests.cpustats import CpuMeter, us_per_operation
 from loadtests.httpload import LoadResult, median, run_load, signed_post
@@ -272,7 +273,7 @@ async def ledger_runs(
     metrics = {str(index): metrics_url(ledger.port, index) for index in range(workers)}
     size, phases = batch_series(workers)
     rng = random.Random(round_index)
-    house = house_account_id(REGION, CURRENCY)
+    hot_account = clearing_account_id(REGION, CURRENCY)
     encode = msgspec.json.encode
     run_id = os.urandom(4).hex()
 
@@ -291,12 +292,12 @@ async def ledger_runs(
         )
 
     def hot(n: int) -> bytes:
-        # The same transfers, each crediting the region's one house account: the hot row of an
-        # iGaming ledger (every bet credits it).
+        # The same transfers, each crediting the region's one clearing account: a hot row of an
+        # iGaming ledger (every withdrawal credits it, as every bet credits the house).
         body = encode(
             {
                 "debit_account_id": rng.choice(players),
-                "credit_account_id": house,
+                "credit_account_id": hot_account,
                 "amount": rng.randint(1, 1000),
                 "currency": CURRENCY,
             }

@@ -136,7 +136,7 @@ async def test_a_stopped_region_gets_503_and_comes_back(cluster):
 async def test_idempotency_keys_are_per_client(cluster):
     alice = await cluster.account("eu", fund=100)
     bob = await cluster.account("eu", fund=100)
-    transfer = {"credit_account_id": "eu-house-EUR", "amount": 10, "currency": "EUR"}
+    transfer = {"credit_account_id": "eu-clearing-EUR", "amount": 10, "currency": "EUR"}
     key = unique("shared")
     as_alice = cluster.keys.mint("alice", "wallet", accounts=[alice])
     as_bob = cluster.keys.mint("bob", "wallet", accounts=[bob])
@@ -181,7 +181,7 @@ async def test_ledger_problems_pass_through_and_cross_region_transfers_run_a_sag
         key=unique(),
         body={
             "debit_account_id": alice,
-            "credit_account_id": "eu-house-EUR",
+            "credit_account_id": "eu-clearing-EUR",
             "amount": 11,
             "currency": "EUR",
         },

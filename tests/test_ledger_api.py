@@ -16,7 +16,6 @@ from region_router.ledger_client import LedgerClient
 from tests.conftest import start_ledger
 from tests.support import (
     CLEARING,
-    HOUSE,
     assert_eventually,
     assert_ledger_invariants,
     balance,
@@ -62,7 +61,7 @@ async def test_overdraft_is_refused_and_changes_nothing(client, ledger_dsn):
     player = await new_player(client)
     await fund(client, player, 100)
     refused = await client.post(
-        "/v1/transfers", transfer_body(player, HOUSE, 101), idempotency_key=unique()
+        "/v1/transfers", transfer_body(player, CLEARING, 101), idempotency_key=unique()
     )
     assert refused.status == 422
     assert refused.headers["Content-Type"].startswith("application/problem+json")
@@ -79,7 +78,7 @@ async def test_pending_partial_post_releases_the_rest(client, ledger_dsn):
     await fund(client, player, 1000)
     hold = await client.post(
         "/v1/transfers",
-        transfer_body(player, HOUSE, 600, pending=True, timeout_s=60),
+        transfer_body(player, CLEARING, 600, pending=True, timeout_s=60),
         idempotency_key=unique(),
     )
     assert hold.status == 201 and hold.json()["status"] == "pending"
@@ -87,7 +86,7 @@ async def test_pending_partial_post_releases_the_rest(client, ledger_dsn):
     assert (held["posted"], held["pending_debits"], held["available"]) == (1000, 600, 400)
     # The hold reduces what is available: a second debit beyond it is refused.
     refused = await client.post(
-        "/v1/transfers", transfer_body(player, HOUSE, 401), idempotency_key=unique()
+        "/v1/transfers", transfer_body(player, CLEARING, 401), idempotency_key=unique()
     )
     assert refused.status == 422
     hold_id = hold.json()["id"]
@@ -114,7 +113,7 @@ async def test_void_and_expiry_release_holds(client, ledger_dsn):
     hold = (
         await client.post(
             "/v1/transfers",
-            transfer_body(player, HOUSE, 300, pending=True, timeout_s=60),
+            transfer_body(player, CLEARING, 300, pending=True, timeout_s=60),
             idempotency_key=unique(),
         )
     ).json()
@@ -123,7 +122,7 @@ async def test_void_and_expiry_release_holds(client, ledger_dsn):
     short = (
         await client.post(
             "/v1/transfers",
-            transfer_body(player, HOUSE, 200, pending=True, timeout_s=1),
+            transfer_body(player, CLEARING, 200, pending=True, timeout_s=1),
             idempotency_key=unique(),
         )
     ).json()
@@ -234,7 +233,7 @@ async def test_account_status_transitions(client, transitions, expected):
     await fund(client, player, 10)
     if "closed" in transitions:
         await client.post(
-            "/v1/transfers", transfer_body(player, HOUSE, 10), idempotency_key=unique()
+            "/v1/transfers", transfer_body(player, CLEARING, 10), idempotency_key=unique()
         )
         expected = 409 if transitions[-1] == "active" else 200
     statuses = []
@@ -250,7 +249,7 @@ async def test_frozen_account_refuses_money(client):
     await fund(client, player, 10)
     await client.post(f"/v1/accounts/{player}/status", {"status": "frozen"})
     refused = await client.post(
-        "/v1/transfers", transfer_body(player, HOUSE, 5), idempotency_key=unique()
+        "/v1/transfers", transfer_body(player, CLEARING, 5), idempotency_key=unique()
     )
     assert refused.json()["type"] == "urn:regiongate:problem:account-frozen"
     refused = await client.post(
@@ -311,7 +310,7 @@ async def test_a_session_that_lost_the_prepared_write_prepares_it_again(
             await node.batch_pool.release(connection)
     key = unique()
     answer = await client.post(
-        "/v1/transfers", transfer_body(player, HOUSE, 40), idempotency_key=key
+        "/v1/transfers", transfer_body(player, CLEARING, 40), idempotency_key=key
     )
     assert answer.status == 201, answer.body
     assert (await balance(client, player))["posted"] == 60
@@ -343,12 +342,12 @@ async def test_work_queued_while_the_writer_gives_back_its_connection_is_served(
         node.batcher._pool = SlowRelease()
         for _ in range(3):
             first = await client.post(
-                "/v1/transfers", transfer_body(player, HOUSE, 1), idempotency_key=unique()
+                "/v1/transfers", transfer_body(player, CLEARING, 1), idempotency_key=unique()
             )
             assert first.status == 201  # the writer is now giving its connection back
             second = await client.post(
                 "/v1/transfers",
-                transfer_body(player, HOUSE, 1),
+                transfer_body(player, CLEARING, 1),
                 idempotency_key=unique(),
                 timeout_s=5,
             )
@@ -380,7 +379,9 @@ async def test_no_batch_connection_stays_open_in_a_transaction_once_idle(
     await fund(client, player, 1_000)
     answers = await asyncio.gather(
         *(
-            client.post("/v1/transfers", transfer_body(player, HOUSE, 1), idempotency_key=unique())
+            client.post(
+                "/v1/transfers", transfer_body(player, CLEARING, 1), idempotency_key=unique()
+            )
             for _ in range(200)
         )
     )
@@ -425,7 +426,7 @@ async def test_a_held_connection_the_server_ended_is_replaced_not_failed(
     finally:
         await connection.close()
     answer = await client.post(
-        "/v1/transfers", transfer_body(player, HOUSE, 1), idempotency_key=unique()
+        "/v1/transfers", transfer_body(player, CLEARING, 1), idempotency_key=unique()
     )
     assert answer.status == 201, answer.body
     assert (await balance(client, player))["posted"] == 99

@@ -82,9 +82,16 @@ class Model:
     def available(self, account: str) -> int:
         return self.posted[account] - self.pending_debits[account]
 
-    def transfer(self, debit: str, credit: str, amount: int, hold: bool) -> Result:
+    def transfer(
+        self, debit: str, credit: str, amount: int, hold: bool, game: bool = False
+    ) -> Result:
         if debit == credit:
             return Result.ACCOUNTS_MUST_BE_DIFFERENT
+        # The house moves only by bets, wins and rollbacks; clearing only with a player.
+        if debit == HOUSE and not game:
+            return Result.DEBIT_ACCOUNT_RESTRICTED
+        if credit == HOUSE and not game:
+            return Result.CREDIT_ACCOUNT_RESTRICTED
         if self.is_player(debit) and self.available(debit) < amount:
             return Result.EXCEEDS_AVAILABLE
         if hold:
@@ -118,7 +125,7 @@ class Model:
                 if existing[0] == "tombstone"
                 else (Result.BET_REFERENCE_EXISTS)
             )
-        result = self.transfer(player, HOUSE, amount, hold=False)
+        result = self.transfer(player, HOUSE, amount, hold=False, game=True)
         if result is Result.OK:
             self.bets[(player, reference)] = ("placed", amount)
         return result
@@ -171,7 +178,8 @@ async def _run_example(node: LedgerNode, dsn: str, plan: list[list[tuple]]) -> N
                 amount = model.available(players[step[1]]) + step[2]
                 if amount < 1:
                     continue
-                kind, step = "transfer", ("transfer", step[1], len(NAMES) - 2, amount)
+                # Exactly the available balance, withdrawn to clearing.
+                kind, step = "transfer", ("transfer", step[1], len(NAMES) - 1, amount)
             if kind in ("transfer", "hold"):
                 debit, credit, amount = ids[step[1]], ids[step[2]], step[3]
                 op = CreateTransfer(
@@ -205,7 +213,7 @@ async def _run_example(node: LedgerNode, dsn: str, plan: list[list[tuple]]) -> N
                 record = None
             elif kind == "win":
                 op = SettleWin(players[step[1]], HOUSE, step[2], "EUR", unique("w"))
-                expected = model.transfer(HOUSE, players[step[1]], step[2], hold=False)
+                expected = model.transfer(HOUSE, players[step[1]], step[2], hold=False, game=True)
                 record = None
             elif kind == "rollback":
                 op = Rollback(players[step[1]], step[2])
