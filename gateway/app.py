@@ -203,20 +203,31 @@ async def read_account(request: web.Request) -> web.Response:
 
 
 async def create_account(request: web.Request) -> web.Response:
+    """The region comes from the request (the body's ``region``), else from the client's
+    configured home (its token's ``home_region``), else from the directory's one
+    ``default_region``: never from the gateway it entered by, so a retry through any gateway
+    reaches the same ledger and its idempotency key (docs/decisions/0001)."""
     gateway = request.app[GATEWAY]
     principal = _principal(request)
     principal.require(Scope.ADMIN)
     await gateway.limiter.check(principal.client_id)
     key = _ledger_key(request, principal)
     body = await _json_body(request)
-    region = body.pop("region", gateway.config.region)
+    snapshot = gateway.directory.snapshot()
+    region = body.pop("region", None) or principal.home_region or snapshot.default_region
     operator = body.pop("operator", None)
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise GatewayProblem(VALIDATION_FAILED, "metadata must be an object", field="metadata")
     if operator is not None:
         body["metadata"] = {**(metadata or {}), "operator": str(operator)}
-    if not isinstance(region, str) or region not in gateway.directory.snapshot().regions:
+    if region is None:
+        raise GatewayProblem(
+            VALIDATION_FAILED,
+            "name the account's region: the directory sets no default_region",
+            field="region",
+        )
+    if not isinstance(region, str) or region not in snapshot.regions:
         raise GatewayProblem(VALIDATION_FAILED, "unknown region", field="region")
     response = await gateway.router.call_in_region(
         region,

@@ -52,6 +52,9 @@ class Principal:
     """For a player: the accounts it owns."""
     operator: str | None
     """For a game server: the operator whose players it may act for."""
+    home_region: str | None = None
+    """The client's configured home (the ``home_region`` claim): where its creations go when
+    the request names no region."""
 
     def require(self, scope: Scope) -> None:
         if scope not in self.scopes:
@@ -235,10 +238,12 @@ def _principal(claims: dict) -> Principal:
     if not isinstance(accounts, list) or len(accounts) > ACCOUNTS_CLAIM_MAX:
         raise Unauthenticated(f"accounts claim must be a list of at most {ACCOUNTS_CLAIM_MAX}")
     operator = claims.get("operator")
+    home_region = claims.get("home_region")
     return Principal(
         subject=str(claims["sub"]),
         client_id=str(claims.get("client_id") or claims.get("azp") or claims["sub"]),
         scopes=frozenset(scopes),
         accounts=frozenset(str(a) for a in accounts),
         operator=str(operator) if operator is not None else None,
+        home_region=home_region if isinstance(home_region, str) else None,
     )

@@ -22,7 +22,11 @@ IDEMPOTENCY_KEY = {
     "required": True,
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:~-]{1,100}$"},
     "description": "Same key and body: the original answer, with Idempotent-Replayed: true. "
-    "Same key, other body: 409.",
+    "Same key, other body: 409 idempotency-conflict. A key's scope is the client that sends it "
+    "and the region that owns what the request changes (the debited account's home region, or "
+    "the region an account is created in), never the gateway it enters by: a retry through any "
+    "region's gateway gets the original answer. Keys are not global: the same key on requests "
+    "that change different regions applies once in each, so use a new key per operation.",
 }
 
 
@@ -52,9 +56,12 @@ def _operation(
             "403": PROBLEM,
             "404": PROBLEM,
             "409": PROBLEM,
+            "413": PROBLEM,
             "422": PROBLEM,
             "429": PROBLEM,
+            "431": PROBLEM,
             "503": PROBLEM,
+            "default": PROBLEM,
         },
     }
     if accepted:
@@ -109,15 +116,33 @@ def openapi_document() -> dict:
                     "description": "RFC 9457 problem; 429 and 503 carry Retry-After",
                     "content": {
                         "application/problem+json": {
-                            "schema": _object(
-                                ["type", "title", "status"],
-                                type={"type": "string"},
-                                title={"type": "string"},
-                                status={"type": "integer"},
-                                detail={"type": "string"},
-                                field={"type": "string"},
-                                code={"type": "string"},
-                            )
+                            # RFC 9457 (3.2) lets a problem type carry extension members,
+                            # and clients ignore the ones they do not know: the ones
+                            # regiongate sends are listed, others may come.
+                            "schema": {
+                                **_object(
+                                    ["type", "title", "status"],
+                                    type={"type": "string"},
+                                    title={"type": "string"},
+                                    status={"type": "integer"},
+                                    detail={"type": "string"},
+                                    field={"type": "string"},
+                                    code={
+                                        "type": "string",
+                                        "description": "The ledger's result code",
+                                    },
+                                    region={
+                                        "type": "string",
+                                        "description": "The region that is unavailable",
+                                    },
+                                    transfer={
+                                        "type": "object",
+                                        "description": "A cross-region transfer that was "
+                                        "compensated: the saga as GET /v1/transfers/{id} shows",
+                                    },
+                                ),
+                                "additionalProperties": True,
+                            }
                         }
                     },
                 }
@@ -151,7 +176,12 @@ def openapi_document() -> dict:
                     body=_object(
                         ["currency"],
                         currency=CURRENCY,
-                        region={"type": "string"},
+                        region={
+                            "type": "string",
+                            "description": "The account's home region. Without it: the "
+                            "client's home_region claim, else the directory's default region; "
+                            "never the gateway the request entered by.",
+                        },
                         operator={"type": "string"},
                         metadata={"type": "object"},
                     ),

@@ -366,6 +366,8 @@ class LocalCluster:
                 for region in self.regions
             ],
             {},
+            # A creation that names no region goes to the first one, through any gateway.
+            default_region=self.regions[0],
         )
 
     def _write_state(self, ca_cert: Path, dev_keys) -> None:

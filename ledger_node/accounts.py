@@ -115,7 +115,24 @@ async def create_account(
     )
     if row is None or bytes(row["request_hash"]) != request_hash:
         return Result.IDEMPOTENCY_CONFLICT, None, False
-    return Result.OK, account_dict(row), True
+    return Result.OK, as_created(row), True
+
+
+def as_created(row) -> dict:
+    """The answer a creation gave, for its replays: the row's immutable part (id, region,
+    currency, kind, metadata, created_at) with the state every account is created in (active,
+    empty, version 0: the table's defaults, which the INSERT above never sets). A replay
+    returns the original answer, never today's balance."""
+    account = account_dict(row)
+    account["status"] = "active"
+    account["balance"] = {
+        "posted": 0,
+        "pending_debits": 0,
+        "pending_credits": 0,
+        "available": 0,
+        "version": 0,
+    }
+    return account
 
 
 async def set_status(

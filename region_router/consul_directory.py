@@ -4,6 +4,7 @@ Records live under one KV prefix (default ``regiongate/``):
 
 - ``<prefix>regions/<code>``: JSON ``{"status": "active", "peers": [...], "currencies": [...]}``
 - ``<prefix>overrides/<account id>``: the region code, as plain text
+- ``<prefix>default_region``: where a creation that names no region goes, as plain text
 
 Ledger nodes register as the service ``regiongate-ledger`` (service meta ``region``, and
 ``scheme`` when not http) in their region's datacenter; a node is healthy when every check on it
@@ -85,8 +86,8 @@ def next_index(previous: int, returned: int | None) -> int:
     return max(returned, 1)
 
 
-def parse_kv(entries: list[dict], prefix: str) -> tuple[list[Region], dict[str, str]]:
-    regions, overrides = [], {}
+def parse_kv(entries: list[dict], prefix: str) -> tuple[list[Region], dict[str, str], str | None]:
+    regions, overrides, default_region = [], {}, None
     for entry in entries:
         key = entry["Key"][len(prefix) :]
         raw = base64.b64decode(entry["Value"]) if entry.get("Value") else b""
@@ -106,7 +107,9 @@ def parse_kv(entries: list[dict], prefix: str) -> tuple[list[Region], dict[str, 
                 raise DirectoryError(f"consul key {entry['Key']}: bad region record") from exc
         elif kind == "overrides" and name:
             overrides[name] = raw.decode().strip()
-    return regions, overrides
+        elif kind == "default_region" and not name:
+            default_region = raw.decode().strip() or None
+    return regions, overrides, default_region
 
 
 def parse_health(entries: list[dict]) -> list[LedgerEndpoint]:
@@ -136,6 +139,7 @@ class ConsulDirectory:
         self._tasks: list[asyncio.Task] = []
         self._regions: list[Region] = []
         self._overrides: dict[str, str] = {}
+        self._default_region: str | None = None
         self._endpoints: dict[str, list[LedgerEndpoint]] = {}
         self.last_error: str | None = None
 
@@ -202,7 +206,9 @@ class ConsulDirectory:
     async def _poll_kv(self, index: int, blocking: bool = True) -> int:
         params = {"recurse": "true", **self._blocking_params(index, blocking)}
         _, returned, entries = await self._get(f"/v1/kv/{self._config.prefix}", params, blocking)
-        self._regions, self._overrides = parse_kv(entries, self._config.prefix)
+        self._regions, self._overrides, self._default_region = parse_kv(
+            entries, self._config.prefix
+        )
         return next_index(index, returned)
 
     async def _poll_health(self, datacenter: str | None, index: int, blocking: bool = True) -> int:
@@ -221,7 +227,10 @@ class ConsulDirectory:
         # A node registered for a region the KV does not (yet) describe is left out rather than
         # failing the whole snapshot.
         self._holder.publish(
-            self._regions, [e for e in endpoints if e.region in known], self._overrides
+            self._regions,
+            [e for e in endpoints if e.region in known],
+            self._overrides,
+            self._default_region,
         )
 
     async def _watch(self, poll, index: int) -> None:

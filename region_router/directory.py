@@ -72,6 +72,10 @@ class DirectorySnapshot:
     )
     overrides: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """account id -> home region, for accounts moved away from the region in their id."""
+    default_region: str | None = None
+    """Where an account is created when neither the request nor its client names a region:
+    one record for every gateway, so a retry through any of them lands in the same region
+    (docs/decisions/0001). None: such a creation is refused."""
 
     def home_region(self, account_id: str) -> str | None:
         """The override first, else the region the id carries; None for a malformed id."""
@@ -89,6 +93,7 @@ def build_snapshot(
     regions: list[Region],
     endpoints: list[LedgerEndpoint],
     overrides: dict[str, str],
+    default_region: str | None = None,
 ) -> DirectorySnapshot:
     """Validate the records as a whole (no duplicate regions, endpoints and overrides naming
     known regions) and freeze them."""
@@ -111,8 +116,11 @@ def build_snapshot(
             raise DirectoryError(f"override for {account_id}: unknown region {region}")
         if region_of(account_id) is None:
             raise DirectoryError(f"override for a malformed account id {account_id!r}")
+    if default_region is not None and default_region not in by_code:
+        raise DirectoryError(f"default_region {default_region!r} is not a known region")
     return DirectorySnapshot(
         version=version,
+        default_region=default_region,
         regions=MappingProxyType(by_code),
         endpoints=MappingProxyType({code: tuple(items) for code, items in grouped.items()}),
         overrides=MappingProxyType(dict(overrides)),
@@ -154,13 +162,20 @@ class SnapshotHolder:
         return lambda: self._listeners.remove(listener)
 
     def publish(
-        self, regions: list[Region], endpoints: list[LedgerEndpoint], overrides: dict[str, str]
+        self,
+        regions: list[Region],
+        endpoints: list[LedgerEndpoint],
+        overrides: dict[str, str],
+        default_region: str | None = None,
     ) -> bool:
         """Replace the snapshot if the records differ; return whether they did."""
-        candidate = build_snapshot(self._snapshot.version + 1, regions, endpoints, overrides)
+        candidate = build_snapshot(
+            self._snapshot.version + 1, regions, endpoints, overrides, default_region
+        )
         current = self._snapshot
         if (
             current.version
+            and candidate.default_region == current.default_region
             and dict(candidate.regions) == dict(current.regions)
             and dict(candidate.endpoints) == dict(current.endpoints)
             and dict(candidate.overrides) == dict(current.overrides)

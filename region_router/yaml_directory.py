@@ -12,6 +12,7 @@ File format::
       - {region: eu, node_id: eu-1, url: "http://127.0.0.1:8101", healthy: true}
     overrides:
       eu-01m80...: us
+    default_region: eu      # where a creation that names no region goes (optional)
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ POLL_MS_MAX = 60_000
 FILE_SIZE_MAX_BYTES = 64 * 1024 * 1024
 
 
-def parse_directory_file(text: str) -> tuple[list[Region], list[LedgerEndpoint], dict[str, str]]:
+def parse_directory_file(
+    text: str,
+) -> tuple[list[Region], list[LedgerEndpoint], dict[str, str], str | None]:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise DirectoryError(f"directory file is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise DirectoryError("directory file must be a mapping")
-    unknown = set(raw) - {"regions", "ledger_nodes", "overrides"}
+    unknown = set(raw) - {"regions", "ledger_nodes", "overrides", "default_region"}
     if unknown:
         raise DirectoryError(f"directory file: unknown keys {sorted(unknown)}")
     try:
@@ -77,7 +80,10 @@ def parse_directory_file(text: str) -> tuple[list[Region], list[LedgerEndpoint],
         isinstance(k, str) and isinstance(v, str) for k, v in overrides.items()
     ):
         raise DirectoryError("directory file: overrides must map account ids to region codes")
-    return regions, endpoints, overrides
+    default_region = raw.get("default_region")
+    if default_region is not None and not isinstance(default_region, str):
+        raise DirectoryError("directory file: default_region must be a region code")
+    return regions, endpoints, overrides, default_region
 
 
 class YamlDirectory:
@@ -133,7 +139,9 @@ class YamlDirectory:
             self._load(raise_errors=False)
 
 
-def write_directory_file(path: Path, regions, endpoints, overrides) -> None:
+def write_directory_file(
+    path: Path, regions, endpoints, overrides, default_region: str | None = None
+) -> None:
     """Write a directory file atomically (a reader never sees half of it)."""
     document = {
         "regions": [
@@ -151,6 +159,8 @@ def write_directory_file(path: Path, regions, endpoints, overrides) -> None:
         ],
         "overrides": dict(overrides),
     }
+    if default_region is not None:
+        document["default_region"] = default_region
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(yaml.safe_dump(document, sort_keys=False))
     os.replace(temporary, path)

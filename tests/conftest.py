@@ -162,6 +162,7 @@ async def cluster(postgres, keyring, redis_server, tmp_path):
         [Region("eu", RegionStatus.ACTIVE, ("us",)), Region("us", RegionStatus.ACTIVE, ("eu",))],
         [LedgerEndpoint(code, f"{code}-1", node.url) for code, node in regions.items()],
         {},
+        default_region="us",
     )
     for node in regions.values():
         await node.start()

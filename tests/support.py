@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp.test_utils import TestServer
 from hypothesis import settings
+from jsonschema import Draft202012Validator
 
 from infra.services import free_port
 from infra.serving import ProblemAppRunner
@@ -216,6 +218,38 @@ class RegionNode:
 LIMIT_BURST = 120  # the test cluster's per-client burst; more than any other test sends
 
 
+class OpenApiContract:
+    """Checks an answer against the OpenAPI document the gateway serves: its path and method
+    are an operation there, its status is one of the operation's responses (or its default),
+    its content type is one that response lists, and its body validates against the schema."""
+
+    def __init__(self, document: dict) -> None:
+        self.document = document
+        self.operations = []
+        for template, methods in document["paths"].items():
+            pattern = re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(template))
+            for method, operation in methods.items():
+                self.operations.append((re.compile(f"^{pattern}$"), method.upper(), operation))
+
+    def check(self, method: str, path: str, status: int, content_type: str, body) -> None:
+        path = path.split("?", 1)[0]
+        found = [op for pattern, m, op in self.operations if m == method and pattern.match(path)]
+        if not found:
+            return  # not a documented route: answered by the router's 404 or 405
+        responses = found[0]["responses"]
+        response = responses.get(str(status), responses.get("default"))
+        assert response is not None, f"{method} {path}: {status} is not documented"
+        if "$ref" in response:
+            response = self.document["components"]["responses"][response["$ref"].split("/")[-1]]
+        media = response.get("content", {})
+        if not media:
+            return
+        kind = content_type.split(";")[0].strip()
+        assert kind in media, f"{method} {path} {status}: {kind} not in {sorted(media)}"
+        errors = [e.message for e in Draft202012Validator(media[kind]["schema"]).iter_errors(body)]
+        assert not errors, f"{method} {path} {status}: {errors}"
+
+
 class Cluster:
     """Two regions (eu, us), each a real ledger node and a gateway, for end-to-end tests."""
 
@@ -225,6 +259,8 @@ class Cluster:
         self.session = session
         self.keys = keys
         self.admin = keys.mint("backoffice", "admin")
+        self.contract: OpenApiContract | None = None
+        """Every answer a test sees is checked against the served OpenAPI (issue 24, item 5)."""
 
     async def call(
         self, region, method, path, *, token=None, body=None, key=None, headers=None
@@ -235,8 +271,14 @@ class Cluster:
         if key is not None:
             all_headers["Idempotency-Key"] = key
         url = self.gateways[region].make_url(path)
+        if self.contract is None:
+            async with self.session.get(self.gateways[region].make_url("/v1/openapi.json")) as r:
+                self.contract = OpenApiContract(await r.json())
         async with self.session.request(method, url, json=body, headers=all_headers) as response:
             payload = await response.json(content_type=None)
+            self.contract.check(
+                method, path, response.status, response.headers.get("Content-Type", ""), payload
+            )
             return response.status, dict(response.headers), payload
 
     async def account(self, region: str, operator: str = "op-1", fund: int = 0) -> str:

@@ -56,8 +56,8 @@ class YamlBackend:
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "directory.yaml"
 
-    async def write(self, regions, endpoints, overrides) -> None:
-        write_directory_file(self.path, regions, endpoints, overrides)
+    async def write(self, regions, endpoints, overrides, default_region=None) -> None:
+        write_directory_file(self.path, regions, endpoints, overrides, default_region)
 
     async def break_source(self) -> None:
         self.path.write_text("regions: [this is not: valid")
@@ -76,8 +76,10 @@ class ConsulDoubleBackend:
     def __init__(self, tmp_path: Path) -> None:
         self.double = ConsulDouble()
 
-    async def write(self, regions, endpoints, overrides) -> None:
+    async def write(self, regions, endpoints, overrides, default_region=None) -> None:
         self.double.delete_prefix(self.prefix)
+        if default_region is not None:
+            self.double.put(f"{self.prefix}default_region", default_region.encode())
         for region in regions:
             record = {
                 "status": region.status.value,
@@ -121,9 +123,13 @@ class ConsulAgentBackend(ConsulDoubleBackend):
         self.address = address if address.startswith("http") else "http://" + address
         self.prefix = f"regiongate-test-{uuid.uuid4().hex[:8]}/"
 
-    async def write(self, regions, endpoints, overrides) -> None:
+    async def write(self, regions, endpoints, overrides, default_region=None) -> None:
         async with aiohttp.ClientSession() as http:
             await http.delete(f"{self.address}/v1/kv/{self.prefix}?recurse=true")
+            if default_region is not None:
+                await http.put(
+                    f"{self.address}/v1/kv/{self.prefix}default_region", data=default_region
+                )
             for region in regions:
                 record = {
                     "status": region.status.value,
@@ -256,6 +262,22 @@ async def test_first_snapshot_and_home_region(backend):
         assert snapshot.healthy_endpoints("ap") == ()
     finally:
         await directory.stop()
+
+
+async def test_the_default_region_for_creations_is_one_record_for_everyone(backend):
+    directory = await started(backend)
+    try:
+        assert directory.snapshot().default_region is None
+        await backend.write(REGIONS, ENDPOINTS, {}, default_region="us")
+
+        async def followed() -> bool:
+            return directory.snapshot().default_region == "us"
+
+        await assert_eventually(followed, timeout_s=CHANGE_SEEN_WITHIN_S)
+    finally:
+        await directory.stop()
+    with pytest.raises(DirectoryError, match="default_region"):
+        build_snapshot(1, REGIONS, ENDPOINTS, {}, "zz")
 
 
 async def test_changes_are_followed_within_a_bound(backend):

@@ -363,3 +363,27 @@ async def test_a_ledger_503_keeps_its_retry_after_through_the_gateway(cluster):
             )
 
         await assert_eventually(refused, timeout_s=10)
+
+
+async def test_a_compensated_cross_region_transfer_is_a_documented_problem(cluster):
+    """The problem carries the compensated saga as its transfer member; cluster.call checks
+    every answer against the served OpenAPI, which once refused any extension member."""
+    alice = await cluster.account("eu", fund=10)
+    token = cluster.keys.mint("alice", "wallet", accounts=[alice])
+    status, _, problem = await cluster.call(
+        "us",
+        "POST",
+        "/v1/transfers",
+        token=token,
+        key=unique(),
+        body={
+            "debit_account_id": alice,
+            "credit_account_id": "us-0000000000000000000000missing",
+            "amount": 1,
+            "currency": "EUR",
+        },
+    )
+    assert status == 404 and problem["transfer"]["status"] == "compensated", problem
+    assert (await cluster.call("eu", "GET", f"/v1/accounts/{alice}/balance", token=token))[2][
+        "available"
+    ] == 10
