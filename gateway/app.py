@@ -34,7 +34,7 @@ from gateway.problems import (
     problem_middleware,
 )
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
-from ledger_node.ids import region_of
+from ledger_node.ids import is_system_account_id, region_of
 from ledger_node.results import MALFORMED_JSON, VALIDATION_FAILED
 from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import Directory, build_directory
@@ -153,6 +153,13 @@ def _account_field(body: dict, name: str) -> str:
     return value
 
 
+def _limited_account(debit: str, credit: str) -> str:
+    """The account whose per-account limit a transfer spends: the player's side. A system
+    account takes part in every deposit (clearing) or bet (house) of its region, so a limit on
+    it would cap the region, which the ledger's batching is built to serve."""
+    return credit if is_system_account_id(debit) and not is_system_account_id(credit) else debit
+
+
 def _pass_through(response: LedgerResponse) -> web.Response:
     headers = {REPLAYED_HEADER: "true"} if response.replayed else {}
     location = response.headers.get("Location")
@@ -191,8 +198,11 @@ async def read_account(request: web.Request) -> web.Response:
     if region_of(account_id) is None:
         raise GatewayProblem(ACCOUNT_NOT_FOUND)
     _note_home(request, account_id)
-    await gateway.limiter.check(principal.client_id, account_id)
+    # The caller's own budget first; the account's only once the caller may read it, so that
+    # a refused caller cannot use up another account's limit.
+    await gateway.limiter.check(principal.client_id)
     await _authorize_read(request, principal, account_id)
+    await gateway.limiter.check(None, account_id)
     suffix = request.match_info.get("suffix") or ""
     query = {k: v for k, v in request.query.items() if k in FORWARDED_QUERY}
     path = f"/v1/accounts/{account_id}{suffix}"
@@ -246,9 +256,10 @@ async def create_transfer(request: web.Request) -> web.Response:
     debit = _account_field(body, "debit_account_id")
     credit = _account_field(body, "credit_account_id")
     _note_home(request, debit)
-    await gateway.limiter.check(principal.client_id, debit)
+    await gateway.limiter.check(principal.client_id)
     if not principal.may_use_wallet(debit):
         raise Forbidden("money can only leave your own accounts")
+    await gateway.limiter.check(None, _limited_account(debit, credit))
     key = _ledger_key(request, principal)
     snapshot = gateway.directory.snapshot()
     # Across regions, the debit side's ledger orchestrates the saga (DESIGN.md): one call to
@@ -316,10 +327,11 @@ async def game_operation(request: web.Request) -> web.Response:
     body = await _json_body(request)
     account_id = _account_field(body, "account_id")
     _note_home(request, account_id)
-    await gateway.limiter.check(principal.client_id, account_id)
+    await gateway.limiter.check(principal.client_id)
     key = _ledger_key(request, principal)
     if not principal.may_play_for(await gateway.operator_of(account_id)):
         raise Forbidden("this player belongs to another operator")
+    await gateway.limiter.check(None, account_id)
     response = await gateway.router.call(
         account_id,
         "POST",

@@ -147,12 +147,20 @@ class RateLimiter:
         """Requests waiting for each bucket's refill: the next refill asks for their tokens too."""
         self.stats = LimiterStats()
 
-    async def check(self, client_id: str, account_id: str | None = None, cost: int = 1) -> None:
-        """Take cost tokens from the client's bucket (and the account's), or raise RateLimited.
+    async def check(
+        self, client_id: str | None, account_id: str | None = None, cost: int = 1
+    ) -> None:
+        """Take cost tokens from the client's bucket and the account's (each when given), or
+        raise RateLimited. The gateway takes the client's before it authorises a request and
+        the account's after, so a refused caller spends only its own budget.
 
         Tokens come from this process's leases when they hold enough; otherwise one script call
         takes a new lease for every bucket short of tokens, all or nothing."""
-        wanted = [(f"{self._prefix}c:{client_id}", self._per_client)]
+        if client_id is None and account_id is None:
+            raise ValueError("a rate limit check needs a client, an account or both")
+        wanted = []
+        if client_id is not None:
+            wanted.append((f"{self._prefix}c:{client_id}", self._per_client))
         if account_id is not None:
             wanted.append((f"{self._prefix}a:{account_id}", self._per_account))
         for _ in range(REFILL_WAITS_MAX + 1):

@@ -148,8 +148,16 @@ async def client(ledger_node, keyring, ledger_pool) -> LedgerClient:
     return LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "gateway_limits(**fields): the cluster's gateways' RateLimitConfig fields"
+    )
+
+
 @pytest.fixture
-async def cluster(postgres, keyring, redis_server, tmp_path):
+async def cluster(request, postgres, keyring, redis_server, tmp_path):
+    marker = request.node.get_closest_marker("gateway_limits")
+    limit_overrides = marker.kwargs if marker is not None else {}
     regions = {}
     directory_file = tmp_path / "directory.yaml"
     for code in ("eu", "us"):
@@ -183,11 +191,14 @@ async def cluster(postgres, keyring, redis_server, tmp_path):
             attempt_timeout_ms=1000,
             call_timeout_ms=2000,
             rate_limit=RateLimitConfig(
-                per_client_rate_per_s=1,
-                per_client_burst=LIMIT_BURST,
-                per_account_rate_per_s=1000,
-                per_account_burst=1000,
-                key_prefix=limiter_prefix,
+                **{
+                    "per_client_rate_per_s": 1,
+                    "per_client_burst": LIMIT_BURST,
+                    "per_account_rate_per_s": 1000,
+                    "per_account_burst": 1000,
+                    "key_prefix": limiter_prefix,
+                    **limit_overrides,
+                }
             ),
         )
         gateways[code] = AppServer(build_gateway_app(Gateway(config)), host="127.0.0.1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 import jwt
+import pytest
 
 from gateway.app import ROUTES
 from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER
@@ -387,3 +388,44 @@ async def test_a_compensated_cross_region_transfer_is_a_documented_problem(clust
     assert (await cluster.call("eu", "GET", f"/v1/accounts/{alice}/balance", token=token))[2][
         "available"
     ] == 10
+
+
+@pytest.mark.gateway_limits(per_account_rate_per_s=0.1, per_account_burst=10)
+async def test_a_refused_caller_spends_only_its_own_budget(cluster):
+    """A player reading another's balance is refused (403), then limited (429) on its own
+    client budget; the other account's owner is never limited by it. Deposits from the one
+    clearing account spend each credited player's limit, not the region's clearing account's."""
+    alice = await cluster.account("eu")
+    bob = await cluster.account("eu")
+    mallory = cluster.keys.mint("mallory", "wallet", accounts=[alice])
+    statuses = [
+        (await cluster.call("eu", "GET", f"/v1/accounts/{bob}/balance", token=mallory))[0]
+        for _ in range(LIMIT_BURST + 10)
+    ]
+    assert set(statuses) == {403, 429} and statuses[0] == 403, statuses
+    owner = cluster.keys.mint("bob", "wallet", accounts=[bob])
+    reads = [
+        (await cluster.call("us", "GET", f"/v1/accounts/{bob}/balance", token=owner))[0]
+        for _ in range(5)
+    ]
+    assert reads == [200] * 5
+    players = [await cluster.account("eu") for _ in range(12)]
+    deposits = [
+        (
+            await cluster.call(
+                "eu",
+                "POST",
+                "/v1/transfers",
+                token=cluster.admin,
+                key=unique(),
+                body={
+                    "debit_account_id": "eu-clearing-EUR",
+                    "credit_account_id": player,
+                    "amount": 5,
+                    "currency": "EUR",
+                },
+            )
+        )[0]
+        for player in players
+    ]
+    assert deposits == [201] * len(players)
