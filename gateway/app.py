@@ -34,6 +34,7 @@ from gateway.problems import (
     problem_middleware,
 )
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
+from infra.telemetry import CLIENT_ID
 from ledger_node.ids import is_system_account_id, region_of
 from ledger_node.results import MALFORMED_JSON, VALIDATION_FAILED
 from ledger_node.service_auth import ServiceKeyring
@@ -118,7 +119,11 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def _principal(request: web.Request) -> Principal:
-    return request.app[GATEWAY].authenticator.authenticate(request.headers.get("Authorization"))
+    principal = request.app[GATEWAY].authenticator.authenticate(
+        request.headers.get("Authorization")
+    )
+    request[CLIENT_ID] = principal.client_id  # the access line's caller
+    return principal
 
 
 def _ledger_key(request: web.Request, principal: Principal) -> str:

@@ -188,6 +188,7 @@ class LocalCluster:
     ledgers: dict[str, LedgerProcess] = field(default_factory=dict)
     gateways: dict[str, ServiceProcess] = field(default_factory=dict)
     gateway_urls: dict[str, str] = field(default_factory=dict)
+    gateway_ports: dict[str, int] = field(default_factory=dict)
     redis: RedisServer | None = None
     wan_one_way_delay_ms: float | None = None
     """With a value, every link between two regions goes through a WAN proxy (infra.wan) that
@@ -289,6 +290,7 @@ class LocalCluster:
                         "redis_url": self.redis.url,
                         "tls_cert_file": str(tls.cert),
                         "tls_key_file": str(tls.key),
+                        "metrics_port": port + METRICS_PORT_OFFSET,
                         **self.gateway_extra,
                     }
                 },
@@ -313,6 +315,7 @@ class LocalCluster:
         gateway.start()
         self.gateways[region] = gateway
         self.gateway_urls[region] = url
+        self.gateway_ports[region] = port
 
     def _ledger_currencies(self) -> list[dict]:
         """Every ledger knows every currency the directory names (a transit account per peer
@@ -406,7 +409,7 @@ class LocalCluster:
                     "ledger": self.ledgers[region].url,
                     "metrics": [
                         metrics_url(port)
-                        for port in (self.ledgers[region].port, DEFAULT_GATEWAY_PORTS.get(region))
+                        for port in (self.ledgers[region].port, self.gateway_ports.get(region))
                         if port
                     ],
                     "postgres": self.postgres[region].dsn(f"ledger_{region}"),
@@ -415,6 +418,15 @@ class LocalCluster:
                 for region in self.ledgers
             },
         }
+
+
+def cli_command() -> str:
+    """The regiongate command as this process was started (``.venv/bin/regiongate`` under
+    ``./dev up``), so the hints it prints work when pasted as they are."""
+    invoked = sys.argv[0]
+    if Path(invoked).name == "regiongate":
+        return os.path.relpath(invoked) if not invoked.startswith("/") else invoked
+    return "regiongate"
 
 
 def run_forever(cluster: LocalCluster) -> None:
@@ -439,7 +451,7 @@ def run_forever(cluster: LocalCluster) -> None:
             f"\ndevelopment admin token (24 h):\n{token}\n\nready. try:\n"
             f"  curl --cacert {cluster.secrets_dir}/tls/dev-ca.pem -H 'Authorization: Bearer "
             f"<token>' {cluster.gateway_urls[first]}/v1/accounts/{first}-house-EUR/balance\n"
-            f"  regiongate local demo      (a scripted scenario across the regions)\n"
+            f"  {cli_command()} local demo      (a scripted scenario across the regions)\n"
             "Ctrl-C stops everything; data stays in the data dir for the next run.",
             flush=True,
         )

@@ -38,6 +38,9 @@ class JsonLogFormatter(logging.Formatter):
         trace_id = getattr(record, "trace_id", None)
         if trace_id:
             entry["trace_id"] = trace_id
+        access = getattr(record, "access", None)
+        if access is not None:  # an access line's fields, at the top level
+            entry.update(access)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from infra.telemetry import CLIENT_ID
 from ledger_node import accounts, reads
 from ledger_node.http_errors import ProblemError, problem_middleware
 from ledger_node.ids import (
@@ -86,6 +87,7 @@ async def authenticate(request: web.Request) -> None:
     if key_id is None:
         raise ProblemError(UNAUTHENTICATED)
     request[KEY_ID] = key_id
+    request[CLIENT_ID] = key_id
 
 
 async def _submit(

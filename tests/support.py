@@ -273,6 +273,7 @@ class Cluster:
         url = self.gateways[region].make_url(path)
         if self.contract is None:
             async with self.session.get(self.gateways[region].make_url("/v1/openapi.json")) as r:
+                assert r.status == 200, await r.text()
                 self.contract = OpenApiContract(await r.json())
         async with self.session.request(method, url, json=body, headers=all_headers) as response:
             payload = await response.json(content_type=None)

@@ -174,3 +174,44 @@ def test_unrecorded_requests_still_carry_the_callers_trace():
     finally:
         logger.removeHandler(handler)
     assert records[0].trace_id == TRACE_ID
+
+
+async def test_every_request_is_one_json_access_line_without_secrets(cluster, caplog):
+    """An access line per request, with method, route, status, latency, client and trace id;
+    no token, no idempotency key, in any record the request logs."""
+    alice = await cluster.account("eu", fund=5)
+    token = cluster.keys.mint("access-client", "wallet", accounts=[alice])
+    key = "secret-key-" + alice
+    caplog.set_level(logging.INFO, logger="regiongate")
+    caplog.clear()
+    status, _, _ = await cluster.call(
+        "us",
+        "POST",
+        "/v1/transfers",
+        token=token,
+        key=key,
+        body={
+            "debit_account_id": alice,
+            "credit_account_id": "eu-clearing-EUR",
+            "amount": 1,
+            "currency": "EUR",
+        },
+    )
+    assert status == 201
+    await cluster.call("eu", "GET", f"/v1/accounts/{alice}", token="not-a-token")
+    lines = [
+        json.loads(JsonLogFormatter().format(r))
+        for r in caplog.records
+        if r.name == "regiongate.access"
+    ]
+    gateway_lines = [line for line in lines if line.get("client_id") == "access-client"]
+    assert len(gateway_lines) == 1, lines
+    (line,) = gateway_lines
+    assert line["method"] == "POST" and line["route"] == "/v1/transfers"
+    assert line["status"] == 201 and line["latency_ms"] > 0
+    assert len(line["trace_id"]) == 32
+    ledger_lines = [line for line in lines if line.get("client_id") == "test-1"]
+    assert any(x["trace_id"] == line["trace_id"] for x in ledger_lines), lines  # one trace
+    assert any(x["status"] == 401 for x in lines)
+    text = "\n".join(JsonLogFormatter().format(r) for r in caplog.records)
+    assert token not in text and "not-a-token" not in text and key not in text
