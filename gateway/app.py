@@ -254,6 +254,25 @@ async def create_account(request: web.Request) -> web.Response:
     return _pass_through(response)
 
 
+async def set_account_status(request: web.Request) -> web.Response:
+    """Freeze, unfreeze or close an account: the back office's decision (fraud, responsible
+    gaming, a player leaving), so admin only. Setting the status an account already has is
+    answered as a success, so a retry needs no idempotency key."""
+    gateway = request.app[GATEWAY]
+    principal = _principal(request)
+    principal.require(Scope.ADMIN)
+    account_id = request.match_info["account_id"]
+    if region_of(account_id) is None:
+        raise GatewayProblem(ACCOUNT_NOT_FOUND)
+    _note_home(request, account_id)
+    await gateway.limiter.check(principal.client_id, account_id)
+    body = await _json_body(request)
+    response = await gateway.router.call(
+        account_id, "POST", f"/v1/accounts/{account_id}/status", body
+    )
+    return _pass_through(response)
+
+
 async def create_transfer(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     principal = _principal(request)
@@ -368,6 +387,7 @@ ROUTES = [
     ("POST", "/v1/accounts", create_account),
     ("GET", "/v1/accounts/{account_id}", read_account),
     ("GET", "/v1/accounts/{account_id}{suffix:/balance|/transfers}", read_account),
+    ("POST", "/v1/accounts/{account_id}/status", set_account_status),
     ("POST", "/v1/transfers", create_transfer),
     ("GET", "/v1/transfers/{transfer_id}", read_transfer),
     ("POST", "/v1/transfers/{transfer_id}/{action:post|void}", resolve_transfer),

@@ -194,6 +194,15 @@ def openapi_document() -> dict:
                     params=account,
                 )
             },
+            "/v1/accounts/{account_id}/status": {
+                "post": _operation(
+                    "Freeze, unfreeze or close an account. Closing needs a zero balance and no"
+                    " holds; closed is final. Setting the status an account has is a success.",
+                    scopes="admin",
+                    params=account,
+                    body=_object(["status"], status={"enum": ["active", "frozen", "closed"]}),
+                )
+            },
             "/v1/accounts/{account_id}/balance": {
                 "get": _operation(
                     "Balance, now or as_of a past time",

@@ -429,3 +429,36 @@ async def test_a_refused_caller_spends_only_its_own_budget(cluster):
         for player in players
     ]
     assert deposits == [201] * len(players)
+
+
+async def test_the_back_office_freezes_unfreezes_and_closes_through_any_gateway(cluster):
+    alice = await cluster.account("eu", fund=10)
+    player = cluster.keys.mint("alice", "wallet", accounts=[alice])
+    path = f"/v1/accounts/{alice}/status"
+
+    async def set_status(gateway, token, status):
+        return await cluster.call(gateway, "POST", path, token=token, body={"status": status})
+
+    assert (await set_status("us", player, "frozen"))[0] == 403
+    status, _, account = await set_status("us", cluster.admin, "frozen")
+    assert status == 200 and account["status"] == "frozen"
+    withdrawal = {
+        "debit_account_id": alice,
+        "credit_account_id": "eu-clearing-EUR",
+        "amount": 10,
+        "currency": "EUR",
+    }
+    status, _, problem = await cluster.call(
+        "eu", "POST", "/v1/transfers", token=player, key=unique(), body=withdrawal
+    )
+    assert status == 422 and problem["type"] == P + "account-frozen"
+    assert (await set_status("eu", cluster.admin, "closed"))[2]["type"] == P + "account-has-balance"
+    assert (await set_status("eu", cluster.admin, "active"))[2]["status"] == "active"
+    assert (
+        await cluster.call(
+            "us", "POST", "/v1/transfers", token=player, key=unique(), body=withdrawal
+        )
+    )[0] == 201
+    status, _, account = await set_status("us", cluster.admin, "closed")
+    assert status == 200 and account["status"] == "closed"
+    assert (await set_status("us", cluster.admin, "bogus"))[0] == 400
