@@ -1,5 +1,6 @@
-"""The ``regiongate`` command: run a ledger node, look at accounts and transfers, check the
-ledger's invariants, and run the local cluster (the project's main job)."""
+"""The regiongate command: run a ledger node or a gateway, look at accounts and transfers,
+check the ledger's invariants, audit every region, and run the local cluster (the project's
+main job) with its demo, tokens and load runs."""
 
 from __future__ import annotations
 
@@ -113,8 +114,10 @@ def cmd_ledger_sagas(args) -> int:
     with their attempts and last error (what an operator looks at when one is stuck)."""
     from ledger_node import reads
 
+    status = None if args.status == "all" else args.status
+
     async def work(connection):
-        return await reads.sagas(connection, status=args.status, limit=args.limit)
+        return await reads.sagas(connection, status=status, limit=args.limit)
 
     sagas = asyncio.run(_with_connection(_config(args.config), work))
     _print({"sagas": sagas, "count": len(sagas)})
@@ -160,10 +163,11 @@ def cmd_ledger_call(args) -> int:
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            status, payload = response.status, response.read()
+            status, payload, answer_headers = response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
-        status, payload = exc.code, exc.read()
-    print(f"HTTP {status}", file=sys.stderr)
+        status, payload, answer_headers = exc.code, exc.read(), exc.headers
+    replayed = answer_headers.get("Idempotent-Replayed") == "true"
+    print(f"HTTP {status}{' (replayed: the original answer)' if replayed else ''}", file=sys.stderr)
     try:
         _print(json.loads(payload))
     except ValueError:
@@ -242,14 +246,37 @@ def cmd_audit(args) -> int:
             region, _, dsn = item.partition("=")
             dsns[region] = dsn
     else:
-        state_file = Path(args.data_dir) / "cluster.json"
-        try:
-            dsns = json.loads(state_file.read_text())["ledger_dsns"]
-        except (OSError, KeyError, ValueError) as exc:
-            print(f"cannot read the local cluster's databases from {state_file}: {exc}")
-            return EXIT_FAILED
+        from infra.local import read_state
+
+        dsns = read_state(Path(args.data_dir))["ledger_dsns"]
     results = asyncio.run(audit_regions(dsns, grace_s=args.grace_s))
     return _print_checks(results, f"audited regions {', '.join(sorted(dsns))}: ")
+
+
+def cmd_local_token(args) -> int:
+    """A development token for the running local cluster, signed with its development key:
+    for building a client against it without the admin scope. Prints the token alone, so that
+    TOKEN=$(regiongate local token ...) works."""
+    from gateway.devkeys import DevKeys
+    from infra.local import read_state
+
+    state = read_state(Path(args.data_dir))
+    claims: dict = {}
+    if args.accounts:
+        claims["accounts"] = [a.strip() for a in args.accounts.split(",") if a.strip()]
+    if args.operator:
+        claims["operator"] = args.operator
+    if args.home_region:
+        claims["home_region"] = args.home_region
+    if args.scope == "wallet" and not claims.get("accounts"):
+        print("regiongate: a wallet token needs --accounts (the player's own)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.scope == "game:server" and not args.operator:
+        print("regiongate: a game:server token needs --operator", file=sys.stderr)
+        return EXIT_USAGE
+    keys = DevKeys(Path(state["dev_private_key"]), Path(state["dev_jwks"]))
+    print(keys.mint(args.subject, args.scope, lifetime_s=args.lifetime_s, **claims))
+    return EXIT_OK
 
 
 def cmd_local_demo(args) -> int:
@@ -287,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_command(
         "transfer", cmd_ledger_transfer, "show one transfer, or a cross-region transfer (saga)"
     ).add_argument("transfer_id")
-    sagas = ledger_command("sagas", cmd_ledger_sagas, "list sagas, unfinished and oldest first")
+    sagas = ledger_command(
+        "sagas", cmd_ledger_sagas, "the sagas this region orchestrates, unfinished first"
+    )
     sagas.add_argument(
-        "--status", choices=["pending", "completed", "compensated"], default="pending"
+        "--status", choices=["all", "pending", "completed", "compensated"], default="all"
     )
     sagas.add_argument("--limit", type=int, default=50)
     call = ledger_command("call", cmd_ledger_call, "send a signed request to the ledger node")
@@ -327,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
         "TFVARS, default terraform/environments/example/terraform.tfvars)",
     )
     up.set_defaults(handler=cmd_local_up)
+    token = local.add_parser(
+        "token", help="a development token for the running cluster (wallet, game server, admin)"
+    )
+    token.add_argument("--scope", required=True, choices=["wallet", "game:server", "admin"])
+    token.add_argument("--accounts", help="comma-separated account ids (wallet: the player's)")
+    token.add_argument("--operator", help="the operator a game server plays for")
+    token.add_argument("--home-region", help="where this client's creations go by default")
+    token.add_argument("--subject", default="dev-client", help="the token's sub and client id")
+    token.add_argument("--lifetime-s", type=int, default=3600)
+    token.add_argument("--data-dir", default=".local", help="the running local cluster")
+    token.set_defaults(handler=cmd_local_token)
     demo = local.add_parser("demo", help="a scripted scenario through the running cluster")
     demo.add_argument("--data-dir", default=".local")
     demo.set_defaults(handler=cmd_local_demo)
@@ -380,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (LedgerError, InfraError, GatewayError, RouterError) as exc:
         print(f"regiongate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # a service the command needs is down or unreachable: one line
+        print(f"regiongate: cannot reach a service: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 

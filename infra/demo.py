@@ -6,24 +6,19 @@ the audit across regions. It prints each step and what happened."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
 import aiohttp
 
 from gateway.devkeys import DevKeys
-from infra.errors import ServiceStartError
-from infra.local import STATE_FILE
+from infra.local import read_state
 from infra.tls import client_context
 
 
 class Demo:
     def __init__(self, root: Path) -> None:
-        state_file = root / STATE_FILE
-        if not state_file.exists():
-            raise ServiceStartError(f"no running cluster in {root}: start it with ./dev up")
-        state = json.loads(state_file.read_text())
+        state = read_state(root)
         self.gateways: dict[str, str] = state["gateways"]
         self.dsns: dict[str, str] = state.get("ledger_dsns", {})
         self.ssl = client_context(Path(state["ca_cert"]))

@@ -10,6 +10,7 @@ what a developer runs.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.errors import ServiceStartError
+from infra.errors import ClusterAlreadyRunning, ClusterNotRunning, ServiceStartError
 from infra.services import PostgresCluster, RedisServer, free_port
 from infra.wan import WanProcess
 
@@ -43,6 +44,35 @@ METRICS_PORT_OFFSET = 1000  # a service on port P serves Prometheus metrics on P
 KEY_ID = "local-1"
 PEER_KEY_ID = "local-peer-1"
 STATE_FILE = "cluster.json"
+LOCK_FILE = "cluster.lock"
+"""Held (flock) by the process running the cluster, for its lifetime: a second ``./dev up`` on
+the same data dir, and commands that need a running cluster, can tell without a port probe."""
+
+
+def read_state(root: Path) -> dict:
+    """The running local cluster's state (gateways, databases, keys), or ClusterNotRunning
+    saying what to do."""
+    root = Path(root)
+    state_file = root / STATE_FILE
+    if not state_file.exists() or not _lock_held(root / LOCK_FILE):
+        raise ClusterNotRunning(
+            f"no local cluster is running from {root}: start it with ./dev up (it keeps "
+            "running in its own shell)"
+        )
+    return json.loads(state_file.read_text())
+
+
+def _lock_held(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
 
 
 def metrics_url(port: int, worker: int = 0) -> str:
@@ -200,6 +230,7 @@ class LocalCluster:
     gateway_extra: dict = field(default_factory=dict)
     """Settings merged into every gateway's config (a benchmark lifts the rate limits)."""
     ledger_extra: dict = field(default_factory=dict)
+    _lock_handle: object = None
     topology: dict | None = None
     """Directory records from the Terraform topology module (infra.terraform): the regions,
     their statuses and currencies come from the same region map as the cloud's."""
@@ -222,6 +253,7 @@ class LocalCluster:
         from infra.tls import client_context, ensure_dev_certificates
 
         (self.root / "config").mkdir(parents=True, exist_ok=True)
+        self._lock()
         ensure_service_keys(self.service_keys_file)
         tls = ensure_dev_certificates(self.secrets_dir / "tls")
         dev_keys = ensure_dev_keys(self.secrets_dir)
@@ -385,6 +417,24 @@ class LocalCluster:
         }
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
 
+    def _lock(self) -> None:
+        handle = open(self.root / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            raise ClusterAlreadyRunning(
+                f"a local cluster is already running from {self.root} (pid {pid}): use it, "
+                "stop it with Ctrl-C in its shell, or start another with --data-dir DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_handle = handle
+
     def stop(self) -> None:
         for service in [*self.gateways.values(), *self.ledgers.values()]:
             service.stop()
@@ -394,6 +444,9 @@ class LocalCluster:
             cluster.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # releases the lock
+            self._lock_handle = None
 
     def describe(self) -> dict:
         return {
@@ -424,9 +477,10 @@ def cli_command() -> str:
     """The regiongate command as this process was started (``.venv/bin/regiongate`` under
     ``./dev up``), so the hints it prints work when pasted as they are."""
     invoked = sys.argv[0]
-    if Path(invoked).name == "regiongate":
-        return os.path.relpath(invoked) if not invoked.startswith("/") else invoked
-    return "regiongate"
+    if Path(invoked).name != "regiongate":
+        return "regiongate"
+    relative = os.path.relpath(invoked)
+    return relative if not relative.startswith("..") else invoked
 
 
 def run_forever(cluster: LocalCluster) -> None:

@@ -133,7 +133,11 @@ async def history(
 
 
 SAGA = "SELECT * FROM sagas WHERE id = $1"
-SAGAS = "SELECT * FROM sagas WHERE status = $1 ORDER BY created_at LIMIT $2"
+# $1 NULL: every status, the unfinished ones first (what an operator looks at first).
+SAGAS = (
+    "SELECT * FROM sagas WHERE $1::text IS NULL OR status = $1 "
+    "ORDER BY status <> 'held', created_at LIMIT $2"
+)
 SAGAS_LIMIT_MAX = 1_000
 
 
@@ -142,8 +146,13 @@ async def saga(connection: asyncpg.Connection, saga_id: str) -> dict | None:
     return None if row is None else render.saga_dict(row)
 
 
-async def sagas(connection: asyncpg.Connection, *, status: str, limit: int) -> list[dict]:
-    """Sagas by public status (pending, completed, compensated), oldest first."""
-    stored = {public: stored for stored, public in render.SAGA_PUBLIC_STATUS.items()}[status]
+async def sagas(connection: asyncpg.Connection, *, status: str | None, limit: int) -> list[dict]:
+    """Sagas this region orchestrates, of one public status (pending, completed, compensated)
+    or of all (None, the unfinished first), oldest first."""
+    stored = (
+        None
+        if status is None
+        else {public: stored for stored, public in render.SAGA_PUBLIC_STATUS.items()}[status]
+    )
     rows = await connection.fetch(SAGAS, stored, max(1, min(limit, SAGAS_LIMIT_MAX)))
     return [render.saga_dict(row) for row in rows]

@@ -125,6 +125,43 @@ def _write(environment, **_kwargs):
     path.write_text(json.dumps(MEASURED.summary(), indent=2))
 
 
+TOTALS_FILE = "locust_totals.json"
+
+
+@events.quit.add_listener
+def _write_totals(**_kwargs):
+    """Locust's totals as it prints them at exit. Its stats CSV is written on a timer and not
+    again at exit, so it misses what ends during the stop timeout (it said 1,625 requests where
+    the printed summary said 1,695): the summary reads this file instead."""
+    runner = events_environment.runner if events_environment is not None else None
+    if runner is None or isinstance(runner, WorkerRunner):
+        return
+    total = runner.stats.total
+    totals = {
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        "rps": total.total_rps,
+        "p50_ms": total.get_response_time_percentile(0.5),
+        "p95_ms": total.get_response_time_percentile(0.95),
+        "p99_ms": total.get_response_time_percentile(0.99),
+    }
+    failures = [
+        {"name": error.name, "error": str(error.error), "count": error.occurrences}
+        for error in runner.stats.errors.values()
+    ]
+    path = Path(CONFIG["results_dir"]) / TOTALS_FILE
+    path.write_text(json.dumps({"totals": totals, "failures": failures}, indent=2))
+
+
+events_environment = None
+
+
+@events.init.add_listener
+def _remember_environment(environment, **_kwargs):
+    global events_environment
+    events_environment = environment
+
+
 class RegiongateUser(HttpUser):
     abstract = True
     wait_time = between(*PROFILE.think_time_s)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import html
 import json
@@ -28,7 +29,8 @@ import aiohttp
 import asyncpg
 
 from gateway.devkeys import DevKeys
-from infra.local import STATE_FILE
+from infra.errors import InfraError
+from infra.local import read_state
 from infra.tls import client_context
 from ledger_node.global_audit import audit_regions
 from loadtests.profiles import Profile, load_profile
@@ -36,53 +38,84 @@ from loadtests.profiles import Profile, load_profile
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 OPERATOR = "load-operator"
 SETUP_CONCURRENCY = 16
+SETUP_ATTEMPTS_MAX = 8
+SETUP_RETRY_WAIT_S_MAX = 5.0
 SAGA_SETTLE_S = 60.0
 SETTLE_POLL_S = 0.5
 
 
-def _state(data_dir: Path) -> dict:
-    path = data_dir / STATE_FILE
-    if not path.exists():
-        raise SystemExit(f"no running local cluster in {data_dir}: start it with ./dev up")
-    return json.loads(path.read_text())
+class LoadSetupFailed(InfraError):
+    """The profile's players could not be set up; says where and why, in one line."""
 
 
 async def create_players(profile: Profile, state: dict) -> dict[str, list[str]]:
-    """The profile's players, in their home regions, each funded with profile.funding."""
+    """The profile's players, in their home regions, each funded with profile.funding.
+
+    Every call carries a key derived from this setup's id, so a retry (on 429 or 503, after
+    the Retry-After the gateway gives, a bounded number of times) never makes a second account
+    or deposit. If setup still fails, the accounts it made and could not fund are closed, so
+    nothing is left half made, and the failure is one line."""
     keys = DevKeys(Path(state["dev_private_key"]), Path(state["dev_jwks"]))
-    token = keys.mint(f"load-setup-{uuid.uuid4().hex[:8]}", "admin")
+    setup_id = uuid.uuid4().hex[:12]
+    token = keys.mint(f"load-setup-{setup_id}", "admin")
     ssl = client_context(Path(state["ca_cert"]))
     headers = {"Authorization": f"Bearer {token}"}
     limit = asyncio.Semaphore(SETUP_CONCURRENCY)
     players: dict[str, list[str]] = {region: [] for region in profile.regions}
+    unfunded: dict[str, str] = {}  # account id -> its gateway
 
-    async def post(session: aiohttp.ClientSession, url: str, body: dict) -> dict:
-        key = {"Idempotency-Key": uuid.uuid4().hex}
-        async with session.post(url, json=body, headers={**headers, **key}, ssl=ssl) as response:
-            payload = await response.json()
-            if response.status != 201:
-                raise SystemExit(f"setting up players failed at {url}: {payload}")
-            return payload
+    async def post(session: aiohttp.ClientSession, url: str, body: dict, key: str) -> dict:
+        for attempt in range(SETUP_ATTEMPTS_MAX):
+            request_headers = {**headers, "Idempotency-Key": f"load-{setup_id}-{key}"}
+            async with session.post(url, json=body, headers=request_headers, ssl=ssl) as answer:
+                payload = await answer.json(content_type=None)
+                if answer.status in (200, 201):
+                    return payload
+                retry_after = answer.headers.get("Retry-After", "")
+                if answer.status in (429, 503) and attempt + 1 < SETUP_ATTEMPTS_MAX:
+                    wait_s = float(retry_after) if retry_after.isdigit() else 1.0
+                    await asyncio.sleep(min(wait_s, SETUP_RETRY_WAIT_S_MAX))
+                    continue
+                reason = payload.get("detail") or payload.get("title") or payload
+                raise LoadSetupFailed(
+                    f"setting up players failed: POST {url} answered {answer.status} "
+                    f"{payload.get('type', '')} ({reason})"
+                )
+        raise AssertionError("unreachable")
 
-    async def one(session: aiohttp.ClientSession, region: str) -> None:
+    async def one(session: aiohttp.ClientSession, region: str, index: int) -> None:
         gateway = state["gateways"][region]
         async with limit:
             body = {"currency": profile.currency, "region": region, "operator": OPERATOR}
-            account = await post(session, gateway + "/v1/accounts", body)
+            account = await post(session, gateway + "/v1/accounts", body, f"{region}-{index}-a")
+            unfunded[account["id"]] = gateway
             deposit = {
                 "debit_account_id": f"{region}-clearing-{profile.currency}",
                 "credit_account_id": account["id"],
                 "amount": profile.funding,
                 "currency": profile.currency,
             }
-            await post(session, gateway + "/v1/transfers", deposit)
+            await post(session, gateway + "/v1/transfers", deposit, f"{region}-{index}-f")
+            del unfunded[account["id"]]
         players[region].append(account["id"])
 
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(
-            *(one(session, region) for region in profile.regions
-              for _ in range(profile.players[region]))
+        outcomes = await asyncio.gather(
+            *(one(session, region, index) for region in profile.regions
+              for index in range(profile.players[region])),
+            return_exceptions=True,
         )  # fmt: skip
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            for account_id, gateway in unfunded.items():
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    await session.post(
+                        f"{gateway}/v1/accounts/{account_id}/status",
+                        json={"status": "closed"},
+                        headers=headers,
+                        ssl=ssl,
+                    )
+            raise failures[0]
     return players
 
 
@@ -114,7 +147,11 @@ async def settle_and_audit(dsns: dict[str, str]) -> dict:
 
 
 def read_aggregate(results_dir: Path) -> dict:
-    """The Aggregated row of Locust's stats CSV, and its failures."""
+    """Locust's totals and failures as it printed them at exit (the locustfile writes them),
+    else the Aggregated row of its stats CSV, which can miss the run's last seconds."""
+    totals_file = results_dir / "locust_totals.json"
+    if totals_file.exists():
+        return json.loads(totals_file.read_text())
     stats_file = results_dir / "locust_stats.csv"
     totals: dict = {}
     if stats_file.exists():
@@ -155,12 +192,18 @@ def _annotate_report(report: Path, summary: dict) -> None:
         for name, count in summary.get("regiongate", {}).get("outcomes", {}).items()
     )
     banner = (
-        f'<div style="padding:12px;margin:12px;border:2px solid '
+        f'<div id="regiongate-verdict" style="padding:12px;margin:12px;border:2px solid '
         f'{"#2a2" if audit["clean"] else "#c22"}"><h2>regiongate</h2><p>{verdict}</p>'
         f"<table><tr><th>outcome</th><th>count</th></tr>{outcomes}</table></div>"
     )
     text = report.read_text()
-    report.write_text(text.replace("</body>", banner + "</body>", 1))
+    # At the top of the document's own body: the report bundles its chart library, whose
+    # JavaScript holds "<body>" and "</body>" in strings earlier in the file, so the body is
+    # the last one opened before the last "</body>".
+    end = text.rfind("</body>")
+    start = text.rfind("<body", 0, end if end >= 0 else len(text))
+    at = text.index(">", start) + 1 if start >= 0 else 0
+    report.write_text(text[:at] + banner + text[at:])
 
 
 def run_profile(
@@ -173,7 +216,7 @@ def run_profile(
     results_root: Path,
 ) -> int:
     profile = load_profile(profile_name)
-    state = _state(data_dir)
+    state = read_state(data_dir)
     missing = set(profile.regions) - set(state["gateways"])
     if missing:
         raise SystemExit(f"profile {profile.name} needs regions {sorted(missing)}; not running")
