@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -129,35 +130,93 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
+WORKER_RESTARTS_MAX = 5
+"""Restarts of dead workers a service makes within WORKER_RESTART_WINDOW_S; one more means
+something kills every worker (a bug, the OOM killer, a bad host), and the service exits 1 so
+its supervisor (systemd, Kubernetes) decides, rather than restarting in a loop."""
+WORKER_RESTART_WINDOW_S = 60.0
+WORKER_RESTARTS_ENV = "REGIONGATE_WORKER_RESTARTS"
+"""How many times this worker's slot was restarted: the worker exports it as a metric."""
+
+log = logging.getLogger("regiongate.serving")
+
+
 def run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int) -> None:
     """Run target(*args, reuse_port, worker_index) in this process, or in `workers` child
-    processes that share the port, forwarding SIGINT/SIGTERM to them and waiting for all."""
+    processes that share the port, forwarding SIGINT/SIGTERM to them and waiting for all.
+
+    A child that dies while the service is not stopping is replaced in its slot, with an error
+    line, and the new worker exports the slot's restart count
+    (``regiongate_worker_restarts_total``). Past WORKER_RESTARTS_MAX restarts within
+    WORKER_RESTART_WINDOW_S the service stops every worker and exits 1 (decision 0003)."""
     if workers == 1:
         target(*args, False, 0)
         return
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_child, args=(os.getpid(), target, (*args, True, index)))
-        for index in range(workers)
-    ]
-    for process in processes:
+    restarts_by_slot = dict.fromkeys(range(workers), 0)
+    recent_restarts: list[float] = []
+    stopping = False
+
+    def start(index: int) -> multiprocessing.Process:
+        process = context.Process(
+            target=_child,
+            args=(os.getpid(), target, (*args, True, index), restarts_by_slot[index]),
+        )
         process.start()
+        return process
+
+    processes = {index: start(index) for index in range(workers)}
 
     def forward(signum, _frame):
-        for process in processes:
+        nonlocal stopping
+        stopping = True
+        for process in processes.values():
             if process.is_alive():
                 os.kill(process.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for process in processes:
+    while not stopping:
+        multiprocessing.connection.wait([p.sentinel for p in processes.values()])
+        for index, process in list(processes.items()):
+            if process.is_alive() or stopping:
+                continue
+            now = time.monotonic()
+            recent_restarts[:] = [t for t in recent_restarts if now - t < WORKER_RESTART_WINDOW_S]
+            if len(recent_restarts) >= WORKER_RESTARTS_MAX:
+                log.critical(
+                    "worker %d (pid %d) exited with %s, and %d workers died within %.0f s: "
+                    "stopping the service so that its supervisor restarts it",
+                    index,
+                    process.pid,
+                    process.exitcode,
+                    len(recent_restarts) + 1,
+                    WORKER_RESTART_WINDOW_S,
+                )
+                forward(signal.SIGTERM, None)
+                for other in processes.values():
+                    other.join(timeout=SHUTDOWN_TIMEOUT_S)
+                sys.exit(1)
+            recent_restarts.append(now)
+            restarts_by_slot[index] += 1
+            log.error(
+                "worker %d (pid %d) exited with %s; starting another in its place (restart %d)",
+                index,
+                process.pid,
+                process.exitcode,
+                restarts_by_slot[index],
+            )
+            processes[index] = start(index)
+    for process in processes.values():
         process.join()
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _child(parent_pid: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+def _child(
+    parent_pid: int, target: Callable[..., None], args: tuple[Any, ...], restarts: int
+) -> None:
     """A worker that ends with its parent. Signals are forwarded to workers, but a parent that
     is killed outright (SIGKILL, the OOM killer) forwards nothing: its workers would go on
     serving the shared port, and a ledger node its supervisor believes dead would go on moving
@@ -170,4 +229,5 @@ def _child(parent_pid: int, target: Callable[..., None], args: tuple[Any, ...]) 
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:  # the parent died before the request took effect
         return
+    os.environ[WORKER_RESTARTS_ENV] = str(restarts)
     target(*args)

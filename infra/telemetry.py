@@ -34,7 +34,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+
+from infra.serving import WORKER_RESTARTS_ENV
 
 log = logging.getLogger("regiongate.telemetry")
 
@@ -225,8 +227,15 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
 
 
+WORKER_RESTARTS = Counter(
+    "regiongate_worker_restarts",
+    "Times this worker's slot was restarted after its worker died (infra.serving)",
+)
+
+
 async def start_metrics_site(host: str, port: int) -> web.AppRunner:
     """Serve /metrics on the admin port; returns the runner to clean up."""
+    WORKER_RESTARTS.inc(int(os.environ.get(WORKER_RESTARTS_ENV, "0")))
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
     runner = web.AppRunner(app, access_log=None)
