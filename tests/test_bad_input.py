@@ -367,3 +367,42 @@ async def test_unknown_route_is_a_problem(client):
     response = await client.get("/v1/nothing-here")
     assert response.status == 404
     assert response.json()["type"] == P + "not-found"
+
+
+@pytest.mark.parametrize(
+    ("case", "request_bytes", "status", "slug"),
+    [
+        (
+            "a header past the parser's limit",
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+            431,
+            "headers-too-large",
+        ),
+        ("a broken request line", b"GARBAGE\r\n\r\n", 400, "malformed-request"),
+        (
+            "a header line without a colon",
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n",
+            400,
+            "malformed-request",
+        ),
+    ],
+)
+async def test_a_request_the_parser_refuses_is_a_problem(
+    ledger_node, ledger_dsn, case, request_bytes, status, slug
+):
+    """Below the app, at the HTTP parser: still problem+json, never aiohttp's text/plain."""
+    import asyncio
+    import json
+
+    _, server = ledger_node
+    before = await ledger_snapshot(ledger_dsn)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
+    writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode(), (case, head)
+    assert b"Content-Type: application/problem+json" in head, (case, head)
+    assert json.loads(payload)["type"] == P + slug, (case, payload)
+    assert await ledger_snapshot(ledger_dsn) == before
