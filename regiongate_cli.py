@@ -38,8 +38,8 @@ def _print(value) -> None:
 
 
 def cmd_ledger_serve(args) -> int:
-    from infra.serving import configure_logging
     from ledger_node.serve import serve
+    from runtime.serving import configure_logging
 
     configure_logging()
     serve(_config(args.config))
@@ -49,7 +49,7 @@ def cmd_ledger_serve(args) -> int:
 def cmd_gateway_serve(args) -> int:
     from gateway.config import load_gateway_config
     from gateway.serve import serve
-    from infra.serving import configure_logging
+    from runtime.serving import configure_logging
 
     configure_logging()
     serve(load_gateway_config(args.config))
@@ -94,7 +94,7 @@ def cmd_ledger_history(args) -> int:
 
 def cmd_ledger_transfer(args) -> int:
     from ledger_node import reads
-    from ledger_node.ids import SAGA_ID_PATTERN
+    from wire.ids import SAGA_ID_PATTERN
 
     async def work(connection):
         if SAGA_ID_PATTERN.match(args.transfer_id):
@@ -146,7 +146,7 @@ def _print_checks(results, what: str) -> int:
 def cmd_ledger_call(args) -> int:
     """A signed request to a ledger node, with the config's service key: for operators and
     developers, since the ledger refuses anonymous calls."""
-    from ledger_node.service_auth import ServiceKeyring, sign
+    from wire.service_auth import ServiceKeyring, sign
 
     config = _config(args.config)
     keyring = ServiceKeyring.load(config.service_keys_file)
@@ -257,7 +257,7 @@ def cmd_local_token(args) -> int:
     """A development token for the running local cluster, signed with its development key:
     for building a client against it without the admin scope. Prints the token alone, so that
     TOKEN=$(regiongate local token ...) works."""
-    from gateway.devkeys import DevKeys
+    from infra.devkeys import DevKeys
     from infra.local import read_state
 
     state = read_state(Path(args.data_dir))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import re
 import urllib.parse
 
@@ -25,30 +26,28 @@ from opentelemetry import trace
 
 from gateway.auth import AuthConfig, Authenticator, Principal, Scope
 from gateway.config import GatewayConfig
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, Unauthenticated
 from gateway.observability import HOME_REGION, POOL_WAIT_SECONDS, telemetry_middleware
 from gateway.openapi import openapi_document
-from gateway.problems import (
-    ACCOUNT_NOT_FOUND,
-    GatewayProblem,
-    problem_middleware,
-)
+from gateway.problems import translate
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
-from infra.telemetry import CLIENT_ID
-from ledger_node.ids import is_system_account_id, region_of
-from ledger_node.results import MALFORMED_JSON, VALIDATION_FAILED
-from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import Directory, build_directory
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerResponse
 from region_router.router import RegionRouter, RouterConfig
+from runtime.http_problems import problem_middleware
+from runtime.telemetry import CLIENT_ID
+from wire.ids import is_system_account_id, region_of
+from wire.problems import REPLAYED_HEADER, ProblemError
+from wire.results import ACCOUNT_NOT_FOUND, MALFORMED_JSON, TRANSFER_NOT_FOUND, VALIDATION_FAILED
+from wire.service_auth import ServiceKeyring
 
 HEADER_SIZE_BYTES_MAX = 16_384
 """Longest header line; past it, 431 headers-too-large (aiohttp's default is 8,190)."""
 CLIENT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,100}$")
-REPLAYED_HEADER = "Idempotent-Replayed"
 FORWARDED_QUERY = ("as_of", "limit", "cursor", "order")
 _decode = msgspec.json.Decoder(dict)
+log = logging.getLogger("regiongate.gateway")
 
 
 class Gateway:
@@ -105,7 +104,7 @@ class Gateway:
             return self._operators[account_id]
         response = await self.router.call(account_id, "GET", f"/v1/accounts/{account_id}")
         if response.status == 404:
-            raise GatewayProblem(ACCOUNT_NOT_FOUND)
+            raise ProblemError(ACCOUNT_NOT_FOUND)
         if response.status != 200:
             return None
         operator = (response.json().get("metadata") or {}).get("operator")
@@ -119,9 +118,15 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def _principal(request: web.Request) -> Principal:
-    principal = request.app[GATEWAY].authenticator.authenticate(
-        request.headers.get("Authorization")
-    )
+    try:
+        principal = request.app[GATEWAY].authenticator.authenticate(
+            request.headers.get("Authorization")
+        )
+    except Unauthenticated as exc:
+        # Once, at info level, with the reason and never the token: a bad token is a caller's
+        # mistake (or a probe), not the gateway's fault.
+        log.info("unauthenticated %s %s: %s", request.method, request.path, exc)
+        raise
     request[CLIENT_ID] = principal.client_id  # the access line's caller
     return principal
 
@@ -129,11 +134,11 @@ def _principal(request: web.Request) -> Principal:
 def _ledger_key(request: web.Request, principal: Principal) -> str:
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        raise GatewayProblem(
+        raise ProblemError(
             VALIDATION_FAILED, "Idempotency-Key header is required", field="Idempotency-Key"
         )
     if not CLIENT_KEY_PATTERN.match(key):
-        raise GatewayProblem(
+        raise ProblemError(
             VALIDATION_FAILED,
             "1 to 100 characters of A-Z a-z 0-9 . _ : ~ -",
             field="Idempotency-Key",
@@ -146,15 +151,15 @@ async def _json_body(request: web.Request) -> dict:
     try:
         return _decode.decode(await request.read())
     except msgspec.ValidationError as exc:
-        raise GatewayProblem(VALIDATION_FAILED, "body must be a JSON object") from exc
+        raise ProblemError(VALIDATION_FAILED, "body must be a JSON object") from exc
     except msgspec.DecodeError as exc:
-        raise GatewayProblem(MALFORMED_JSON, str(exc)) from exc
+        raise ProblemError(MALFORMED_JSON, str(exc)) from exc
 
 
 def _account_field(body: dict, name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or region_of(value) is None:
-        raise GatewayProblem(VALIDATION_FAILED, f"{name} must be an account id", field=name)
+        raise ProblemError(VALIDATION_FAILED, f"{name} must be an account id", field=name)
     return value
 
 
@@ -201,7 +206,7 @@ async def read_account(request: web.Request) -> web.Response:
     principal = _principal(request)
     account_id = request.match_info["account_id"]
     if region_of(account_id) is None:
-        raise GatewayProblem(ACCOUNT_NOT_FOUND)
+        raise ProblemError(ACCOUNT_NOT_FOUND)
     _note_home(request, account_id)
     # The caller's own budget first; the account's only once the caller may read it, so that
     # a refused caller cannot use up another account's limit.
@@ -233,17 +238,17 @@ async def create_account(request: web.Request) -> web.Response:
     operator = body.pop("operator", None)
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        raise GatewayProblem(VALIDATION_FAILED, "metadata must be an object", field="metadata")
+        raise ProblemError(VALIDATION_FAILED, "metadata must be an object", field="metadata")
     if operator is not None:
         body["metadata"] = {**(metadata or {}), "operator": str(operator)}
     if region is None:
-        raise GatewayProblem(
+        raise ProblemError(
             VALIDATION_FAILED,
             "name the account's region: the directory sets no default_region",
             field="region",
         )
     if not isinstance(region, str) or region not in snapshot.regions:
-        raise GatewayProblem(VALIDATION_FAILED, "unknown region", field="region")
+        raise ProblemError(VALIDATION_FAILED, "unknown region", field="region")
     response = await gateway.router.call_in_region(
         region,
         "POST",
@@ -263,7 +268,7 @@ async def set_account_status(request: web.Request) -> web.Response:
     principal.require(Scope.ADMIN)
     account_id = request.match_info["account_id"]
     if region_of(account_id) is None:
-        raise GatewayProblem(ACCOUNT_NOT_FOUND)
+        raise ProblemError(ACCOUNT_NOT_FOUND)
     _note_home(request, account_id)
     await gateway.limiter.check(principal.client_id, account_id)
     body = await _json_body(request)
@@ -304,16 +309,16 @@ async def _transfer_for(request: web.Request, principal: Principal) -> dict:
     gateway = request.app[GATEWAY]
     transfer_id = request.match_info["transfer_id"]
     if region_of(transfer_id) is None:
-        raise GatewayProblem(ACCOUNT_NOT_FOUND, field="transfer_id")
+        raise ProblemError(TRANSFER_NOT_FOUND)
     response = await gateway.router.call(transfer_id, "GET", f"/v1/transfers/{transfer_id}")
     if response.status != 200:
-        raise GatewayProblem(ACCOUNT_NOT_FOUND, "transfer not found", field="transfer_id")
+        raise ProblemError(TRANSFER_NOT_FOUND)
     transfer = response.json()
     if not (
         principal.may_use_wallet(transfer["debit_account_id"])
         or principal.may_use_wallet(transfer["credit_account_id"])
     ):
-        raise GatewayProblem(ACCOUNT_NOT_FOUND, "transfer not found", field="transfer_id")
+        raise ProblemError(TRANSFER_NOT_FOUND)
     return transfer
 
 
@@ -399,7 +404,7 @@ ROUTES = [
 
 def build_gateway_app(gateway: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[telemetry_middleware, problem_middleware],
+        middlewares=[telemetry_middleware, problem_middleware(translate=translate)],
         client_max_size=gateway.config.body_size_max_bytes,
         # A header line may hold the longest token the gateway accepts, so that an oversized
         # token gets the gateway's own 401 rather than the parser's refusal.

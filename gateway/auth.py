@@ -26,7 +26,7 @@ from pathlib import Path
 import jwt
 
 from gateway.errors import Forbidden, Unauthenticated
-from ledger_node.ids import is_system_account_id
+from wire.ids import is_system_account_id
 
 ALLOWED_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 # Which algorithms a key of each JWK type verifies. A token's ``alg`` must fit the key its

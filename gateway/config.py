@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gateway.errors import GatewayError
-from ledger_node.ids import REGION_PATTERN
+from wire.ids import REGION_PATTERN
 
 
 class GatewayConfigError(GatewayError):

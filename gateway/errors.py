@@ -1,22 +1,35 @@
-"""Errors of the gateway that become problem responses: who the caller is, what it may do, and
-how fast. Each carries what the problem+json answer needs."""
+"""Errors of the gateway: who the caller is, what it may do, and how fast. Each is a problem
+(wire.problems.ProblemError) and carries what its answer needs; the gateway's configuration
+errors are not, since they stop a process before it serves."""
+
+from __future__ import annotations
+
+from wire.problems import ProblemError
+from wire.results import FORBIDDEN, RATE_LIMITED, UNAUTHENTICATED
 
 
 class GatewayError(Exception):
-    """Base of every gateway error."""
+    """Base of the gateway's faults that are not a caller's (its configuration)."""
 
 
-class Unauthenticated(GatewayError):
+class Unauthenticated(ProblemError):
     """No valid bearer token: 401 with WWW-Authenticate."""
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            UNAUTHENTICATED, detail, headers={"WWW-Authenticate": 'Bearer realm="regiongate"'}
+        )
 
-class Forbidden(GatewayError):
+
+class Forbidden(ProblemError):
     """A valid caller without the right to this account or operation: 403."""
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(FORBIDDEN, detail)
 
-class RateLimited(GatewayError):
+
+class RateLimited(ProblemError):
     """Over a rate limit: 429 with Retry-After."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(RATE_LIMITED, detail, retry_after_s=retry_after_s)

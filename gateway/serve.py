@@ -11,16 +11,16 @@ from aiohttp import web
 
 from gateway.app import Gateway, build_gateway_app
 from gateway.config import GatewayConfig
-from infra.serving import (
+from runtime.http_problems import protocol_problem
+from runtime.serving import (
     SHUTDOWN_TIMEOUT_S,
     ProblemAppRunner,
     configure_logging,
     run_workers,
     wait_for_stop_signal,
 )
-from infra.telemetry import configure_tracing, start_metrics_site
-from infra.tls import server_context
-from ledger_node.http_errors import protocol_problem
+from runtime.telemetry import configure_tracing, start_metrics_site
+from runtime.tls import server_context
 
 log = logging.getLogger("regiongate.gateway")
 

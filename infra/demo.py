@@ -11,9 +11,9 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.devkeys import DevKeys
+from infra.devkeys import DevKeys
 from infra.local import read_state
-from infra.tls import client_context
+from runtime.tls import client_context
 
 
 class Demo:

@@ -249,8 +249,9 @@ class LocalCluster:
         return self.root / "config" / f"directory-{region}.yaml"
 
     def start(self) -> None:
-        from gateway.devkeys import ensure_dev_keys
-        from infra.tls import client_context, ensure_dev_certificates
+        from infra.devkeys import ensure_dev_keys
+        from infra.tls import ensure_dev_certificates
+        from runtime.tls import client_context
 
         (self.root / "config").mkdir(parents=True, exist_ok=True)
         self._lock()
@@ -303,7 +304,7 @@ class LocalCluster:
         self.ledgers[region] = ledger
 
     def _start_gateway(self, region: str, tls, dev_keys, context: ssl.SSLContext) -> None:
-        from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER
+        from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER
 
         port = (DEFAULT_GATEWAY_PORTS.get(region) if self.fixed_ports else None) or free_port()
         config_path = self.root / "config" / f"gateway-{region}.yaml"
@@ -486,7 +487,7 @@ def cli_command() -> str:
 def run_forever(cluster: LocalCluster) -> None:
     """Start the cluster, print where everything is and a development token, and wait for
     Ctrl-C or SIGTERM, restarting a service process that dies."""
-    from gateway.devkeys import ensure_dev_keys
+    from infra.devkeys import ensure_dev_keys
 
     stop = False
 

@@ -1,13 +1,12 @@
-"""TLS for the public port. Development certificates are made once at set-up (a local CA and a
-server certificate for localhost and 127.0.0.1, keys mode 0600, never committed); production
-certificates come from files. Clients trust the development CA, never an unverified server."""
+"""Development certificates for the public port, made once at set-up: a local CA and a server
+certificate for localhost and 127.0.0.1, keys mode 0600, never committed. Production
+certificates come from files; the contexts that use either are in runtime.tls."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,18 +81,3 @@ def ensure_dev_certificates(directory: Path) -> TlsFiles:
     files.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(files.key, _key_pem(server_key))
     return files
-
-
-def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """TLS 1.2+ server context from certificate and key files."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(cert_file), str(key_file))
-    return context
-
-
-def client_context(ca_file: Path) -> ssl.SSLContext:
-    """A verifying client context that trusts ca_file."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context

@@ -9,13 +9,13 @@ import asyncpg
 from ledger_node import render
 from ledger_node.config import LedgerConfig
 from ledger_node.errors import ConfigError
-from ledger_node.ids import (
+from wire.ids import (
     clearing_account_id,
     house_account_id,
     new_account_id,
     transit_account_id,
 )
-from ledger_node.results import Result
+from wire.results import Result
 
 ACCOUNT_COLUMNS = (
     "id, region, currency, kind, peer_region, status, debits_posted, credits_posted, "

@@ -17,13 +17,8 @@ from datetime import datetime
 
 from aiohttp import web
 
-from infra.telemetry import CLIENT_ID
 from ledger_node import accounts, reads
-from ledger_node.http_errors import ProblemError, problem_middleware
-from ledger_node.ids import (
-    SAGA_ID_PATTERN,
-    house_account_id,
-)
+from ledger_node.http_errors import translate
 from ledger_node.node import LedgerNode
 from ledger_node.observability import telemetry_middleware
 from ledger_node.operations import (
@@ -48,11 +43,6 @@ from ledger_node.requests import (
     outcome_response,
     result_response,
 )
-from ledger_node.results import (
-    UNAUTHENTICATED,
-    VALIDATION_FAILED,
-    Result,
-)
 from ledger_node.saga_api import create_saga, saga_step
 from ledger_node.schemas import (
     AccountIn,
@@ -64,7 +54,19 @@ from ledger_node.schemas import (
     VoidIn,
     WinIn,
 )
-from ledger_node.service_auth import verify
+from runtime.http_problems import problem_middleware
+from runtime.telemetry import CLIENT_ID
+from wire.ids import (
+    SAGA_ID_PATTERN,
+    house_account_id,
+)
+from wire.problems import ProblemError
+from wire.results import (
+    UNAUTHENTICATED,
+    VALIDATION_FAILED,
+    Result,
+)
+from wire.service_auth import verify
 
 ANONYMOUS_PATHS = frozenset({"/health/live", "/health/ready"})
 HISTORY_LIMIT_DEFAULT = 50
@@ -85,7 +87,7 @@ async def authenticate(request: web.Request) -> None:
         node.config.signature_skew_s_max,
     )
     if key_id is None:
-        raise ProblemError(UNAUTHENTICATED)
+        raise ProblemError(UNAUTHENTICATED, "missing or invalid service signature")
     request[KEY_ID] = key_id
     request[CLIENT_ID] = key_id
 
@@ -304,7 +306,7 @@ async def stats(request: web.Request) -> web.Response:
 def build_app(node: LedgerNode, *, manage_node: bool = True) -> web.Application:
     """The aiohttp application; with manage_node it starts and stops the node with the app."""
     app = web.Application(
-        middlewares=[telemetry_middleware, problem_middleware(authenticate)],
+        middlewares=[telemetry_middleware, problem_middleware(authenticate, translate)],
         client_max_size=node.config.body_size_max_bytes,
     )
     app[NODE] = node

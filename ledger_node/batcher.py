@@ -61,7 +61,6 @@ from ledger_node.errors import (
     RetryableDatabaseError,
     map_database_error,
 )
-from ledger_node.ids import house_account_id, transit_account_id
 from ledger_node.invariants import check_batch, ensure
 from ledger_node.observability import (
     BATCH_DECIDE_SECONDS,
@@ -87,8 +86,9 @@ from ledger_node.operations import (
     StartSaga,
     Submission,
 )
-from ledger_node.render import result_problem
-from ledger_node.results import Result
+from wire.ids import house_account_id, transit_account_id
+from wire.problems import result_problem
+from wire.results import Result
 
 log = logging.getLogger("regiongate.ledger.batcher")
 

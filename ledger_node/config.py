@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ledger_node.errors import ConfigError
-from ledger_node.ids import REGION_PATTERN
+from wire.ids import REGION_PATTERN
 
 CURRENCY_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{2,7}$")
 # 10**15 minor units is far beyond any single wallet movement and stays below 2**53, so amounts

@@ -1,5 +1,5 @@
 """Errors of the ledger node: faults and misuse. Expected business outcomes are not here: they
-are members of ``ledger_node.results.Result``.
+are members of ``wire.results.Result``.
 
 Lower-layer errors (asyncpg) are mapped at the boundary through one table keyed by SQLSTATE,
 never by message text, and always ``raise ... from exc`` so the cause stays in the traceback.

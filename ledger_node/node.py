@@ -14,15 +14,15 @@ from ledger_node.accounts import sync_reference_data
 from ledger_node.batcher import Batcher
 from ledger_node.config import LedgerConfig
 from ledger_node.errors import ConfigError, LedgerError, map_database_error
-from ledger_node.ids import region_of
 from ledger_node.invariants import ensure
 from ledger_node.migrations import apply_migrations, schema_is_current
 from ledger_node.operations import Flow, ResolvePending
 from ledger_node.saga import SagaDriver, new_owner_id
-from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import Directory, RegionStatus, build_directory
 from region_router.http_pool import HttpPool
 from region_router.router import RegionRouter, RouterConfig
+from wire.ids import region_of
+from wire.service_auth import ServiceKeyring
 
 log = logging.getLogger("regiongate.ledger.node")
 

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ledger_node.results import Result
+from wire.results import Result
 
 BIGINT_MAX = 2**63 - 1
 

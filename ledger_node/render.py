@@ -1,5 +1,5 @@
-"""The one place that turns ledger outcomes into wire bytes: transfers as JSON, and every error
-as an RFC 9457 problem+json document with a stable type."""
+"""Ledger records as the API shows them: transfers, sagas, times in RFC 3339 (problem documents
+are wire.problems')."""
 
 from __future__ import annotations
 
@@ -8,35 +8,11 @@ from typing import Any
 
 import msgspec
 
-from ledger_node.results import PROBLEMS, Problem, Result
-
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-JSON_CONTENT_TYPE = "application/json"
-
-_encoder = msgspec.json.Encoder()
-encode = _encoder.encode
-
 
 def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def problem_body(problem: Problem, detail: str | None = None, **extra: Any) -> bytes:
-    body: dict[str, Any] = {"type": problem.type, "title": problem.title, "status": problem.status}
-    if detail:
-        body["detail"] = detail
-    field_name = extra.pop("field", None) or problem.field
-    if field_name:
-        body["field"] = field_name
-    body.update(extra)
-    return encode(body)
-
-
-def result_problem(result: Result, detail: str | None = None, **extra: Any) -> tuple[int, bytes]:
-    problem = PROBLEMS[result]
-    return problem.status, problem_body(problem, detail, code=result.value, **extra)
 
 
 def transfer_dict(row: Any) -> dict[str, Any]:

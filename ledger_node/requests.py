@@ -10,13 +10,19 @@ import re
 import msgspec
 from aiohttp import web
 
-from ledger_node import render
-from ledger_node.http_errors import ProblemError, field_of
-from ledger_node.ids import region_of
+from ledger_node.http_errors import field_of
 from ledger_node.node import LedgerNode
 from ledger_node.operations import Outcome
-from ledger_node.render import JSON_CONTENT_TYPE
-from ledger_node.results import (
+from ledger_node.schemas import DECODERS
+from wire.ids import region_of
+from wire.problems import (
+    JSON_CONTENT_TYPE,
+    PROBLEM_CONTENT_TYPE,
+    ProblemError,
+    encode,
+    result_problem,
+)
+from wire.results import (
     IDEMPOTENCY_KEY_INVALID,
     IDEMPOTENCY_KEY_MISSING,
     MALFORMED_JSON,
@@ -25,7 +31,6 @@ from ledger_node.results import (
     VALIDATION_FAILED,
     Result,
 )
-from ledger_node.schemas import DECODERS
 
 NODE = web.AppKey("node", LedgerNode)
 KEY_ID = web.RequestKey("key_id", str)  # the service key that signed the request
@@ -34,7 +39,7 @@ IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,128}$")
 
 
 def json_response(body: bytes | dict, status: int = 200, replayed: bool = False) -> web.Response:
-    payload = body if isinstance(body, bytes) else render.encode(body)
+    payload = body if isinstance(body, bytes) else encode(body)
     headers = {REPLAYED_HEADER: "true"} if replayed else None
     return web.Response(
         status=status, body=payload, content_type=JSON_CONTENT_TYPE, headers=headers
@@ -42,8 +47,8 @@ def json_response(body: bytes | dict, status: int = 200, replayed: bool = False)
 
 
 def result_response(result: Result, **extra) -> web.Response:
-    status, body = render.result_problem(result, **extra)
-    return web.Response(status=status, body=body, content_type=render.PROBLEM_CONTENT_TYPE)
+    status, body = result_problem(result, **extra)
+    return web.Response(status=status, body=body, content_type=PROBLEM_CONTENT_TYPE)
 
 
 async def decode_body(request: web.Request, cls: type, allow_empty: bool = False):
@@ -97,7 +102,7 @@ def metadata_text(value: dict | None) -> str | None:
 
 
 def outcome_response(outcome: Outcome) -> web.Response:
-    content_type = JSON_CONTENT_TYPE if outcome.status_code < 400 else render.PROBLEM_CONTENT_TYPE
+    content_type = JSON_CONTENT_TYPE if outcome.status_code < 400 else PROBLEM_CONTENT_TYPE
     headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
     return web.Response(
         status=outcome.status_code, body=outcome.body, content_type=content_type, headers=headers

@@ -52,9 +52,9 @@ from ledger_node.observability import (
     SAGAS_RUNNING,
 )
 from ledger_node.operations import FinishSaga, Flow
-from ledger_node.results import Result
 from region_router.errors import RouterError
 from region_router.router import RegionRouter
+from wire.results import Result
 
 log = logging.getLogger("regiongate.ledger.saga")
 

@@ -9,10 +9,7 @@ import msgspec
 from aiohttp import web
 
 from ledger_node import reads, render
-from ledger_node.http_errors import ProblemError
-from ledger_node.ids import SAGA_ID_PATTERN, new_saga_id, saga_credit_transfer_id
 from ledger_node.operations import CancelStep, CreditStep, StartSaga
-from ledger_node.render import JSON_CONTENT_TYPE
 from ledger_node.requests import (
     KEY_ID,
     NODE,
@@ -26,15 +23,23 @@ from ledger_node.requests import (
     outcome_response,
     result_response,
 )
-from ledger_node.results import (
+from ledger_node.schemas import SagaStepIn, TransferIn
+from wire.ids import SAGA_ID_PATTERN, new_saga_id, saga_credit_transfer_id
+from wire.problems import (
+    JSON_CONTENT_TYPE,
+    PROBLEM_CONTENT_TYPE,
+    ProblemError,
+    encode,
+    result_problem,
+)
+from wire.results import (
     CROSS_REGION_UNAVAILABLE,
-    DESTINATION_REGION_DOWN,
     FORBIDDEN,
     OVERLOADED,
+    REGION_UNAVAILABLE,
     VALIDATION_FAILED,
     Result,
 )
-from ledger_node.schemas import SagaStepIn, TransferIn
 
 DOWN_RETRY_AFTER_S = 30
 
@@ -66,7 +71,10 @@ async def create_saga(request: web.Request) -> web.Response:
         # Consistency over availability: a hold towards a region marked down could only wait
         # for it, so refuse before anything is held.
         raise ProblemError(
-            DESTINATION_REGION_DOWN, retry_after_s=DOWN_RETRY_AFTER_S, field="credit_account_id"
+            REGION_UNAVAILABLE,
+            "the credit account's home region is down; nothing was moved, retry later",
+            retry_after_s=DOWN_RETRY_AFTER_S,
+            field="credit_account_id",
         )
     if not node.sagas.has_room():
         raise ProblemError(OVERLOADED, "too many cross-region transfers in flight")
@@ -121,21 +129,21 @@ def _saga_response(view: dict, replayed: bool) -> web.Response:
     headers = {REPLAYED_HEADER: "true"} if replayed else {}
     if view["status"] == "completed":
         return web.Response(
-            status=201, body=render.encode(view), content_type=JSON_CONTENT_TYPE, headers=headers
+            status=201, body=encode(view), content_type=JSON_CONTENT_TYPE, headers=headers
         )
     if view["status"] == "pending":
         headers["Location"] = f"/v1/transfers/{view['id']}"
         return web.Response(
-            status=202, body=render.encode(view), content_type=JSON_CONTENT_TYPE, headers=headers
+            status=202, body=encode(view), content_type=JSON_CONTENT_TYPE, headers=headers
         )
     # Compensated: nothing moved. The problem says why, and carries the transfer for reference.
     try:
         result = Result(view["reason"])
     except ValueError:
         result = Result.DEADLINE_EXCEEDED
-    status, body = render.result_problem(result, transfer=view)
+    status, body = result_problem(result, transfer=view)
     return web.Response(
-        status=status, body=body, content_type=render.PROBLEM_CONTENT_TYPE, headers=headers
+        status=status, body=body, content_type=PROBLEM_CONTENT_TYPE, headers=headers
     )
 
 

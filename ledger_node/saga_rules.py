@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ledger_node import decide as rules
-from ledger_node import render
-from ledger_node.ids import transit_account_id
+from ledger_node import render, rules
 from ledger_node.invariants import ensure
 from ledger_node.operations import (
     BatchState,
@@ -31,7 +29,9 @@ from ledger_node.operations import (
     StepState,
     StepStatus,
 )
-from ledger_node.results import Result
+from wire.ids import transit_account_id
+from wire.problems import encode, result_problem
+from wire.results import Result
 
 
 def start_saga(state: BatchState, op: StartSaga) -> Outcome:
@@ -72,7 +72,7 @@ def start_saga(state: BatchState, op: StartSaga) -> Outcome:
         "created_at": state.now,
     }
     state.sagas[op.saga_id] = SagaState(op.saga_id, SagaStatus.HELD.value, row.id, new=saga)
-    return Outcome(Result.OK, 202, render.encode(render.saga_dict(saga)), row.id)
+    return Outcome(Result.OK, 202, encode(render.saga_dict(saga)), row.id)
 
 
 def finish_saga(state: BatchState, op: FinishSaga) -> Outcome:
@@ -82,7 +82,7 @@ def finish_saga(state: BatchState, op: FinishSaga) -> Outcome:
     ensure(saga.hold_transfer_id == op.hold_transfer_id, f"saga {saga.id} names another hold")
     if saga.status != SagaStatus.HELD:
         # Another driver finished it first; the saga's row says how.
-        return Outcome(Result.OK, 200, render.encode({"id": saga.id, "status": saga.status}))
+        return Outcome(Result.OK, 200, encode({"id": saga.id, "status": saga.status}))
     outcome = rules.resolve_pending(
         state, ResolvePending(op.hold_transfer_id, op.flow, by_saga=True)
     )
@@ -98,17 +98,15 @@ def finish_saga(state: BatchState, op: FinishSaga) -> Outcome:
         "reason": op.reason,
     }
     body = {"id": saga.id, "status": status.value, "finished_at": render.rfc3339(state.now)}
-    return Outcome(Result.OK, 200, render.encode(body), outcome.transfer_id)
+    return Outcome(Result.OK, 200, encode(body), outcome.transfer_id)
 
 
 def _step_body(step: StepState, saga_id: str) -> bytes:
-    return render.encode(
-        {"saga_id": saga_id, "step_status": step.status, "transfer_id": step.transfer_id}
-    )
+    return encode({"saga_id": saga_id, "step_status": step.status, "transfer_id": step.transfer_id})
 
 
 def _step_refusal(result: Result, step: StepState) -> Outcome:
-    status_code, body = render.result_problem(result, step_status=step.status)
+    status_code, body = result_problem(result, step_status=step.status)
     return Outcome(result, status_code, body)
 
 

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from ledger_node.config import AMOUNT_MAX_LIMIT
-from ledger_node.ids import ACCOUNT_ID_LENGTH_MAX, TRANSFER_ID_LENGTH_MAX
+from wire.ids import ACCOUNT_ID_LENGTH_MAX, TRANSFER_ID_LENGTH_MAX
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX_LIMIT)]
 CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z][A-Z0-9]{2,7}$")]

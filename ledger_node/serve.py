@@ -21,19 +21,19 @@ import logging
 import uvloop
 from aiohttp import web
 
-from infra.serving import (
+from ledger_node.app import build_app
+from ledger_node.config import LedgerConfig
+from ledger_node.node import LedgerNode
+from runtime.http_problems import protocol_problem
+from runtime.serving import (
     SHUTDOWN_TIMEOUT_S,
     ProblemAppRunner,
     configure_logging,
     run_workers,
     wait_for_stop_signal,
 )
-from infra.telemetry import configure_tracing, start_metrics_site
-from ledger_node.app import build_app
-from ledger_node.config import LedgerConfig
-from ledger_node.http_errors import protocol_problem
-from ledger_node.node import LedgerNode
-from ledger_node.service_auth import ServiceKeyring
+from runtime.telemetry import configure_tracing, start_metrics_site
+from wire.service_auth import ServiceKeyring
 
 
 async def _serve(

@@ -33,12 +33,12 @@ import uvloop
 
 from infra.services import PostgresCluster, free_port
 from ledger_node.config import ledger_config_from_dict
-from ledger_node.ids import clearing_account_id
 from ledger_node.node import LedgerNode
 from ledger_node.operations import CreateTransfer
-from ledger_node.service_auth import ServiceKeyring
 from loadtests.bench_ledger import CURRENCY, REGION, make_players
 from loadtests.cpustats import tree_cpu_s
+from wire.ids import clearing_account_id
+from wire.service_auth import ServiceKeyring
 
 PLAYERS = 2_000
 SIZE_MAX = 512

@@ -30,14 +30,15 @@ from pathlib import Path
 import uvloop
 import yaml
 
-from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
+from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
 from infra.local import LedgerProcess, ServiceProcess, ensure_service_keys, write_ledger_config
 from infra.services import PostgresCluster, RedisServer, free_port, wait_for_port
-from infra.tls import client_context, ensure_dev_certificates
-from ledger_node.service_auth import ServiceKeyring
+from infra.tls import ensure_dev_certificates
 from loadtests.httpload import LoadResult, bearer_get, run_load, signed_get
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.yaml_directory import write_directory_file
+from runtime.tls import client_context
+from wire.service_auth import ServiceKeyring
 
 NGINX_CONFIG = """
 worker_processes {workers};

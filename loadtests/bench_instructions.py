@@ -47,9 +47,9 @@ import uvloop
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import ledger_config_from_dict
 from ledger_node.node import LedgerNode
-from ledger_node.service_auth import ServiceKeyring
 from loadtests.bench_batch import run_batches
 from loadtests.bench_ledger import CURRENCY, REGION, make_players
+from wire.service_auth import ServiceKeyring
 
 PLAYERS = 2_000
 PGBENCH_SCALE = 1

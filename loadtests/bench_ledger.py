@@ -84,12 +84,12 @@ from infra.local import (
 )
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
-from ledger_node.ids import clearing_account_id
-from ledger_node.service_auth import ServiceKeyring
 from loadtests.cpustats import CpuMeter, us_per_operation
 from loadtests.httpload import LoadResult, median, run_load, signed_post
 from loadtests.promstats import Series, means, means_ms, scrape
 from loadtests.walstats import wal_syncs
+from wire.ids import clearing_account_id
+from wire.service_auth import ServiceKeyring
 
 REGION = "eu"
 CURRENCY = "EUR"

@@ -43,18 +43,18 @@ import aiohttp
 import msgspec
 import uvloop
 
-from gateway.devkeys import ensure_dev_keys
+from infra.devkeys import ensure_dev_keys
 from infra.local import LocalCluster, metrics_url
-from infra.tls import client_context
 from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
-from ledger_node.service_auth import ServiceKeyring
 from loadtests.cpustats import CpuMeter
 from loadtests.httpload import LoadResult, bearer_post, median, run_load
 from loadtests.promstats import Series, means_ms, scrape
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
+from runtime.tls import client_context
+from wire.service_auth import ServiceKeyring
 
 FUNDS = 10**12
 UNLIMITED = {

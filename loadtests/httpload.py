@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger_node.service_auth import ServiceKey, sign
+from wire.service_auth import ServiceKey, sign
 
 
 class _Connection(asyncio.Protocol):

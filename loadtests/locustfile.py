@@ -27,7 +27,7 @@ import gevent
 from locust import HttpUser, LoadTestShape, between, events, task
 from locust.runners import WorkerRunner
 
-from gateway.devkeys import DevKeys
+from infra.devkeys import DevKeys
 from loadtests.profiles import load_profile
 
 CONFIG = json.loads(Path(os.environ["REGIONGATE_LOAD_CONFIG"]).read_text())

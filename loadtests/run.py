@@ -28,12 +28,12 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from gateway.devkeys import DevKeys
+from infra.devkeys import DevKeys
 from infra.errors import InfraError
 from infra.local import read_state
-from infra.tls import client_context
 from ledger_node.global_audit import audit_regions
 from loadtests.profiles import Profile, load_profile
+from runtime.tls import client_context
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 OPERATOR = "load-operator"

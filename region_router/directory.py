@@ -19,8 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
-from ledger_node.ids import REGION_PATTERN, region_of
 from region_router.errors import DirectoryError
+from wire.ids import REGION_PATTERN, region_of
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 OVERRIDES_MAX = 1_000_000

@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 from yarl import URL
 
-from ledger_node.service_auth import ServiceKey, sign
 from region_router.http_pool import HttpPool
+from wire.service_auth import ServiceKey, sign
 
 _encode = msgspec.json.encode
 

@@ -23,13 +23,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter
 
-from infra.telemetry import spans_recorded
-from infra.telemetry import traceparent as current_traceparent
-from ledger_node.service_auth import ServiceKey
 from region_router.directory import Directory, LedgerEndpoint, RegionStatus
 from region_router.errors import RouterError
 from region_router.http_pool import HttpPool, UpstreamConnectionError
 from region_router.ledger_client import LedgerClient, LedgerResponse
+from runtime.telemetry import spans_recorded
+from runtime.telemetry import traceparent as current_traceparent
+from wire.service_auth import ServiceKey
 
 tracer = trace.get_tracer("regiongate.router")
 

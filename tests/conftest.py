@@ -15,11 +15,10 @@ import pytest
 
 from gateway.app import Gateway, build_gateway_app
 from gateway.config import GatewayConfig, RateLimitConfig
-from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
+from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
 from infra.services import PostgresCluster, RedisServer, free_port
 from ledger_node.app import build_app
 from ledger_node.node import LedgerNode
-from ledger_node.service_auth import ServiceKeyring
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
@@ -35,6 +34,7 @@ from tests.support import (
     migrated_database,
     unique,
 )
+from wire.service_auth import ServiceKeyring
 
 SERVICE_KEYS_TEXT = (
     "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\ntest-peer: " + "c3" * 32 + "\n"

@@ -18,13 +18,13 @@ from hypothesis import settings
 from jsonschema import Draft202012Validator
 
 from infra.services import free_port
-from infra.serving import ProblemAppRunner
 from ledger_node.app import build_app
 from ledger_node.audit import check_invariants
 from ledger_node.config import LedgerConfig, ledger_config_from_dict
-from ledger_node.http_errors import protocol_problem
 from ledger_node.node import LedgerNode
 from region_router.ledger_client import LedgerClient
+from runtime.http_problems import protocol_problem
+from runtime.serving import ProblemAppRunner
 
 REGION = "eu"
 CURRENCIES = [

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ledger_node.service_auth import ServiceKey
 from region_router.ledger_client import LedgerClient
 from tests.support import CLEARING, HOUSE, ledger_snapshot, unique
+from wire.service_auth import ServiceKey
 
 P = "urn:regiongate:problem:"
 PLAYER = "eu-badinputplayer"

@@ -13,7 +13,7 @@ import sys
 import jwt
 import pytest
 
-from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
+from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
 from infra.errors import ClusterAlreadyRunning
 from infra.local import STATE_FILE, LocalCluster
 from regiongate_cli import main

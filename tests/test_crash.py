@@ -18,7 +18,6 @@ import asyncpg
 
 from infra.local import LedgerProcess, write_ledger_config
 from infra.services import PostgresCluster, free_port
-from ledger_node.service_auth import ServiceKeyring
 from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
 from tests.conftest import SERVICE_KEYS_TEXT
@@ -29,6 +28,7 @@ from tests.support import (
     new_player,
     unique,
 )
+from wire.service_auth import ServiceKeyring
 
 WORKERS = 32
 LOAD_BEFORE_KILL_S = 1.5

@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from gateway.app import ROUTES
-from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER
+from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER
 from tests.support import LIMIT_BURST, assert_eventually, region_status, unique
 
 P = "urn:regiongate:problem:"

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.auth import AuthConfig, Authenticator, Scope
-from gateway.devkeys import public_jwk
 from gateway.errors import Forbidden, Unauthenticated
+from infra.devkeys import public_jwk
 from tests.support import assert_eventually
 
 AUDIENCE = "regiongate"

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.auth import TOKEN_LENGTH_MAX
-from gateway.devkeys import DEV_AUDIENCE, DEV_ISSUER, DEV_KID
+from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, DEV_KID
 from tests.support import unique
 
 P = "urn:regiongate:problem:"

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from gateway.devkeys import ensure_dev_keys
+from infra.devkeys import ensure_dev_keys
 from infra.services import PostgresCluster
 from loadtests.bench_instructions import Pair, callgrind_totals
 from loadtests.bench_ledger import cpu_ratio

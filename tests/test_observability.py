@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY, generate_latest
 
-from infra.serving import JsonLogFormatter
-from infra.telemetry import TraceIdFilter
+from runtime.serving import JsonLogFormatter
+from runtime.telemetry import TraceIdFilter
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -150,7 +150,7 @@ def test_unrecorded_requests_still_carry_the_callers_trace():
     current: outgoing requests carry the caller's trace and span ids, and logs its trace id."""
     from multidict import CIMultiDict
 
-    from infra.telemetry import CallerContext, traceparent
+    from runtime.telemetry import CallerContext, traceparent
 
     caller = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
     records: list[logging.LogRecord] = []

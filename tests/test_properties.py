@@ -31,7 +31,6 @@ from ledger_node.operations import (
     Rollback,
     SettleWin,
 )
-from ledger_node.results import Result
 from tests.support import (
     CLEARING,
     HOUSE,
@@ -40,6 +39,7 @@ from tests.support import (
     property_settings,
     unique,
 )
+from wire.results import Result
 
 PLAYERS = 3
 NAMES = [f"p{i}" for i in range(PLAYERS)] + ["house", "clearing"]

@@ -13,7 +13,6 @@ import asyncio
 
 import pytest
 
-from ledger_node.ids import saga_credit_transfer_id
 from region_router.ledger_client import LedgerClient
 from tests.conftest import PEER_KEY_ID, SERVICE_KEYS_TEXT
 from tests.support import (
@@ -26,6 +25,7 @@ from tests.support import (
     region_status,
     unique,
 )
+from wire.ids import saga_credit_transfer_id
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger_node.decide import decide
-from ledger_node.ids import saga_credit_transfer_id, transit_account_id
 from ledger_node.operations import (
     AccountState,
     BatchState,
@@ -28,8 +27,9 @@ from ledger_node.operations import (
     ResolvePending,
     StartSaga,
 )
-from ledger_node.results import Result
 from tests.support import property_settings
+from wire.ids import saga_credit_transfer_id, transit_account_id
+from wire.results import Result
 
 TRANSIT_AT_US = transit_account_id("us", "eu", "EUR")
 TRANSIT_AT_EU = transit_account_id("eu", "us", "EUR")

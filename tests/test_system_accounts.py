@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ledger_node.decide import create_transfer
 from ledger_node.global_audit import audit_regions
 from ledger_node.operations import AccountKind, AccountState, BatchState, CreateTransfer, Kind
-from ledger_node.results import Result
+from ledger_node.rules import create_transfer
 from tests.support import unique
+from wire.results import Result
 
 P = "urn:regiongate:problem:"
 

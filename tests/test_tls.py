@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from infra.services import free_port
-from infra.tls import client_context, ensure_dev_certificates, server_context
+from infra.tls import ensure_dev_certificates
+from runtime.tls import client_context, server_context
 
 
 async def test_https_with_development_certificates(tmp_path):

@@ -16,16 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra import services
-from ledger_node import ids
 from ledger_node.audit import check_invariants
 from ledger_node.batch_write import sql_literal
 from ledger_node.config import ledger_config_from_dict
 from ledger_node.errors import ConfigError, InvariantViolation
-from ledger_node.ids import region_of, ulid, ulid_text
 from ledger_node.migrations import apply_migrations, load_migrations
-from ledger_node.results import PROBLEMS, Result
-from ledger_node.service_auth import ServiceKey, ServiceKeyring, sign, verify
 from tests.support import property_settings
+from wire import ids
+from wire.ids import region_of, ulid, ulid_text
+from wire.results import PROBLEMS, Result, every_problem
+from wire.service_auth import ServiceKey, ServiceKeyring, sign, verify
 
 BASE = {
     "region": "eu",
@@ -73,6 +73,18 @@ def test_every_result_has_a_stable_problem_type():
         problem = PROBLEMS[result]
         assert 400 <= problem.status < 500
         assert problem.type.startswith("urn:regiongate:problem:")
+
+
+def test_one_status_and_one_title_per_problem_type():
+    """RFC 9457: a type's title does not change between occurrences; both services take their
+    problems from one registry, so a slug cannot mean two things."""
+    seen: dict[str, tuple[int, str]] = {}
+    for problem in every_problem():
+        assert seen.setdefault(problem.slug, (problem.status, problem.title)) == (
+            problem.status,
+            problem.title,
+        ), problem.slug
+    assert len(seen) >= 40
 
 
 def test_signature_binds_method_path_body_and_key():

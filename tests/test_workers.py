@@ -15,7 +15,7 @@ from pathlib import Path
 
 from infra.local import LedgerProcess, write_ledger_config
 from infra.services import free_port
-from infra.serving import WORKER_RESTARTS_MAX
+from runtime.serving import WORKER_RESTARTS_MAX
 from tests.conftest import SERVICE_KEYS_TEXT
 from tests.support import assert_eventually
 
@@ -104,7 +104,7 @@ def test_workers_that_keep_dying_stop_the_service():
             sys.executable,
             "-c",
             "import logging, sys; logging.basicConfig(stream=sys.stderr); "
-            "from infra.serving import run_workers; "
+            "from runtime.serving import run_workers; "
             "from tests.test_workers import die_at_once; run_workers(die_at_once, (), 2)",
         ],
         capture_output=True,

@@ -48,7 +48,7 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | None = None) -> None:
-    from infra.telemetry import TraceIdFilter
+    from runtime.telemetry import TraceIdFilter
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())

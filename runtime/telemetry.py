@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
-from infra.serving import WORKER_RESTARTS_ENV
+from runtime.serving import WORKER_RESTARTS_ENV
 
 log = logging.getLogger("regiongate.telemetry")
 
@@ -229,7 +229,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 WORKER_RESTARTS = Counter(
     "regiongate_worker_restarts",
-    "Times this worker's slot was restarted after its worker died (infra.serving)",
+    "Times this worker's slot was restarted after its worker died (runtime.serving)",
 )
 
 

@@ -1,9 +1,12 @@
-"""Every outcome of a ledger operation, as one exhaustive enum (after TigerBeetle's result codes).
+"""Every outcome of a ledger operation, as one exhaustive enum (after TigerBeetle's result codes),
+and the one registry of problem types both services answer with.
 
 Expected business outcomes are values, never exceptions: a batch decides each operation to one
-member of ``Result`` and the HTTP layer maps it to a status and a stable problem type through
-``PROBLEMS``. A test checks that every member has a mapping, so adding an outcome without
-deciding how it looks on the wire fails CI.
+member of ``Result`` and the API edge maps it to a problem type through ``PROBLEMS``. A problem
+type has one status and one title wherever it is used (RFC 9457: the title does not change from
+occurrence to occurrence); what differs between occurrences is the ``field`` and the
+``detail``. Tests check that every member has a mapping and that no slug has two titles, so
+adding an outcome without deciding how it looks on the wire fails CI.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class Result(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Problem:
+    """A problem type: its status, slug and title, and the field it names by default."""
+
     status: int
     slug: str
     title: str
@@ -71,6 +76,51 @@ class Problem:
     def type(self) -> str:
         return PROBLEM_TYPE_PREFIX + self.slug
 
+    def at(self, field: str | None) -> Problem:
+        """The same type, naming another field."""
+        return Problem(self.status, self.slug, self.title, field)
+
+
+# Problems that do not come from a ledger decision: input, auth, limits, availability.
+VALIDATION_FAILED = Problem(400, "validation-failed", "Request failed validation")
+MALFORMED_JSON = Problem(400, "malformed-json", "Request body is not valid JSON")
+MALFORMED_REQUEST = Problem(400, "malformed-request", "The HTTP request could not be parsed")
+IDEMPOTENCY_KEY_MISSING = Problem(
+    400, "idempotency-key-missing", "Idempotency-Key header is required", "Idempotency-Key"
+)
+IDEMPOTENCY_KEY_INVALID = Problem(
+    400, "idempotency-key-invalid", "Idempotency-Key header is malformed", "Idempotency-Key"
+)
+UNAUTHENTICATED = Problem(401, "unauthenticated", "Missing or invalid credentials")
+FORBIDDEN = Problem(403, "forbidden", "Not allowed for this caller")
+NOT_FOUND = Problem(404, "not-found", "No such resource")
+ACCOUNT_NOT_FOUND = Problem(404, "account-not-found", "Account not found", "account_id")
+TRANSFER_NOT_FOUND = Problem(404, "transfer-not-found", "Transfer not found", "transfer_id")
+METHOD_NOT_ALLOWED = Problem(405, "method-not-allowed", "Method not allowed")
+BODY_TOO_LARGE = Problem(413, "body-too-large", "Request body exceeds the size limit")
+UNSUPPORTED_MEDIA_TYPE = Problem(415, "unsupported-media-type", "Body must be application/json")
+RATE_LIMITED = Problem(429, "rate-limited", "Too many requests")
+HEADERS_TOO_LARGE = Problem(431, "headers-too-large", "A request header or line is too long")
+INTERNAL = Problem(500, "internal", "Internal error")
+REGION_UNAVAILABLE = Problem(
+    503, "region-unavailable", "A region this request needs cannot be reached; retry later"
+)
+CROSS_REGION_UNAVAILABLE = Problem(
+    503, "cross-region-unavailable", "Cross-region transfers are not available on this node"
+)
+OVERLOADED = Problem(503, "overloaded", "The ledger node is at its queue limit")
+DATABASE_UNAVAILABLE = Problem(
+    503, "ledger-unavailable", "Ledger database unavailable; retry with the same idempotency key"
+)
+
+_ACCOUNT_FROZEN = Problem(422, "account-frozen", "Account is frozen")
+_ACCOUNT_CLOSED = Problem(422, "account-closed", "Account is closed")
+_RESTRICTED = Problem(
+    422, "system-account-restricted", "This operation may not move a system account"
+)
+_SAGA_STEP_REFUSED = Problem(
+    409, "saga-step-cancelled", "The cross-region transfer was cancelled before this step"
+)
 
 PROBLEMS: dict[Result, Problem] = {
     Result.IDEMPOTENCY_CONFLICT: Problem(
@@ -82,13 +132,9 @@ PROBLEMS: dict[Result, Problem] = {
         "Debit and credit account are the same",
         "credit_account_id",
     ),
-    Result.DEBIT_ACCOUNT_NOT_FOUND: Problem(
-        404, "account-not-found", "Debit account not found", "debit_account_id"
-    ),
-    Result.CREDIT_ACCOUNT_NOT_FOUND: Problem(
-        404, "account-not-found", "Credit account not found", "credit_account_id"
-    ),
-    Result.ACCOUNT_NOT_FOUND: Problem(404, "account-not-found", "Account not found", "account_id"),
+    Result.DEBIT_ACCOUNT_NOT_FOUND: ACCOUNT_NOT_FOUND.at("debit_account_id"),
+    Result.CREDIT_ACCOUNT_NOT_FOUND: ACCOUNT_NOT_FOUND.at("credit_account_id"),
+    Result.ACCOUNT_NOT_FOUND: ACCOUNT_NOT_FOUND,
     Result.ACCOUNT_NOT_IN_REGION: Problem(
         421, "account-not-in-region", "Account is not homed in this region", "account_id"
     ),
@@ -96,27 +142,17 @@ PROBLEMS: dict[Result, Problem] = {
         422, "currency-mismatch", "Currency does not match the account's currency", "currency"
     ),
     Result.UNKNOWN_CURRENCY: Problem(422, "unknown-currency", "Unknown currency", "currency"),
-    Result.DEBIT_ACCOUNT_FROZEN: Problem(
-        422, "account-frozen", "Debit account is frozen", "debit_account_id"
-    ),
-    Result.CREDIT_ACCOUNT_FROZEN: Problem(
-        422, "account-frozen", "Credit account is frozen", "credit_account_id"
-    ),
-    Result.DEBIT_ACCOUNT_CLOSED: Problem(
-        422, "account-closed", "Debit account is closed", "debit_account_id"
-    ),
-    Result.CREDIT_ACCOUNT_CLOSED: Problem(
-        422, "account-closed", "Credit account is closed", "credit_account_id"
-    ),
+    Result.DEBIT_ACCOUNT_FROZEN: _ACCOUNT_FROZEN.at("debit_account_id"),
+    Result.CREDIT_ACCOUNT_FROZEN: _ACCOUNT_FROZEN.at("credit_account_id"),
+    Result.DEBIT_ACCOUNT_CLOSED: _ACCOUNT_CLOSED.at("debit_account_id"),
+    Result.CREDIT_ACCOUNT_CLOSED: _ACCOUNT_CLOSED.at("credit_account_id"),
     Result.EXCEEDS_AVAILABLE: Problem(
         422, "insufficient-funds", "Amount exceeds the available balance", "amount"
     ),
     Result.OVERFLOWS_BALANCE: Problem(
         422, "balance-overflow", "The transfer would overflow an account's totals", "amount"
     ),
-    Result.PENDING_TRANSFER_NOT_FOUND: Problem(
-        404, "transfer-not-found", "Pending transfer not found", "transfer_id"
-    ),
+    Result.PENDING_TRANSFER_NOT_FOUND: TRANSFER_NOT_FOUND,
     Result.TRANSFER_NOT_PENDING_FLOW: Problem(
         409, "transfer-not-pending", "Transfer was not created as pending", "transfer_id"
     ),
@@ -144,18 +180,8 @@ PROBLEMS: dict[Result, Problem] = {
     Result.BET_ROLLED_BACK: Problem(
         409, "bet-rolled-back", "This bet was rolled back before it arrived", "reference"
     ),
-    Result.DEBIT_ACCOUNT_RESTRICTED: Problem(
-        422,
-        "system-account-restricted",
-        "This operation may not move the debit account (a system account)",
-        "debit_account_id",
-    ),
-    Result.CREDIT_ACCOUNT_RESTRICTED: Problem(
-        422,
-        "system-account-restricted",
-        "This operation may not move the credit account (a system account)",
-        "credit_account_id",
-    ),
+    Result.DEBIT_ACCOUNT_RESTRICTED: _RESTRICTED.at("debit_account_id"),
+    Result.CREDIT_ACCOUNT_RESTRICTED: _RESTRICTED.at("credit_account_id"),
     Result.ACCOUNT_HAS_BALANCE: Problem(
         409, "account-has-balance", "Account still has a balance or pending transfers"
     ),
@@ -177,10 +203,8 @@ PROBLEMS: dict[Result, Problem] = {
         "The credit account's region is not a peer of the debit account's region",
         "credit_account_id",
     ),
-    Result.SAGA_NOT_FOUND: Problem(404, "transfer-not-found", "Transfer not found", "transfer_id"),
-    Result.SAGA_STEP_CANCELLED: Problem(
-        409, "saga-step-cancelled", "The cross-region transfer was cancelled before this step"
-    ),
+    Result.SAGA_NOT_FOUND: TRANSFER_NOT_FOUND,
+    Result.SAGA_STEP_CANCELLED: _SAGA_STEP_REFUSED,
     Result.SAGA_STEP_CONFLICT: Problem(
         409, "saga-step-conflict", "This saga step id was used with a different request"
     ),
@@ -191,34 +215,8 @@ PROBLEMS: dict[Result, Problem] = {
     ),
 }
 
-# Problems that do not come from a ledger decision: input, auth, limits, availability.
-VALIDATION_FAILED = Problem(400, "validation-failed", "Request failed validation")
-MALFORMED_REQUEST = Problem(400, "malformed-request", "The HTTP request could not be parsed")
-HEADERS_TOO_LARGE = Problem(431, "headers-too-large", "A request header or line is too long")
-MALFORMED_JSON = Problem(400, "malformed-json", "Request body is not valid JSON")
-IDEMPOTENCY_KEY_MISSING = Problem(
-    400, "idempotency-key-missing", "Idempotency-Key header is required", "Idempotency-Key"
-)
-IDEMPOTENCY_KEY_INVALID = Problem(
-    400, "idempotency-key-invalid", "Idempotency-Key header is malformed", "Idempotency-Key"
-)
-DESTINATION_REGION_DOWN = Problem(
-    503,
-    "region-unavailable",
-    "The credit account's home region is down; nothing was moved, retry later",
-    "credit_account_id",
-)
-CROSS_REGION_UNAVAILABLE = Problem(
-    503, "cross-region-unavailable", "Cross-region transfers are not available on this node"
-)
-FORBIDDEN = Problem(403, "forbidden", "This service key may not call this endpoint")
-UNAUTHENTICATED = Problem(401, "unauthenticated", "Missing or invalid service credentials")
-NOT_FOUND = Problem(404, "not-found", "No such resource")
-METHOD_NOT_ALLOWED = Problem(405, "method-not-allowed", "Method not allowed")
-BODY_TOO_LARGE = Problem(413, "body-too-large", "Request body exceeds the size limit")
-UNSUPPORTED_MEDIA_TYPE = Problem(415, "unsupported-media-type", "Body must be application/json")
-OVERLOADED = Problem(503, "overloaded", "The ledger node is at its queue limit")
-DATABASE_UNAVAILABLE = Problem(
-    503, "ledger-unavailable", "Ledger database unavailable; retry with the same idempotency key"
-)
-INTERNAL = Problem(500, "internal", "Internal error")
+
+def every_problem() -> list[Problem]:
+    """Every problem type this module defines, for the registry's own tests."""
+    found = [value for value in globals().values() if isinstance(value, Problem)]
+    return found + list(PROBLEMS.values())
