@@ -415,10 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     from infra.errors import InfraError
     from ledger_node.errors import LedgerError
     from region_router.errors import RouterError
+    from wire.errors import WireError
 
     try:
         return args.handler(args)
-    except (LedgerError, InfraError, GatewayError, RouterError) as exc:
+    except (LedgerError, InfraError, GatewayError, RouterError, WireError) as exc:
         print(f"regiongate: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:  # a service the command needs is down or unreachable: one line

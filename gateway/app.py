@@ -31,7 +31,8 @@ from gateway.observability import HOME_REGION, POOL_WAIT_SECONDS, telemetry_midd
 from gateway.openapi import openapi_document
 from gateway.problems import translate
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
-from region_router.directory import Directory, build_directory
+from region_router.backends import build_directory
+from region_router.directory import Directory
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerResponse
 from region_router.router import RegionRouter, RouterConfig

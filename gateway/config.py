@@ -50,7 +50,7 @@ class GatewayConfig:
     service_keys_file: str
     redis_url: str
     directory_file: str | None = None
-    """The YAML directory; or, instead, consul (region_router.directory.build_directory)."""
+    """The YAML directory; or, instead, consul (region_router.backends.build_directory)."""
     consul: dict | None = None
     """Consul's directory: address, prefix, service, datacenters, token_file, wait_s..."""
     host: str = "127.0.0.1"

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import functools
 
-from ledger_node.config import AMOUNT_MAX_LIMIT
+from wire.ids import ACCOUNT_ID_PATTERN, CURRENCY_PATTERN
+from wire.limits import AMOUNT_MAX_LIMIT
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
-ACCOUNT_ID = {"type": "string", "pattern": "^[a-z]{2,8}-[A-Za-z0-9-]{1,80}$"}
+ACCOUNT_ID = {"type": "string", "pattern": ACCOUNT_ID_PATTERN.pattern}
 AMOUNT = {
     "type": "integer",
     "minimum": 1,
     "maximum": AMOUNT_MAX_LIMIT,
     "description": "Minor units of the currency; never a float.",
 }
-CURRENCY = {"type": "string", "pattern": "^[A-Z][A-Z0-9]{2,7}$"}
+CURRENCY = {"type": "string", "pattern": CURRENCY_PATTERN.pattern}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",

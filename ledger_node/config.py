@@ -16,12 +16,8 @@ from typing import Any
 import yaml
 
 from ledger_node.errors import ConfigError
-from wire.ids import REGION_PATTERN
-
-CURRENCY_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{2,7}$")
-# 10**15 minor units is far beyond any single wallet movement and stays below 2**53, so amounts
-# survive a JavaScript client's JSON parser exactly.
-AMOUNT_MAX_LIMIT = 10**15
+from wire.ids import CURRENCY_PATTERN, REGION_PATTERN
+from wire.limits import AMOUNT_MAX_LIMIT
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -178,7 +174,7 @@ class LedgerConfig:
     """The directory (YAML) that locates peer regions' ledger nodes, for cross-region transfers;
     or consul instead. With neither, this node refuses cross-region transfers."""
     consul: dict | None = None
-    """Consul's directory (region_router.directory.build_directory)."""
+    """Consul's directory (region_router.backends.build_directory)."""
     saga: SagaConfig = field(default_factory=SagaConfig)
     peer_key_ids: tuple[str, ...] = ()
     """Service key ids of other regions' ledgers. When set, saga steps are accepted only when

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncpg
 
+from wire import errors as wire_errors
+
 
 class LedgerError(Exception):
     """Base of every ledger node fault."""
 
 
-class ConfigError(LedgerError):
-    """The configuration is invalid; the message names the field and the value."""
+# One configuration error for every layer (a service's config, its keyring): wire's.
+ConfigError = wire_errors.ConfigError
 
 
 class InvariantViolation(LedgerError):

@@ -9,13 +9,19 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from ledger_node.config import AMOUNT_MAX_LIMIT
-from wire.ids import ACCOUNT_ID_LENGTH_MAX, TRANSFER_ID_LENGTH_MAX
+from wire.ids import (
+    ACCOUNT_ID_LENGTH_MAX,
+    ACCOUNT_ID_PATTERN,
+    CURRENCY_PATTERN,
+    REGION_PATTERN,
+    TRANSFER_ID_LENGTH_MAX,
+)
+from wire.limits import AMOUNT_MAX_LIMIT
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX_LIMIT)]
-CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z][A-Z0-9]{2,7}$")]
+CurrencyCode = Annotated[str, Meta(pattern=CURRENCY_PATTERN.pattern)]
 AccountId = Annotated[
-    str, Meta(max_length=ACCOUNT_ID_LENGTH_MAX, pattern=r"^[a-z]{2,8}-[A-Za-z0-9-]{1,80}$")
+    str, Meta(max_length=ACCOUNT_ID_LENGTH_MAX, pattern=ACCOUNT_ID_PATTERN.pattern)
 ]
 Reference = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
 TimeoutSeconds = Annotated[int, Meta(ge=1, le=365 * 24 * 3600)]
@@ -82,7 +88,7 @@ class SagaStepIn(Struct, forbid_unknown_fields=True):
     """Step 2 of a cross-region transfer, or its cancel, as the source's orchestrator sends it;
     the step id is the saga id in the path."""
 
-    origin_region: Annotated[str, Meta(pattern=r"^[a-z]{2,8}$")]
+    origin_region: Annotated[str, Meta(pattern=REGION_PATTERN.pattern)]
     credit_account_id: AccountId
     amount: Amount
     currency: CurrencyCode

@@ -23,6 +23,8 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
+from runtime.telemetry import WORKER_RESTARTS_ENV, TraceIdFilter
+
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -48,8 +50,6 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | None = None) -> None:
-    from runtime.telemetry import TraceIdFilter
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
     handler.addFilter(TraceIdFilter())
@@ -135,8 +135,6 @@ WORKER_RESTARTS_MAX = 5
 something kills every worker (a bug, the OOM killer, a bad host), and the service exits 1 so
 its supervisor (systemd, Kubernetes) decides, rather than restarting in a loop."""
 WORKER_RESTART_WINDOW_S = 60.0
-WORKER_RESTARTS_ENV = "REGIONGATE_WORKER_RESTARTS"
-"""How many times this worker's slot was restarted: the worker exports it as a metric."""
 
 log = logging.getLogger("regiongate.serving")
 

@@ -36,8 +36,6 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
-from runtime.serving import WORKER_RESTARTS_ENV
-
 log = logging.getLogger("regiongate.telemetry")
 
 _configured = False
@@ -227,6 +225,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
 
 
+WORKER_RESTARTS_ENV = "REGIONGATE_WORKER_RESTARTS"
+"""How many times this worker's slot was restarted (runtime.serving sets it in the worker)."""
 WORKER_RESTARTS = Counter(
     "regiongate_worker_restarts",
     "Times this worker's slot was restarted after its worker died (runtime.serving)",

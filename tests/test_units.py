@@ -198,8 +198,8 @@ async def test_two_nodes_migrating_at_once_apply_each_migration_once(fresh_dsn):
 
 
 def test_a_service_names_exactly_one_directory_and_no_consul_token(tmp_path, monkeypatch):
+    from region_router.backends import build_directory
     from region_router.consul_directory import ConsulDirectory
-    from region_router.directory import build_directory
     from region_router.errors import DirectoryError
     from region_router.yaml_directory import YamlDirectory
 

@@ -11,6 +11,8 @@ import time
 
 REGION_PATTERN = re.compile(r"^[a-z]{2,8}$")
 ACCOUNT_ID_PATTERN = re.compile(r"^[a-z]{2,8}-[A-Za-z0-9-]{1,80}$")
+CURRENCY_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{2,7}$")
+"""ISO 4217 codes and configured units such as GCOIN."""
 ACCOUNT_ID_LENGTH_MAX = 89
 TRANSFER_ID_LENGTH_MAX = 96
 

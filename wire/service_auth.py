@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger_node.errors import ConfigError
+from wire.errors import ConfigError
 
 KEY_ID_HEADER = "X-RG-Key-Id"
 TIMESTAMP_HEADER = "X-RG-Timestamp"
