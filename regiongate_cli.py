@@ -146,6 +146,7 @@ def _print_checks(results, what: str) -> int:
 def cmd_ledger_call(args) -> int:
     """A signed request to a ledger node, with the config's service key: for operators and
     developers, since the ledger refuses anonymous calls."""
+    from wire.problems import REPLAYED_HEADER
     from wire.service_auth import ServiceKeyring, sign
 
     config = _config(args.config)
@@ -166,7 +167,7 @@ def cmd_ledger_call(args) -> int:
             status, payload, answer_headers = response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
         status, payload, answer_headers = exc.code, exc.read(), exc.headers
-    replayed = answer_headers.get("Idempotent-Replayed") == "true"
+    replayed = answer_headers.get(REPLAYED_HEADER) == "true"
     print(f"HTTP {status}{' (replayed: the original answer)' if replayed else ''}", file=sys.stderr)
     try:
         _print(json.loads(payload))

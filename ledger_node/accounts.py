@@ -9,6 +9,7 @@ import asyncpg
 from ledger_node import render
 from ledger_node.config import LedgerConfig
 from ledger_node.errors import ConfigError
+from ledger_node.operations import ACCOUNT_STATUS_TRANSITIONS, AccountKind, AccountStatus
 from wire.ids import (
     clearing_account_id,
     house_account_id,
@@ -22,23 +23,19 @@ ACCOUNT_COLUMNS = (
     "debits_pending, credits_pending, version, metadata, created_at"
 )
 
-# Which status changes are allowed. Closed is final; closing needs a zero balance and no holds.
-STATUS_TRANSITIONS = {
-    "active": {"frozen", "closed"},
-    "frozen": {"active", "closed"},
-    "closed": set(),
-}
-
 
 def system_accounts(config: LedgerConfig) -> list[tuple[str, str, str, str | None]]:
     """(id, currency, kind, peer_region) of every system account the region must have."""
     accounts = []
     for currency in config.currencies:
         code = currency.code
-        accounts.append((house_account_id(config.region, code), code, "house", None))
-        accounts.append((clearing_account_id(config.region, code), code, "clearing", None))
+        accounts.append((house_account_id(config.region, code), code, AccountKind.HOUSE, None))
+        accounts.append(
+            (clearing_account_id(config.region, code), code, AccountKind.CLEARING, None)
+        )
         for peer in config.peers:
-            accounts.append((transit_account_id(config.region, peer, code), code, "transit", peer))
+            transit = transit_account_id(config.region, peer, code)
+            accounts.append((transit, code, AccountKind.TRANSIT, peer))
     return accounts
 
 
@@ -124,7 +121,7 @@ def as_created(row) -> dict:
     empty, version 0: the table's defaults, which the INSERT above never sets). A replay
     returns the original answer, never today's balance."""
     account = account_dict(row)
-    account["status"] = "active"
+    account["status"] = AccountStatus.ACTIVE.value
     account["balance"] = {
         "posted": 0,
         "pending_debits": 0,
@@ -146,9 +143,10 @@ async def set_status(
             return Result.ACCOUNT_NOT_FOUND, None
         if row["status"] == status:
             return Result.OK, account_dict(row)
-        if row["kind"] != "player" or status not in STATUS_TRANSITIONS[row["status"]]:
+        allowed = ACCOUNT_STATUS_TRANSITIONS[AccountStatus(row["status"])]
+        if row["kind"] != AccountKind.PLAYER or status not in allowed:
             return Result.ACCOUNT_STATUS_INVALID_TRANSITION, None
-        if status == "closed" and (
+        if status == AccountStatus.CLOSED and (
             row["credits_posted"] != row["debits_posted"]
             or row["debits_pending"]
             or row["credits_pending"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 
 from ledger_node.errors import InvariantViolation
-from ledger_node.operations import AccountState, BatchState
+from ledger_node.operations import AccountKind, AccountState, BatchState
 
 
 def ensure(condition: bool, message: str) -> None:
@@ -43,5 +43,5 @@ def _check_account(account: AccountState) -> None:
         min(account.snapshot()) >= 0,
         f"account {account.id} has a negative total: {account.snapshot()}",
     )
-    if account.kind == "player":
+    if account.kind == AccountKind.PLAYER:
         ensure(account.available >= 0, f"player account {account.id} overdrawn")

@@ -41,6 +41,21 @@ class Kind(enum.StrEnum):
     SAGA = "saga"
 
 
+class AccountStatus(enum.StrEnum):
+    """An account's lifecycle: active <-> frozen, either -> closed (final, zero balance)."""
+
+    ACTIVE = "active"
+    FROZEN = "frozen"
+    CLOSED = "closed"
+
+
+ACCOUNT_STATUS_TRANSITIONS: dict[AccountStatus, frozenset[AccountStatus]] = {
+    AccountStatus.ACTIVE: frozenset({AccountStatus.FROZEN, AccountStatus.CLOSED}),
+    AccountStatus.FROZEN: frozenset({AccountStatus.ACTIVE, AccountStatus.CLOSED}),
+    AccountStatus.CLOSED: frozenset(),
+}
+
+
 class AccountKind(enum.StrEnum):
     PLAYER = "player"
     HOUSE = "house"

@@ -18,6 +18,7 @@ from wire.ids import region_of
 from wire.problems import (
     JSON_CONTENT_TYPE,
     PROBLEM_CONTENT_TYPE,
+    REPLAYED_HEADER,
     ProblemError,
     encode,
     result_problem,
@@ -34,7 +35,6 @@ from wire.results import (
 
 NODE = web.AppKey("node", LedgerNode)
 KEY_ID = web.RequestKey("key_id", str)  # the service key that signed the request
-REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,128}$")
 
 

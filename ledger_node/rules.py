@@ -15,7 +15,9 @@ from ledger_node import render
 from ledger_node.invariants import ensure
 from ledger_node.operations import (
     BIGINT_MAX,
+    AccountKind,
     AccountState,
+    AccountStatus,
     BatchState,
     BetState,
     BetStatus,
@@ -58,13 +60,13 @@ def _check_pair(
         return Result.CREDIT_ACCOUNT_NOT_FOUND, None, None
     if debit.currency != currency or credit.currency != currency:
         return Result.CURRENCY_MISMATCH, None, None
-    if debit.status == "closed":
+    if debit.status == AccountStatus.CLOSED:
         return Result.DEBIT_ACCOUNT_CLOSED, None, None
-    if credit.status == "closed":
+    if credit.status == AccountStatus.CLOSED:
         return Result.CREDIT_ACCOUNT_CLOSED, None, None
-    if debit.status == "frozen":
+    if debit.status == AccountStatus.FROZEN:
         return Result.DEBIT_ACCOUNT_FROZEN, None, None
-    if credit.status == "frozen":
+    if credit.status == AccountStatus.FROZEN:
         return Result.CREDIT_ACCOUNT_FROZEN, None, None
     return Result.OK, debit, credit
 
@@ -87,7 +89,7 @@ def create_transfer(state: BatchState, op: CreateTransfer) -> tuple[Outcome, Tra
         return fail(Result.OVERFLOWS_BALANCE), None
     # No overdraft: only player accounts are bounded below; system accounts (house, clearing,
     # transit) go negative by design.
-    if debit.kind == "player" and debit.available < amount:
+    if debit.kind == AccountKind.PLAYER and debit.available < amount:
         return fail(Result.EXCEEDS_AVAILABLE), None
 
     if op.pending:

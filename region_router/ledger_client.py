@@ -15,6 +15,7 @@ import msgspec
 from yarl import URL
 
 from region_router.http_pool import HttpPool
+from wire.problems import REPLAYED_HEADER
 from wire.service_auth import ServiceKey, sign
 
 _encode = msgspec.json.encode
@@ -32,7 +33,7 @@ class LedgerResponse:
 
     @property
     def replayed(self) -> bool:
-        return self.headers.get("Idempotent-Replayed") == "true"
+        return self.headers.get(REPLAYED_HEADER) == "true"
 
 
 class LedgerClient:
