@@ -5,6 +5,7 @@ app on loopback per test, talked to over HTTP with signed requests."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -17,8 +18,6 @@ from gateway.app import Gateway, build_gateway_app
 from gateway.config import GatewayConfig, RateLimitConfig
 from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
 from infra.services import PostgresCluster, RedisServer, free_port
-from ledger_node.app import build_app
-from ledger_node.node import LedgerNode
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerClient
@@ -27,24 +26,27 @@ from tests.support import (
     LIMIT_BURST,
     PROPERTY_SCALE,
     SAGA_TEST_CONFIG,
+    SERVICE_KEYS_TEXT,
     AppServer,
     Cluster,
     RegionNode,
     ledger_config,
     migrated_database,
+    start_ledger,
     unique,
 )
 from wire.service_auth import ServiceKeyring
 
-SERVICE_KEYS_TEXT = (
-    "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\ntest-peer: " + "c3" * 32 + "\n"
-)
-PEER_KEY_ID = "test-peer"  # what ledgers sign saga steps with
-
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """In a deep property run (REGIONGATE_PROPERTY_SCALE above 1) every Hypothesis test gets
-    the suite's timeout (pyproject.toml) times the scale, as its examples are (support.py)."""
+    """Every async test runs with loop_errors, so an exception that reaches the event loop's
+    handler (a task that died unawaited) fails it. In a deep property run
+    (REGIONGATE_PROPERTY_SCALE above 1) every Hypothesis test gets the suite's timeout
+    (pyproject.toml) times the scale, as its examples are (support.py)."""
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "obj", None)):
+            if "loop_errors" not in item.fixturenames:
+                item.fixturenames.append("loop_errors")
     if PROPERTY_SCALE == 1:
         return
     timeout_s = float(config.getini("timeout")) * PROPERTY_SCALE
@@ -110,14 +112,6 @@ async def loop_errors() -> AsyncIterator[list]:
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     yield errors
     assert not errors, errors
-
-
-async def start_ledger(config, keyring: ServiceKeyring):
-    node = LedgerNode(config, keyring)
-    await node.start()
-    server = AppServer(build_app(node, manage_node=False), host="127.0.0.1")
-    await server.start_server()
-    return node, server
 
 
 @pytest.fixture

@@ -183,6 +183,21 @@ class AppServer(TestServer):
         return ProblemAppRunner(self.app, protocol_problem=protocol_problem, **kwargs)
 
 
+SERVICE_KEYS_TEXT = (
+    "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\ntest-peer: " + "c3" * 32 + "\n"
+)
+PEER_KEY_ID = "test-peer"  # what ledgers sign saga steps with
+
+
+async def start_ledger(config, keyring) -> tuple[LedgerNode, AppServer]:
+    """A ledger node in this process, served on loopback."""
+    node = LedgerNode(config, keyring)
+    await node.start()
+    server = AppServer(build_app(node, manage_node=False), host="127.0.0.1")
+    await server.start_server()
+    return node, server
+
+
 class RegionNode:
     """A ledger node of one region, startable again on the same port."""
 

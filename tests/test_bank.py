@@ -26,8 +26,15 @@ import pytest
 
 from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
-from tests.conftest import SERVICE_KEYS_TEXT
-from tests.support import SagaWorld, assert_eventually, balance, fund, new_player, unique
+from tests.support import (
+    SERVICE_KEYS_TEXT,
+    SagaWorld,
+    assert_eventually,
+    balance,
+    fund,
+    new_player,
+    unique,
+)
 
 REGIONS = ("eu", "us", "ap")
 PLAYERS_PER_REGION = 4

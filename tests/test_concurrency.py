@@ -9,7 +9,6 @@ import asyncio
 import random
 
 from region_router.ledger_client import LedgerClient
-from tests.conftest import start_ledger
 from tests.support import (
     HOUSE,
     assert_ledger_invariants,
@@ -17,6 +16,7 @@ from tests.support import (
     fund,
     ledger_config,
     new_player,
+    start_ledger,
     unique,
 )
 

@@ -20,9 +20,9 @@ from infra.local import LedgerProcess, write_ledger_config
 from infra.services import PostgresCluster, free_port
 from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
-from tests.conftest import SERVICE_KEYS_TEXT
 from tests.support import (
     CLEARING,
+    SERVICE_KEYS_TEXT,
     assert_eventually,
     assert_ledger_invariants,
     new_player,

@@ -13,7 +13,6 @@ import pytest
 
 from ledger_node import batch_write
 from region_router.ledger_client import LedgerClient
-from tests.conftest import start_ledger
 from tests.support import (
     CLEARING,
     assert_eventually,
@@ -22,6 +21,7 @@ from tests.support import (
     fund,
     ledger_config,
     new_player,
+    start_ledger,
     unique,
 )
 

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from runtime.serving import JsonLogFormatter
 from runtime.telemetry import TraceIdFilter
+from tests.support import unique
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -68,18 +69,48 @@ async def test_one_trace_from_gateway_to_the_remote_ledger(cluster):
     assert ledger_span.attributes["http.route"] == "/v1/accounts/{account_id}/balance"
 
 
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """A sample's value now (0 before its first observation). The services register their
+    metrics in the process's registry, which earlier tests have filled too: every assertion
+    here is on what one test's own requests added."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
 async def test_metrics_cover_gateway_routes_and_ledger_batches(cluster):
     eu_account = await cluster.account("eu", fund=10)
+    read = {
+        "route": "/v1/accounts/{account_id}{suffix}",
+        "method": "GET",
+        "status": "200",
+        "home_region": "eu",
+    }
+    names = [
+        ("regiongate_gateway_request_seconds_count", read),
+        ("regiongate_ledger_batch_size_count", None),
+        *(
+            ("regiongate_ledger_batch_phase_seconds_count", {"phase": phase})
+            for phase in ("lock_and_read", "decide", "write")
+        ),
+    ]
+    before = [sample(name, labels) for name, labels in names]
     await cluster.call("us", "GET", f"/v1/accounts/{eu_account}/balance", token=cluster.admin)
-    text = generate_latest(REGISTRY).decode()
-    assert "regiongate_gateway_request_seconds_bucket{" in text
-    assert 'route="/v1/accounts/{account_id}{suffix}"' in text or (
-        'route="/v1/accounts/{account_id}/balance"' in text
+    await cluster.call(
+        "eu",
+        "POST",
+        "/v1/transfers",
+        token=cluster.admin,
+        key=unique(),
+        body={
+            "debit_account_id": "eu-clearing-EUR",
+            "credit_account_id": eu_account,
+            "amount": 1,
+            "currency": "EUR",
+        },
     )
-    assert 'home_region="eu"' in text
-    assert "regiongate_ledger_batch_size_count" in text
-    for phase in ("lock_and_read", "decide", "write"):
-        assert f'regiongate_ledger_batch_phase_seconds_count{{phase="{phase}"}}' in text
+    after = [sample(name, labels) for name, labels in names]
+    assert after[0] == before[0] + 1  # exactly this test's read, labelled by its home region
+    assert all(a >= b + 1 for a, b in zip(after[1:], before[1:], strict=True)), (before, after)
+    text = generate_latest(REGISTRY).decode()
     assert "regiongate_ledger_queue_depth" in text
     assert "regiongate_ledger_request_seconds_bucket" in text
 
@@ -114,6 +145,10 @@ async def test_a_cross_region_transfer_is_one_trace_and_counted(cluster):
     exporter = _exporter()
     payer = await cluster.account("eu", fund=100)
     payee = await cluster.account("us")
+    completed = {"outcome": "completed", "region": "us"}
+    step = {"action": "credit", "answer": "applied", "region": "us"}
+    outcomes_before = sample("regiongate_saga_outcomes_total", completed)
+    steps_before = sample("regiongate_saga_step_call_seconds_count", step)
     exporter.clear()
     status, _, transfer = await cluster.call(
         "eu",
@@ -136,13 +171,9 @@ async def test_a_cross_region_transfer_is_one_trace_and_counted(cluster):
         if format(s.context.trace_id, "032x") == TRACE_ID and s.kind.name == "SERVER"
     }
     assert {"/v1/transfers", "/v1/sagas", "/v1/saga-steps/{saga_id}/{action}"} <= routes, routes
-    text = generate_latest(REGISTRY).decode()
-    assert 'regiongate_saga_outcomes_total{outcome="completed",region="us"}' in text
-    assert "regiongate_saga_seconds_bucket" in text
-    assert (
-        'regiongate_saga_step_call_seconds_count{action="credit",answer="applied",region="us"}'
-        in text
-    )
+    assert sample("regiongate_saga_outcomes_total", completed) == outcomes_before + 1
+    assert sample("regiongate_saga_step_call_seconds_count", step) >= steps_before + 1
+    assert "regiongate_saga_seconds_bucket" in generate_latest(REGISTRY).decode()
 
 
 def test_unrecorded_requests_still_carry_the_callers_trace():

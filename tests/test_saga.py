@@ -14,9 +14,10 @@ import asyncio
 import pytest
 
 from region_router.ledger_client import LedgerClient
-from tests.conftest import PEER_KEY_ID, SERVICE_KEYS_TEXT
 from tests.support import (
     OUTSIDER,
+    PEER_KEY_ID,
+    SERVICE_KEYS_TEXT,
     SagaWorld,
     assert_eventually,
     balance,

@@ -13,8 +13,15 @@ import pytest
 from ledger_node.saga import CRASH_AT_ENV
 from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
-from tests.conftest import SERVICE_KEYS_TEXT
-from tests.support import SagaWorld, assert_eventually, balance, fund, new_player, unique
+from tests.support import (
+    SERVICE_KEYS_TEXT,
+    SagaWorld,
+    assert_eventually,
+    balance,
+    fund,
+    new_player,
+    unique,
+)
 
 FUNDED = 1_000
 AMOUNT = 321

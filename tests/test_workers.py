@@ -16,8 +16,7 @@ from pathlib import Path
 from infra.local import LedgerProcess, write_ledger_config
 from infra.services import free_port
 from runtime.serving import WORKER_RESTARTS_MAX
-from tests.conftest import SERVICE_KEYS_TEXT
-from tests.support import assert_eventually
+from tests.support import SERVICE_KEYS_TEXT, assert_eventually
 
 
 def children(pid: int) -> set[int]:
