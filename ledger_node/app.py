@@ -1,15 +1,8 @@
 """The ledger node's internal HTTP API (aiohttp). Only signed service requests are served; the
 health endpoints alone answer anonymous probes, and say nothing but up or down.
 
-Going around aiohttp's routing and middleware chain was measured (2026-12-02) and is not
-kept. On a bare echo handler (a scratch micro-benchmark, 32 clients) the chain cost 12 to 20 µs
-a request: 56 to 73 µs with two middlewares against 37 to 56 µs with none, or with aiohttp's
-low-level ``web.Server``. A prototype served ``POST /v1/transfers`` past the router and both
-middlewares, with the same authentication, problem answers and latency metric inline. Over
-eight interleaved pairs on one cluster it used 4 % less of the node's CPU per transfer (172.6
-against 180.4 µs, uniform), and throughput did not rise: B/A medians 0.997 uniform and 0.909
-hot, single pairs from 0.76 to 1.29. That is not worth reaching into aiohttp's private
-request state for."""
+The routing and middleware chain stays aiohttp's: going around it was measured and not kept
+(docs/decisions/0007)."""
 
 from __future__ import annotations
 

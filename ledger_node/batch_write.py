@@ -7,33 +7,9 @@ simple-protocol message (``ledger_node.store`` says why). A batch's statement ho
 parts it has rows for, so each shape is prepared once per session under a name of its own.
 
 The bulk (transfers, accounts, keys) travels as one PostgreSQL array literal per column, the rare
-row sets (holds, bets, sagas, saga steps) as JSON documents. Measured with
-``loadtests.bench_instructions``: JSON documents were read two or three times each by the server
-(validated as json, then by json_to_recordset, the accounts again for their ids), 30 % of its
-instructions per transfer; an array is read once.
-
-Each UPDATE in the write names its rows twice: joined to the batch's rows, and as ``id = ANY`` of
-their ids. The planner guesses a hundred rows for any ``unnest`` or ``json_to_recordset``, so
-with the join alone it hashed the batch's rows and scanned every account to probe them: a fixed
-cost per batch that grew with the number of accounts (0.2 ms of PostgreSQL's CPU per 2,000). The
-``ANY`` gives it an index condition instead (tests/test_batch_sql.py pins the plan's shape).
-
-The tables' CHECK constraints have a price per statement, not per row: PostgreSQL 15 reads each
-one's stored expression again (``stringToNode`` under ``ExecConstraints``) in every statement
-that writes its table: 17 a batch here (accounts 9, transfers 8). Under callgrind that was
-22,000 instructions per transfer at batches of 16, 5 % of all a transfer costs the server
-(loadtests.bench_instructions, 2026-12-02). They stay: they are the money's last check.
-Neither cheaper form of them pays (2026-12-03, a scratch table shaped like ``accounts``, a
-32-row UPDATE prepared and planned as the batch's is, 5,000 runs a round; the backend's CPU per
-statement, median of four rounds after a warm-up round): no checks 405 µs, the nine checks 441,
-the nine folded into one 435, the one-column checks as domains and the rest folded 451. A fold
-parses the same nodes, and a domain's check is compiled again at every executor start too.
-
-Where the server's instructions go in a batch of 16 (callgrind on the batch's backend, 150
-batches, 2026-12-03): reading the write's array literals (``array_in``) 9 %, the CHECK
-constraints 10 %, index inserts 9 %, and building the lock-and-read's JSON rows
-(``json_build_array``, migration 0007) 7 %. Binary parameters would save most of the first,
-but asyncpg sends them only in a message of their own, which costs the COMMIT a round trip.
+row sets (holds, bets, sagas, saga steps) as JSON documents; each UPDATE names its rows twice
+(joined, and ``id = ANY``) so the planner reaches them by index. Why, with the measurements,
+and what the CHECK constraints cost: docs/decisions/0006.
 """
 
 from __future__ import annotations

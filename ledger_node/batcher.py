@@ -9,33 +9,8 @@ load batches grow by themselves; at rest a lone request is committed at once.
 Bounds: the queue (``queue_depth_max``, then 503 at once), the batch (``size_max``), the wait for
 a batch to fill (``wait_max_us``), and retries after a lost race (``retry_attempts_max``).
 
-Deciding batches ahead was built and measured (2026-12-02), and is not kept. Each writer
-remembered every account's state as last decided, committed or in flight; a batch of transfers,
-bets and wins on remembered accounts was decided at once and sent, on a second connection, while
-the batch before it was still in the database, as one message that locked its accounts, checked
-each row column for column and its keys and bet references for absence (any difference aborted
-it before its COMMIT, and it ran again this way), then wrote and committed. Up to two batches
-were in flight per writer, and one that shared an account with the batch ahead went only once
-that one had ended. In A/B runs on one cluster (two databases, runs interleaved, 32 clients) it
-never won: uniform 4,140 to 4,610 transfers/s against 5,160 to 5,400 for this writer, hot
-5,150 against 5,520. A timeline of one writer showed why: the database's part of a batch is not
-what the chain waits on. Each group of clients comes back only after its answers are written,
-its next requests arrive spread over a millisecond and a half of this loop's work, and a batch
-sent ahead found fewer requests or waited for them, so two batches were in flight 4 % of the
-time; the check then cost what the read it replaced did. Answering a batch's requests in chunks,
-so that a reply from the database waits behind fewer handlers, did not help either (4,306 to
-5,022 against 4,806).
-
-Whatever a batch waits on, work added inside it lengthens the chain, and work added outside it
-does not: measured by adding busy work to one place at a time (2026-12-03, a scratch harness:
-three nodes on one cluster, each on a database of its own, 32 clients, 8 s runs in 16 rounds
-whose order rotated). 400 µs in every batch, between its lock and read and its write, cost a
-tenth of the throughput: the median of the rounds' ratios was 0.90.
-25 µs in every request's handler, outside the batch, is the same CPU per batch of 16, and it
-cost nothing measurable (median 1.03). A single round's ratio ranged from 0.78 to 1.40, so one
-pair of runs cannot show a change of this size. The chain of each batch (lock and read, decide,
-write and commit) is what sets the throughput, and what shortens it pays about one for one.
-The HTTP path's CPU is overlapped with that chain; cutting it pays little (ledger_node.app).
+What sets a batch's throughput, and the designs measured and not kept (deciding batches ahead,
+answering in chunks), are in docs/decisions/0004.
 """
 
 from __future__ import annotations

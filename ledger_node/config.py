@@ -54,15 +54,8 @@ class BatchConfig:
     writers: int = 1
     """Batches in flight at once, each on its own connection. Per account, order is arrival
     order either way: a later batch that touches an account waits for the earlier batch's row
-    lock and then reads its committed state. One is the default because it measured best on
-    2 cores once a batch took two round trips (bench_ledger, 32 clients, four paired runs: 6,560
-    to 7,200 transfers/s with one writer against 5,660 to 6,150 with two; hot account 7,700 to
-    9,070 against 6,340 to 6,990). One writer makes fewer, larger batches, so less fixed cost
-    per operation, and no batch waits on another's lock. Two writers that take turns (only one
-    forms a batch, locks and reads at a time, so one reads while the other writes and batches
-    do not shrink) measured no better either: 4,911 transfers/s against 5,036 for two writers
-    free to overlap (2026-11-28). More may pay where the database has cores of its own:
-    measure with ``bench_ledger --writers N``."""
+    lock and then reads its committed state. One is the default: it measured best on 2 cores
+    (docs/decisions/0004); more may pay where the database has cores of its own."""
 
     idle_hold_ms: int = 1000
     """How long a writer whose queue ran dry keeps its connection, with the next batch's

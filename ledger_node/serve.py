@@ -1,18 +1,8 @@
 """Run a ledger node: uvloop, JSON logs, graceful stop on SIGTERM/SIGINT, and ``workers``
 processes sharing the port through SO_REUSEPORT (each with its own batcher).
 
-One batching process fed by HTTP worker processes over a unix socket was measured on 2 cores
-(2026-11-28, a prototype with two HTTP processes): 4,640 and 4,890 transfers/s against 5,170
-to 5,520 for one process, at more machine CPU per transfer (295 to 311 µs against 246 to 252)
-and with batches hardly shorter (2.8 to 2.9 ms against 2.9 to 3.1). A batch waits on its own
-chain of database work more than on the HTTP handlers that share its process.
-
-Nor does a thread of its own, in the same process, help (2026-11-28, a prototype: the batch
-writer on a second uvloop loop in a thread, with its own connection, handing each batch's
-outcomes back in one thread-safe call): ``bench_ledger --seconds 8 --rounds 2`` gave ratio 0.81
-(with sys.setswitchinterval at 0.5 ms) and 0.72 (at its default), against 1.00 for one thread
-in a run between the two; the node's CPU per transfer was 246 to 273 µs against 200. The two
-threads take turns on the GIL, so the handoffs are added to the same CPU."""
+Each worker batches on its own event loop; a batching process fed by HTTP processes, and a
+batch writer on a thread of its own, were measured and not kept (docs/decisions/0004)."""
 
 from __future__ import annotations
 

@@ -20,24 +20,7 @@ carries only ``EXECUTE`` and its quoted arguments: sending the statement's text 
 slower, since the server then parsed and planned it each time. If the write fails, PostgreSQL
 skips the rest of the message, so the COMMIT never runs.
 
-One round trip was measured too (2026-11-28), and is not kept. The writer remembered the
-committed state of the accounts it had locked; a batch of transfers, bets and wins whose accounts
-were all remembered was decided first, then sent as one message: a call that locked those
-accounts in id order and checked every row against the state decided on (any change, or an
-existing key or bet reference, aborted it before the COMMIT and the batch ran again this way),
-then the write and COMMIT. Two thirds of uniform batches and 99 % of hot ones took it, yet the
-batch did not get shorter. Under load the wait moved from the lock-and-read into the write (hot
-batch 4.33 ms read first, 4.40 ms in one message; its write 2.46 -> 3.78 ms), since a reply
-waits for the node's busy event loop either way; unloaded, a round trip is a small part of a
-batch, most of which is the server's and the writer's CPU.
-
-- ``bench_ledger --seconds 8 --rounds 2``: 3,076 and 3,708 transfers/s read first, 2,990 and
-  3,388 in one message (pgbench 3,313 and 3,045).
-- ``bench_batch --sizes 1,16,32``, two pairs: a batch of 16 took 4.34 and 3.95 ms read first,
-  4.07 and 4.48 ms in one message; PostgreSQL's CPU per transfer did not move (163 and 153 µs
-  against 159 and 170 µs), since the check locks and reads what the read did.
-
-A cache on the money path is not worth carrying for that.
+One round trip per batch was measured and not kept (docs/decisions/0005).
 
 The write, its one statement and the literals it travels in, is ``ledger_node.batch_write``.
 """
