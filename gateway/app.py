@@ -28,7 +28,7 @@ from gateway.auth import AuthConfig, Authenticator, Principal, Scope
 from gateway.config import GatewayConfig
 from gateway.errors import Forbidden, Unauthenticated
 from gateway.observability import HOME_REGION, POOL_WAIT_SECONDS, telemetry_middleware
-from gateway.openapi import openapi_document
+from gateway.openapi import AccountCreateIn, openapi_document
 from gateway.problems import translate
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
 from region_router.backends import build_directory
@@ -41,6 +41,7 @@ from runtime.telemetry import CLIENT_ID
 from wire.ids import is_system_account_id, region_of
 from wire.problems import REPLAYED_HEADER, ProblemError
 from wire.results import ACCOUNT_NOT_FOUND, MALFORMED_JSON, TRANSFER_NOT_FOUND, VALIDATION_FAILED
+from wire.schemas import decode
 from wire.service_auth import ServiceKeyring
 
 HEADER_SIZE_BYTES_MAX = 16_384
@@ -48,6 +49,7 @@ HEADER_SIZE_BYTES_MAX = 16_384
 CLIENT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._:~-]{1,100}$")
 FORWARDED_QUERY = ("as_of", "limit", "cursor", "order")
 _decode = msgspec.json.Decoder(dict)
+ACCOUNT_CREATE = msgspec.json.Decoder(AccountCreateIn)
 log = logging.getLogger("regiongate.gateway")
 
 
@@ -233,22 +235,20 @@ async def create_account(request: web.Request) -> web.Response:
     principal.require(Scope.ADMIN)
     await gateway.limiter.check(principal.client_id)
     key = _ledger_key(request, principal)
-    body = await _json_body(request)
+    created: AccountCreateIn = decode(ACCOUNT_CREATE, await request.read())
     snapshot = gateway.directory.snapshot()
-    region = body.pop("region", None) or principal.home_region or snapshot.default_region
-    operator = body.pop("operator", None)
-    metadata = body.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ProblemError(VALIDATION_FAILED, "metadata must be an object", field="metadata")
-    if operator is not None:
-        body["metadata"] = {**(metadata or {}), "operator": str(operator)}
+    region = created.region or principal.home_region or snapshot.default_region
+    metadata = dict(created.metadata or {})
+    if created.operator is not None:
+        metadata["operator"] = created.operator
+    body = {"currency": created.currency, "metadata": metadata or None}
     if region is None:
         raise ProblemError(
             VALIDATION_FAILED,
             "name the account's region: the directory sets no default_region",
             field="region",
         )
-    if not isinstance(region, str) or region not in snapshot.regions:
+    if region not in snapshot.regions:
         raise ProblemError(VALIDATION_FAILED, "unknown region", field="region")
     response = await gateway.router.call_in_region(
         region,

@@ -1,22 +1,32 @@
-"""The public API's contract, OpenAPI 3.1, served at /v1/openapi.json. A test checks that its
-paths and methods are exactly the routes the gateway serves."""
+"""The public API's contract, OpenAPI 3.1, served at /v1/openapi.json. Request bodies are the
+msgspec structs that validate them (wire.schemas, which the ledger decodes with), rendered by
+msgspec as JSON Schema, plus what the gateway adds to an account creation; so the contract and
+the validation cannot drift. A test checks that its paths and methods are exactly the routes
+the gateway serves, and every answer the gateway tests see is validated against it."""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Annotated
 
-from wire.ids import ACCOUNT_ID_PATTERN, CURRENCY_PATTERN
-from wire.limits import AMOUNT_MAX_LIMIT
+import msgspec
+from msgspec import Meta
 
-PROBLEM = {"$ref": "#/components/responses/Problem"}
-ACCOUNT_ID = {"type": "string", "pattern": ACCOUNT_ID_PATTERN.pattern}
-AMOUNT = {
-    "type": "integer",
-    "minimum": 1,
-    "maximum": AMOUNT_MAX_LIMIT,
-    "description": "Minor units of the currency; never a float.",
-}
-CURRENCY = {"type": "string", "pattern": CURRENCY_PATTERN.pattern}
+from wire.ids import REGION_PATTERN
+from wire.schemas import AccountIn, BetIn, PostIn, RollbackIn, StatusIn, TransferIn, WinIn
+
+
+class AccountCreateIn(AccountIn, forbid_unknown_fields=True):
+    """An account creation as the gateway takes it: the ledger's body, plus where the account
+    lives and which operator's game servers may play for it."""
+
+    region: Annotated[str, Meta(pattern=REGION_PATTERN.pattern)] | None = None
+    """The account's home region. Without it: the client's home_region claim, else the
+    directory's default region; never the gateway the request entered by."""
+    operator: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -29,287 +39,165 @@ IDEMPOTENCY_KEY = {
     "region's gateway gets the original answer. Keys are not global: the same key on requests "
     "that change different regions applies once in each, so use a new key per operation.",
 }
-
-
-def _path_param(name: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-def _operation(
-    summary: str,
-    *,
-    scopes: str,
-    body: dict | None = None,
-    idempotent=False,
-    params: list | None = None,
-    ok: str = "200",
-    accepted: bool = False,
-) -> dict:
-    operation = {
-        "summary": summary,
-        "description": f"Scopes: {scopes}.",
-        "security": [{"bearer": []}],
-        "parameters": [*(params or []), *([IDEMPOTENCY_KEY] if idempotent else [])],
-        "responses": {
-            ok: {"description": "OK", "content": {"application/json": {"schema": {}}}},
-            "400": PROBLEM,
-            "401": PROBLEM,
-            "403": PROBLEM,
-            "404": PROBLEM,
-            "409": PROBLEM,
-            "413": PROBLEM,
-            "422": PROBLEM,
-            "429": PROBLEM,
-            "431": PROBLEM,
-            "503": PROBLEM,
-            "default": PROBLEM,
+PROBLEM = {"$ref": "#/components/responses/Problem"}
+PROBLEM_STATUSES = ("400", "401", "403", "404", "409", "413", "422", "429", "431", "503")
+HISTORY_QUERY = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+    {"name": "order", "in": "query", "schema": {"enum": ["desc", "asc"]}},
+]
+AS_OF_QUERY = [
+    {"name": "as_of", "in": "query", "schema": {"type": "string", "format": "date-time"}}
+]
+# RFC 9457 (3.2) lets a problem type carry extension members, and clients ignore the ones they
+# do not know: the ones regiongate sends are listed, others may come.
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "field": {"type": "string"},
+        "code": {"type": "string", "description": "The ledger's result code"},
+        "region": {"type": "string", "description": "The region that is unavailable"},
+        "transfer": {
+            "type": "object",
+            "description": "A cross-region transfer that was compensated: the saga as "
+            "GET /v1/transfers/{id} shows",
         },
+    },
+    "additionalProperties": True,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    scopes: str
+    body: type | None = None
+    query: tuple = ()
+    idempotent: bool = False
+    ok: str = "200"
+    accepted: bool = False
+    """Also 202: a cross-region transfer still running, with a Location to poll."""
+
+
+ROUTES = (
+    Route("post", "/v1/accounts", "Create a player account in a region", "admin",
+          AccountCreateIn, idempotent=True, ok="201"),
+    Route("get", "/v1/accounts/{account_id}", "An account and its balance",
+          "wallet (own), game:server (its operator's players), admin"),
+    Route("post", "/v1/accounts/{account_id}/status",
+          "Freeze, unfreeze or close an account. Closing needs a zero balance and no holds;"
+          " closed is final. Setting the status an account has is a success.", "admin",
+          StatusIn),
+    Route("get", "/v1/accounts/{account_id}/balance", "Balance, now or as_of a past time",
+          "wallet, game:server, admin", query=tuple(AS_OF_QUERY)),
+    Route("get", "/v1/accounts/{account_id}/transfers",
+          "History, newest first, cursor-paginated", "wallet, game:server, admin",
+          query=tuple(HISTORY_QUERY)),
+    Route("post", "/v1/transfers",
+          "Move money, at once or as a hold. Between accounts of different regions the"
+          " transfer is a saga: 201 when it completed within the wait, 202 with a Location to"
+          " poll while it runs, a problem when it was compensated (the problem's transfer"
+          " member shows it). Holds stay within a region.",
+          "wallet (from own accounts), admin", TransferIn, idempotent=True, ok="201",
+          accepted=True),
+    Route("get", "/v1/transfers/{transfer_id}", "One transfer", "wallet (either side), admin"),
+    Route("post", "/v1/transfers/{transfer_id}/post", "Post a hold, in full or in part",
+          "wallet (debit side), admin", PostIn, idempotent=True, ok="201"),
+    Route("post", "/v1/transfers/{transfer_id}/void", "Release a hold",
+          "wallet (debit side), admin", idempotent=True, ok="201"),
+    Route("post", "/v1/bets", "Bet: player to house", "game:server, admin", BetIn,
+          idempotent=True, ok="201"),
+    Route("post", "/v1/wins", "Win: house to player", "game:server, admin", WinIn,
+          idempotent=True, ok="201"),
+    Route("post", "/v1/rollbacks",
+          "Roll a bet back by its reference (before the bet: a tombstone)",
+          "game:server, admin", RollbackIn, idempotent=True),
+)  # fmt: skip
+PLAIN_ROUTES = {
+    "/health/live": ("Liveness", {"200": {"description": "live"}}),
+    "/health/ready": (
+        "Readiness",
+        {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+    ),
+    "/v1/openapi.json": ("This document", {"200": {"description": "OpenAPI 3.1"}}),
+}
+
+
+def _operation(route: Route, schemas: dict[type, dict]) -> dict:
+    path_params = [
+        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        for part in route.path.split("/")
+        if part.startswith("{")
+    ]
+    responses: dict = {
+        route.ok: {"description": "OK", "content": {"application/json": {"schema": {}}}}
     }
-    if accepted:
-        operation["responses"]["202"] = {
+    if route.accepted:
+        responses["202"] = {
             "description": "Accepted: a cross-region transfer still running; poll Location",
             "headers": {"Location": {"schema": {"type": "string"}}},
             "content": {"application/json": {"schema": {}}},
         }
-    if body is not None:
+    responses.update(dict.fromkeys(PROBLEM_STATUSES, PROBLEM))
+    responses["default"] = PROBLEM
+    operation = {
+        "summary": route.summary,
+        "description": f"Scopes: {route.scopes}.",
+        "security": [{"bearer": []}],
+        "parameters": [
+            *path_params,
+            *route.query,
+            *([IDEMPOTENCY_KEY] if route.idempotent else []),
+        ],
+        "responses": responses,
+    }
+    if route.body is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": body}},
+            "content": {"application/json": {"schema": schemas[route.body]}},
         }
     return operation
 
 
-def _object(required: list[str], **properties) -> dict:
-    return {
-        "type": "object",
-        "required": required,
-        "properties": properties,
-        "additionalProperties": False,
-    }
-
-
 @functools.cache
 def openapi_document() -> dict:
-    account = [_path_param("account_id")]
-    transfer = [_path_param("transfer_id")]
-    game_body = _object(
-        ["account_id", "amount", "currency", "reference"],
-        account_id=ACCOUNT_ID,
-        amount=AMOUNT,
-        currency=CURRENCY,
-        reference={"type": "string", "maxLength": 128},
-        round_id={"type": "string", "maxLength": 128},
+    bodies = list(dict.fromkeys(r.body for r in ROUTES if r.body is not None))
+    refs, components = msgspec.json.schema_components(
+        bodies, ref_template="#/components/schemas/{name}"
     )
+    schemas = dict(zip(bodies, refs, strict=True))
+    paths: dict[str, dict] = {
+        path: {"get": {"summary": summary, "responses": responses}}
+        for path, (summary, responses) in PLAIN_ROUTES.items()
+    }
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method] = _operation(route, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "regiongate",
             "version": "1",
             "description": "Any region's gateway serves any account; errors are RFC 9457 "
-            "problem documents with a stable type.",
+            "problem documents with a stable type (docs/api.md).",
         },
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
+            "schemas": components,
             "responses": {
                 "Problem": {
                     "description": "RFC 9457 problem; 429 and 503 carry Retry-After",
-                    "content": {
-                        "application/problem+json": {
-                            # RFC 9457 (3.2) lets a problem type carry extension members,
-                            # and clients ignore the ones they do not know: the ones
-                            # regiongate sends are listed, others may come.
-                            "schema": {
-                                **_object(
-                                    ["type", "title", "status"],
-                                    type={"type": "string"},
-                                    title={"type": "string"},
-                                    status={"type": "integer"},
-                                    detail={"type": "string"},
-                                    field={"type": "string"},
-                                    code={
-                                        "type": "string",
-                                        "description": "The ledger's result code",
-                                    },
-                                    region={
-                                        "type": "string",
-                                        "description": "The region that is unavailable",
-                                    },
-                                    transfer={
-                                        "type": "object",
-                                        "description": "A cross-region transfer that was "
-                                        "compensated: the saga as GET /v1/transfers/{id} shows",
-                                    },
-                                ),
-                                "additionalProperties": True,
-                            }
-                        }
-                    },
+                    "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
                 }
             },
         },
-        "paths": {
-            "/health/live": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}
-            },
-            "/health/ready": {
-                "get": {
-                    "summary": "Readiness",
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                }
-            },
-            "/v1/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3.1"}},
-                }
-            },
-            "/v1/accounts": {
-                "post": _operation(
-                    "Create a player account in a region",
-                    scopes="admin",
-                    idempotent=True,
-                    ok="201",
-                    body=_object(
-                        ["currency"],
-                        currency=CURRENCY,
-                        region={
-                            "type": "string",
-                            "description": "The account's home region. Without it: the "
-                            "client's home_region claim, else the directory's default region; "
-                            "never the gateway the request entered by.",
-                        },
-                        operator={"type": "string"},
-                        metadata={"type": "object"},
-                    ),
-                )
-            },
-            "/v1/accounts/{account_id}": {
-                "get": _operation(
-                    "An account and its balance",
-                    scopes="wallet (own), game:server (its operator's players), admin",
-                    params=account,
-                )
-            },
-            "/v1/accounts/{account_id}/status": {
-                "post": _operation(
-                    "Freeze, unfreeze or close an account. Closing needs a zero balance and no"
-                    " holds; closed is final. Setting the status an account has is a success.",
-                    scopes="admin",
-                    params=account,
-                    body=_object(["status"], status={"enum": ["active", "frozen", "closed"]}),
-                )
-            },
-            "/v1/accounts/{account_id}/balance": {
-                "get": _operation(
-                    "Balance, now or as_of a past time",
-                    scopes="wallet, game:server, admin",
-                    params=[
-                        *account,
-                        {
-                            "name": "as_of",
-                            "in": "query",
-                            "schema": {"type": "string", "format": "date-time"},
-                        },
-                    ],
-                )
-            },
-            "/v1/accounts/{account_id}/transfers": {
-                "get": _operation(
-                    "History, newest first, cursor-paginated",
-                    scopes="wallet, game:server, admin",
-                    params=[
-                        *account,
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
-                        },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                        {"name": "order", "in": "query", "schema": {"enum": ["desc", "asc"]}},
-                    ],
-                )
-            },
-            "/v1/transfers": {
-                "post": _operation(
-                    "Move money, at once or as a hold. Between accounts of different regions"
-                    " the transfer is a saga: 201 when it completed within the wait, 202 with"
-                    " a Location to poll while it runs, a problem when it was compensated"
-                    " (the problem's transfer member shows it). Holds stay within a region.",
-                    scopes="wallet (from own accounts), admin",
-                    idempotent=True,
-                    ok="201",
-                    accepted=True,
-                    body=_object(
-                        ["debit_account_id", "credit_account_id", "amount", "currency"],
-                        debit_account_id=ACCOUNT_ID,
-                        credit_account_id=ACCOUNT_ID,
-                        amount=AMOUNT,
-                        currency=CURRENCY,
-                        pending={"type": "boolean"},
-                        timeout_s={"type": "integer", "minimum": 1},
-                        reference={"type": "string"},
-                        metadata={"type": "object"},
-                    ),
-                )
-            },
-            "/v1/transfers/{transfer_id}": {
-                "get": _operation(
-                    "One transfer", scopes="wallet (either side), admin", params=transfer
-                )
-            },
-            "/v1/transfers/{transfer_id}/post": {
-                "post": _operation(
-                    "Post a hold, in full or in part",
-                    scopes="wallet (debit side), admin",
-                    params=transfer,
-                    idempotent=True,
-                    ok="201",
-                    body=_object([], amount=AMOUNT),
-                )
-            },
-            "/v1/transfers/{transfer_id}/void": {
-                "post": _operation(
-                    "Release a hold",
-                    scopes="wallet (debit side), admin",
-                    params=transfer,
-                    idempotent=True,
-                    ok="201",
-                )
-            },
-            "/v1/bets": {
-                "post": _operation(
-                    "Bet: player to house",
-                    scopes="game:server, admin",
-                    idempotent=True,
-                    ok="201",
-                    body=game_body,
-                )
-            },
-            "/v1/wins": {
-                "post": _operation(
-                    "Win: house to player",
-                    scopes="game:server, admin",
-                    idempotent=True,
-                    ok="201",
-                    body=game_body,
-                )
-            },
-            "/v1/rollbacks": {
-                "post": _operation(
-                    "Roll a bet back by its reference (before the bet: a tombstone)",
-                    scopes="game:server, admin",
-                    idempotent=True,
-                    body=_object(
-                        ["account_id", "reference"],
-                        account_id=ACCOUNT_ID,
-                        reference={"type": "string", "maxLength": 128},
-                    ),
-                )
-            },
-        },
+        "paths": paths,
     }

@@ -37,16 +37,6 @@ from ledger_node.requests import (
     result_response,
 )
 from ledger_node.saga_api import create_saga, saga_step
-from ledger_node.schemas import (
-    AccountIn,
-    BetIn,
-    PostIn,
-    RollbackIn,
-    StatusIn,
-    TransferIn,
-    VoidIn,
-    WinIn,
-)
 from runtime.http_problems import problem_middleware
 from runtime.telemetry import CLIENT_ID
 from wire.ids import (
@@ -58,6 +48,16 @@ from wire.results import (
     UNAUTHENTICATED,
     VALIDATION_FAILED,
     Result,
+)
+from wire.schemas import (
+    AccountIn,
+    BetIn,
+    PostIn,
+    RollbackIn,
+    StatusIn,
+    TransferIn,
+    VoidIn,
+    WinIn,
 )
 from wire.service_auth import verify
 

@@ -1,11 +1,9 @@
 """The ledger's own errors as problems, for the one problem middleware (runtime.http_problems):
-a queue at its bound, a database down or slow, a database error mapped by SQLSTATE; and the
-field a msgspec validation message names."""
+a queue at its bound, a database down or slow, a database error mapped by SQLSTATE."""
 
 from __future__ import annotations
 
 import logging
-import re
 
 import asyncpg
 from aiohttp import web
@@ -22,13 +20,6 @@ from wire.results import DATABASE_UNAVAILABLE, OVERLOADED
 log = logging.getLogger("regiongate.ledger.http")
 
 RETRY_AFTER_UNAVAILABLE_S = 1
-_FIELD_IN_MESSAGE = re.compile(r"at `\$\.?([A-Za-z0-9_.\[\]]*)`")
-
-
-def field_of(message: str) -> str | None:
-    """The field a msgspec validation message names ('... - at `$.amount`' -> 'amount')."""
-    match = _FIELD_IN_MESSAGE.search(message)
-    return match[1] if match and match[1] else None
 
 
 def translate(request: web.Request, error: Exception) -> ProblemError | None:

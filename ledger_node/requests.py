@@ -10,10 +10,8 @@ import re
 import msgspec
 from aiohttp import web
 
-from ledger_node.http_errors import field_of
 from ledger_node.node import LedgerNode
 from ledger_node.operations import Outcome
-from ledger_node.schemas import DECODERS
 from wire.ids import region_of
 from wire.problems import (
     JSON_CONTENT_TYPE,
@@ -26,12 +24,12 @@ from wire.problems import (
 from wire.results import (
     IDEMPOTENCY_KEY_INVALID,
     IDEMPOTENCY_KEY_MISSING,
-    MALFORMED_JSON,
     PROBLEMS,
     UNSUPPORTED_MEDIA_TYPE,
     VALIDATION_FAILED,
     Result,
 )
+from wire.schemas import DECODERS, decode
 
 NODE = web.AppKey("node", LedgerNode)
 KEY_ID = web.RequestKey("key_id", str)  # the service key that signed the request
@@ -57,13 +55,7 @@ async def decode_body(request: web.Request, cls: type, allow_empty: bool = False
         body = b"{}"
     elif request.content_type not in ("application/json", "application/octet-stream"):
         raise ProblemError(UNSUPPORTED_MEDIA_TYPE)
-    try:
-        return DECODERS[cls].decode(body)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise ProblemError(VALIDATION_FAILED, message, field=field_of(message)) from exc
-    except msgspec.DecodeError as exc:
-        raise ProblemError(MALFORMED_JSON, str(exc)) from exc
+    return decode(DECODERS[cls], body)
 
 
 def idempotency_key(request: web.Request) -> str:

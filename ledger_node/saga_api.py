@@ -23,7 +23,6 @@ from ledger_node.requests import (
     outcome_response,
     result_response,
 )
-from ledger_node.schemas import SagaStepIn, TransferIn
 from wire.ids import SAGA_ID_PATTERN, new_saga_id, saga_credit_transfer_id
 from wire.problems import (
     JSON_CONTENT_TYPE,
@@ -40,6 +39,7 @@ from wire.results import (
     VALIDATION_FAILED,
     Result,
 )
+from wire.schemas import SagaStepIn, TransferIn
 
 DOWN_RETRY_AFTER_S = 30
 

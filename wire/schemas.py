@@ -1,9 +1,11 @@
-"""Request bodies of the ledger API as msgspec structs: strict types (a float or a string is
-never taken for an amount, a bool is never an int), unknown fields refused, every string and
-map bounded. Decoding fails with a message that names the offending field."""
+"""Request bodies of the API as msgspec structs, the contract both services share: the ledger
+decodes with them and the gateway's OpenAPI is rendered from them. Strict types (a float or a
+string is never taken for an amount, a bool is never an int), unknown fields refused, every
+string and map bounded. Decoding fails with a problem that names the offending field."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -17,6 +19,8 @@ from wire.ids import (
     TRANSFER_ID_LENGTH_MAX,
 )
 from wire.limits import AMOUNT_MAX_LIMIT
+from wire.problems import ProblemError
+from wire.results import MALFORMED_JSON, VALIDATION_FAILED
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX_LIMIT)]
 CurrencyCode = Annotated[str, Meta(pattern=CURRENCY_PATTERN.pattern)]
@@ -92,6 +96,27 @@ class SagaStepIn(Struct, forbid_unknown_fields=True):
     credit_account_id: AccountId
     amount: Amount
     currency: CurrencyCode
+
+
+_FIELD_IN_MESSAGE = re.compile(r"at `\$\.?([A-Za-z0-9_.\[\]]*)`")
+
+
+def field_of(message: str) -> str | None:
+    """The field a msgspec validation message names ('... - at `$.amount`' -> 'amount')."""
+    match = _FIELD_IN_MESSAGE.search(message)
+    return match[1] if match and match[1] else None
+
+
+def decode(decoder: msgspec.json.Decoder, body: bytes):
+    """A request body as its struct, or the problem that says what is wrong and where: the
+    one place both services turn a body into a value."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        raise ProblemError(VALIDATION_FAILED, message, field=field_of(message)) from exc
+    except msgspec.DecodeError as exc:
+        raise ProblemError(MALFORMED_JSON, str(exc)) from exc
 
 
 DECODERS = {
