@@ -1,49 +1,35 @@
-"""Gateway configuration: frozen dataclasses, loaded from YAML and validated once at start.
-Secrets (service keys, TLS keys) are files named here, never values in the YAML."""
+"""Gateway configuration: frozen msgspec structs whose annotations carry every bound, loaded
+from YAML and validated once at start by the one loader (runtime.config). Secrets (service
+keys, TLS keys) are files named here, never values in the YAML."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from msgspec import Meta, Struct, field
 
-from gateway.errors import GatewayError
+from runtime.config import check_metrics_port, config_from_dict, load_config
+from wire.errors import ConfigError
 from wire.ids import REGION_PATTERN
 
-
-class GatewayConfigError(GatewayError):
-    """The gateway's configuration is invalid; the message names the field."""
-
-
-def _check(name: str, value: float, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise GatewayConfigError(f"{name} must be in [{low}, {high}], got {value!r}")
+RatePerSecond = Annotated[float, Meta(ge=0.001, le=1e6)]
+Burst = Annotated[int, Meta(ge=1, le=10_000_000)]
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitConfig:
-    per_client_rate_per_s: float = 500.0
-    per_client_burst: int = 1000
-    per_account_rate_per_s: float = 50.0
-    per_account_burst: int = 100
-    timeout_ms: int = 50
+class RateLimitConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    per_client_rate_per_s: RatePerSecond = 500.0
+    per_client_burst: Burst = 1000
+    per_account_rate_per_s: RatePerSecond = 50.0
+    per_account_burst: Burst = 100
+    timeout_ms: Annotated[int, Meta(ge=1, le=5_000)] = 50
     """Longest the limiter may take; past it the request goes through (counted)."""
     key_prefix: str = "rg:rl:"
     """Redis key prefix; gateways that share limits share it."""
 
-    def __post_init__(self) -> None:
-        _check("rate_limit.per_client_rate_per_s", self.per_client_rate_per_s, 0.001, 1e6)
-        _check("rate_limit.per_client_burst", self.per_client_burst, 1, 10_000_000)
-        _check("rate_limit.per_account_rate_per_s", self.per_account_rate_per_s, 0.001, 1e6)
-        _check("rate_limit.per_account_burst", self.per_account_burst, 1, 10_000_000)
-        _check("rate_limit.timeout_ms", self.timeout_ms, 1, 5_000)
 
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    region: str
+class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    region: Annotated[str, Meta(pattern=REGION_PATTERN.pattern)]
     jwks_file: str
     audience: str
     issuer: str
@@ -54,64 +40,33 @@ class GatewayConfig:
     consul: dict | None = None
     """Consul's directory: address, prefix, service, datacenters, token_file, wait_s..."""
     host: str = "127.0.0.1"
-    port: int = 8443
-    workers: int = 1
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8443
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
     metrics_port: int | None = None
     """Admin port for Prometheus (/metrics); worker i serves metrics_port + i."""
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     """Both or neither; without them the gateway serves plain HTTP (tests only)."""
-    body_size_max_bytes: int = 16 * 1024
-    attempt_timeout_ms: int = 3_000
-    call_timeout_ms: int = 8_000
-    retries_max: int = 2
-    operator_cache_size_max: int = 100_000
+    body_size_max_bytes: Annotated[int, Meta(ge=256, le=1024 * 1024)] = 16 * 1024
+    attempt_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 3_000
+    call_timeout_ms: Annotated[int, Meta(ge=10, le=300_000)] = 8_000
+    retries_max: Annotated[int, Meta(ge=0, le=10)] = 2
+    operator_cache_size_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
     """Accounts whose operator (for game-server authorisation) is remembered."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.region, str) or not REGION_PATTERN.match(self.region):
-            raise GatewayConfigError(f"region must match {REGION_PATTERN.pattern}")
-        _check("port", self.port, 0, 65535)
-        _check("workers", self.workers, 1, 64)
-        if self.metrics_port is not None:
-            _check("metrics_port", self.metrics_port, 1, 65535 - self.workers)
-        _check("body_size_max_bytes", self.body_size_max_bytes, 256, 1024 * 1024)
-        _check("attempt_timeout_ms", self.attempt_timeout_ms, 10, 120_000)
-        _check("call_timeout_ms", self.call_timeout_ms, 10, 300_000)
-        _check("retries_max", self.retries_max, 0, 10)
-        _check("operator_cache_size_max", self.operator_cache_size_max, 1, 10_000_000)
+        check_metrics_port(self.metrics_port, self.workers)
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise GatewayConfigError("tls_cert_file and tls_key_file go together")
+            raise ConfigError("tls_cert_file and tls_key_file go together")
         if (self.directory_file is None) == (self.consul is None):
-            raise GatewayConfigError("configure exactly one of directory_file and consul")
+            raise ConfigError("configure exactly one of directory_file and consul")
 
 
 def gateway_config_from_dict(raw: dict[str, Any]) -> GatewayConfig:
-    raw = dict(raw)
-    if "rate_limit" in raw:
-        known = {f.name for f in fields(RateLimitConfig)}
-        unknown = set(raw["rate_limit"]) - known
-        if unknown:
-            raise GatewayConfigError(f"rate_limit: unknown keys {sorted(unknown)}")
-        raw["rate_limit"] = RateLimitConfig(**raw["rate_limit"])
-    known = {f.name for f in fields(GatewayConfig)}
-    unknown = set(raw) - known
-    if unknown:
-        raise GatewayConfigError(f"gateway: unknown keys {sorted(unknown)}")
-    try:
-        return GatewayConfig(**raw)
-    except TypeError as exc:
-        raise GatewayConfigError(f"gateway: {exc}") from exc
+    return config_from_dict(raw, GatewayConfig, "gateway")
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise GatewayConfigError(f"cannot read gateway config {path}: {exc}") from exc
-    if isinstance(raw, dict) and "gateway" in raw:
-        raw = raw["gateway"]
-    if not isinstance(raw, dict):
-        raise GatewayConfigError("gateway config must be a mapping")
-    return gateway_config_from_dict(raw)
+    """Read and validate a gateway's YAML config file (its ``gateway:`` section)."""
+    return load_config(path, "gateway", GatewayConfig)
