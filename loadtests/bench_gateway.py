@@ -164,14 +164,14 @@ async def measure(args, ledger_port, gateway_ports, nginx_port, key, token, acco
     results = {}
     results["direct"] = await run_load(
         port=ledger_port,
-        make_request=lambda n: signed_get("127.0.0.1", ledger_port, path, key),
+        make_request=lambda n: signed_get(path, key),
         **common,
     )
-    request = bearer_get("127.0.0.1", gateway_ports["eu"], path, token)
+    request = bearer_get(path, token)
     results["gateway"] = await run_load(
         port=gateway_ports["eu"], make_request=lambda n: request, ssl_context=context, **common
     )
-    request_remote = bearer_get("127.0.0.1", gateway_ports["us"], path, token)
+    request_remote = bearer_get(path, token)
     results["remote"] = await run_load(
         port=gateway_ports["us"],
         make_request=lambda n: request_remote,
@@ -181,7 +181,7 @@ async def measure(args, ledger_port, gateway_ports, nginx_port, key, token, acco
     if nginx_port:
         results["nginx"] = await run_load(
             port=nginx_port,
-            make_request=lambda n: signed_get("127.0.0.1", nginx_port, path, key),
+            make_request=lambda n: signed_get(path, key),
             ssl_context=context,
             **common,
         )

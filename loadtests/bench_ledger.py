@@ -287,9 +287,7 @@ async def ledger_runs(
                 "currency": CURRENCY,
             }
         )
-        return signed_post(
-            "127.0.0.1", ledger.port, "/v1/transfers", body, key, f"bench-{run_id}-u-{n}"
-        )
+        return signed_post("/v1/transfers", body, key, f"bench-{run_id}-u-{n}")
 
     def hot(n: int) -> bytes:
         # The same transfers, each crediting the region's one clearing account: a hot row of an
@@ -302,9 +300,7 @@ async def ledger_runs(
                 "currency": CURRENCY,
             }
         )
-        return signed_post(
-            "127.0.0.1", ledger.port, "/v1/transfers", body, key, f"bench-{run_id}-h-{n}"
-        )
+        return signed_post("/v1/transfers", body, key, f"bench-{run_id}-h-{n}")
 
     def bet(n: int) -> bytes:
         # Bets add bet bookkeeping (reference row, rollback tombstones) on top of the hot row.
@@ -316,7 +312,7 @@ async def ledger_runs(
                 "reference": f"r-{run_id}-{n}",
             }
         )
-        return signed_post("127.0.0.1", ledger.port, "/v1/bets", body, key, f"bench-{run_id}-b-{n}")
+        return signed_post("/v1/bets", body, key, f"bench-{run_id}-b-{n}")
 
     warmup_s = min(2.0, max(0.5, seconds / 5))
     common = {

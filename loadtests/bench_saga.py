@@ -151,9 +151,7 @@ async def measure(args, cluster: LocalCluster, token: str) -> dict:
                     "currency": "EUR",
                 }
             )
-            return bearer_post(
-                "127.0.0.1", port, "/v1/transfers", body, token, f"{run}-{label}-{n}"
-            )
+            return bearer_post("/v1/transfers", body, token, f"{run}-{label}-{n}")
 
         return make
 

@@ -1,9 +1,10 @@
-"""A lean closed-loop HTTP/1.1 load generator for the benchmarks.
+"""The benchmarks' closed-loop load generator, on the project's own keep-alive client.
 
 On a 2-core machine the load generator shares the CPU with the server and PostgreSQL, so its
-own cost per request must be small: one keep-alive connection per simulated client, requests
-built as bytes, responses parsed just enough to find their end (Content-Length). Every request
-still carries a fresh idempotency key and its own HMAC signature, as a gateway's would.
+own cost per request must be small: it sends through region_router's HttpPool (the client the
+gateway and the saga use: llhttp parsing, bounded connections, a timeout on every call), one
+connection per simulated client. Every request still carries a fresh idempotency key and its
+own HMAC signature, as a gateway's would.
 """
 
 from __future__ import annotations
@@ -14,50 +15,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from region_router.http_pool import HttpPool, UpstreamConnectionError
 from wire.service_auth import ServiceKey, sign
 
+REQUEST_TIMEOUT_S = 30.0
+"""A request unanswered this long counts as status 0 (no answer) and the client goes on."""
+NO_ANSWER = 0
 
-class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.closed = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as the pool sends it: the raw target is what a signature covers."""
 
-    def connection_lost(self, exc) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection lost"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        header_end = self.buffer.find(b"\r\n\r\n")
-        if header_end < 0:
-            return
-        head = bytes(self.buffer[:header_end])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-                break
-        total = header_end + 4 + length
-        if len(self.buffer) < total:
-            return
-        status = int(head[9:12])
-        body = bytes(self.buffer[header_end + 4 : total])
-        del self.buffer[:total]
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((status, body))
-
-    async def request(self, payload: bytes) -> tuple[int, bytes]:
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(payload)
-        return await self.waiter
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
 
 
 @dataclass
@@ -106,48 +79,30 @@ def median(values: list[float | None]) -> float | None:
     return round(statistics.median(known), 3) if known else None
 
 
-def signed_get(host: str, port: int, path: str, key: ServiceKey) -> bytes:
-    headers = sign(key, "GET", path, b"")
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        *(f"{name}: {value}" for name, value in headers.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+def signed_get(path: str, key: ServiceKey) -> Request:
+    return Request("GET", path, tuple(sign(key, "GET", path, b"").items()))
 
 
-def bearer_get(host: str, port: int, path: str, token: str) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", f"Authorization: Bearer {token}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+def bearer_get(path: str, token: str) -> Request:
+    return Request("GET", path, (("Authorization", f"Bearer {token}"),))
 
 
-def bearer_post(
-    host: str, port: int, path: str, body: bytes, token: str, idempotency_key: str
-) -> bytes:
-    lines = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        f"Authorization: Bearer {token}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        f"Idempotency-Key: {idempotency_key}",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+def bearer_post(path: str, body: bytes, token: str, idempotency_key: str) -> Request:
+    headers = (
+        ("Authorization", f"Bearer {token}"),
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", idempotency_key),
+    )
+    return Request("POST", path, headers, body)
 
 
-def signed_post(
-    host: str, port: int, path: str, body: bytes, key: ServiceKey, idempotency_key: str
-) -> bytes:
-    headers = sign(key, "POST", path, body, idempotency_key)
-    lines = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {host}:{port}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        f"Idempotency-Key: {idempotency_key}",
-        *(f"{name}: {value}" for name, value in headers.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+def signed_post(path: str, body: bytes, key: ServiceKey, idempotency_key: str) -> Request:
+    headers = (
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", idempotency_key),
+        *sign(key, "POST", path, body, idempotency_key).items(),
+    )
+    return Request("POST", path, headers, body)
 
 
 async def run_load(
@@ -157,45 +112,48 @@ async def run_load(
     clients: int,
     seconds: float,
     warmup_s: float,
-    make_request: Callable[[int], bytes],
+    make_request: Callable[[int], Request],
     ssl_context=None,
 ) -> LoadResult:
     """Closed loop: each client sends its next request when the last one is answered. Only
     requests completed after the warm-up count."""
-    loop = asyncio.get_running_loop()
-    connections = []
-    for _ in range(clients):
-        _, protocol = await loop.create_connection(
-            _Connection,
-            host,
-            port,
-            ssl=ssl_context,
-            server_hostname="localhost" if ssl_context else None,
-        )
-        connections.append(protocol)
+    base_url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
     result = LoadResult()
     start = time.perf_counter()
     measure_from = start + warmup_s
     stop_at = measure_from + seconds
 
-    async def client(index: int, connection: _Connection) -> None:
+    async def client(index: int, pool: HttpPool) -> None:
         sequence = 0
         while True:
             sent = time.perf_counter()
             if sent >= stop_at:
                 return
-            status, body = await connection.request(make_request(index * 1_000_000_000 + sequence))
+            request = make_request(index * 1_000_000_000 + sequence)
             sequence += 1
+            try:
+                response = await pool.request(
+                    base_url,
+                    request.method,
+                    request.target,
+                    request.headers,
+                    request.body,
+                    timeout_s=REQUEST_TIMEOUT_S,
+                )
+                status, body = response.status, response.body
+            except (UpstreamConnectionError, TimeoutError) as exc:
+                status, body = NO_ANSWER, str(exc).encode()
             done = time.perf_counter()
             if done >= measure_from and done < stop_at:
                 result.requests += 1
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 result.latencies_ms.append((done - sent) * 1000)
-                if status >= 300:
+                if not 200 <= status < 300:
                     result.error_samples.setdefault(status, body[:300])
 
-    await asyncio.gather(*(client(i, c) for i, c in enumerate(connections)))
+    async with HttpPool(
+        connections_per_origin_max=clients, ssl_context=ssl_context, response_size_max_bytes=1 << 20
+    ) as pool:
+        await asyncio.gather(*(client(i, pool) for i in range(clients)))
     result.elapsed_s = seconds
-    for connection in connections:
-        connection.transport.close()
     return result
