@@ -292,8 +292,8 @@ async def create_transfer(request: web.Request) -> web.Response:
     await gateway.limiter.check(None, _limited_account(debit, credit))
     key = _ledger_key(request, principal)
     snapshot = gateway.directory.snapshot()
-    # Across regions, the debit side's ledger orchestrates the saga (DESIGN.md): one call to
-    # it, which answers the final result, or 202 and the transfer's URL if the saga runs on.
+    # Across regions, the debit side's ledger orchestrates the saga (docs/architecture.md): one
+    # call to it, which answers the final result, or 202 and the transfer's URL if it runs on.
     cross_region = snapshot.home_region(debit) != snapshot.home_region(credit)
     response = await gateway.router.call(
         debit,

@@ -55,8 +55,8 @@ class BatchConfig(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SagaConfig(Struct, frozen=True, forbid_unknown_fields=True):
-    """Bounds of the cross-region transfer saga (DESIGN.md). Every wait and retry is finite:
-    step 2 is retried with jittered backoff until deadline_ms, then cancelled; the cancel is
+    """Bounds of the cross-region transfer saga (docs/architecture.md). Every wait and retry is
+    finite: step 2 is retried with jittered backoff until deadline_ms, then cancelled; the cancel is
     retried at the backoff cap until the destination answers (it must, for the hold to end)."""
 
     deadline_ms: Annotated[int, Meta(ge=100, le=86_400_000)] = 30_000

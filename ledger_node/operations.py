@@ -154,7 +154,7 @@ class Rollback:
 
 
 class SagaStatus(enum.StrEnum):
-    """The orchestrator's saga: held -> completed | compensated (DESIGN.md, the saga)."""
+    """The orchestrator's saga: held -> completed | compensated (docs/architecture.md, the saga)."""
 
     HELD = "held"
     COMPLETED = "completed"

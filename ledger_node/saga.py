@@ -1,8 +1,9 @@
 """The saga orchestrator: drives a cross-region transfer from its hold to its end.
 
-DESIGN.md fixes the steps: (1) hold at the source, (2) credit at the destination by a step id
-derived from the saga id, (3) post the hold; the compensation voids it. Step 1 is decided by the
-batch that starts the saga (``saga_rules.start_saga``); this module runs steps 2 and 3.
+docs/architecture.md fixes the steps: (1) hold at the source, (2) credit at the destination by a
+step id derived from the saga id, (3) post the hold; the compensation voids it. Step 1 is
+decided by the batch that starts the saga (``saga_rules.start_saga``); this module runs steps 2
+and 3.
 
 What makes it safe:
 
