@@ -31,7 +31,12 @@ import uvloop
 import yaml
 
 from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
-from infra.local import LedgerProcess, ServiceProcess, ensure_service_keys, write_ledger_config
+from infra.processes import (
+    LedgerProcess,
+    ServiceProcess,
+    ensure_service_keys,
+    write_ledger_config,
+)
 from infra.services import PostgresCluster, RedisServer, free_port, wait_for_port
 from infra.tls import ensure_dev_certificates
 from loadtests.httpload import LoadResult, bearer_get, run_load, signed_get

@@ -75,7 +75,7 @@ import asyncpg
 import msgspec
 import uvloop
 
-from infra.local import (
+from infra.processes import (
     METRICS_PORT_OFFSET,
     LedgerProcess,
     ensure_service_keys,

@@ -44,7 +44,8 @@ import msgspec
 import uvloop
 
 from infra.devkeys import ensure_dev_keys
-from infra.local import LocalCluster, metrics_url
+from infra.local import LocalCluster
+from infra.processes import metrics_url
 from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
 from loadtests.cpustats import CpuMeter

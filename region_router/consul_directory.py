@@ -1,4 +1,4 @@
-"""The directory from Consul, through its documented HTTP API (a thin aiohttp client).
+"""The directory from Consul, through py-consul's asyncio client (``consul.aio``).
 
 Records live under one KV prefix (default ``regiongate/``):
 
@@ -21,7 +21,6 @@ last snapshot stays in force and the loop backs off with jitter, up to a bound.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
@@ -29,7 +28,10 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+import consul
+import consul.aio
 import msgspec
+from yarl import URL
 
 from region_router.directory import (
     DirectorySnapshot,
@@ -90,7 +92,7 @@ def parse_kv(entries: list[dict], prefix: str) -> tuple[list[Region], dict[str, 
     regions, overrides, default_region = [], {}, None
     for entry in entries:
         key = entry["Key"][len(prefix) :]
-        raw = base64.b64decode(entry["Value"]) if entry.get("Value") else b""
+        raw = entry.get("Value") or b""  # py-consul decodes the base64 it came in
         kind, _, name = key.partition("/")
         if kind == "regions" and name:
             try:
@@ -135,7 +137,7 @@ class ConsulDirectory:
     def __init__(self, config: ConsulConfig) -> None:
         self._config = config
         self._holder = SnapshotHolder()
-        self._session: aiohttp.ClientSession | None = None
+        self._consul: consul.aio.Consul | None = None
         self._tasks: list[asyncio.Task] = []
         self._regions: list[Region] = []
         self._overrides: dict[str, str] = {}
@@ -150,16 +152,21 @@ class ConsulDirectory:
         return self._holder.subscribe(listener)
 
     async def start(self) -> None:
-        headers = {"X-Consul-Token": self._config.token} if self._config.token else {}
-        self._session = aiohttp.ClientSession(headers=headers)
+        address = URL(self._config.address)
+        self._consul = consul.aio.Consul(
+            host=address.host,
+            port=address.port,
+            scheme=address.scheme,
+            token=self._config.token,
+        )
         try:
             kv_index = await self._poll_kv(0, blocking=False)
             health_indexes = {}
             for datacenter in self._config.datacenters or (None,):
                 health_indexes[datacenter] = await self._poll_health(datacenter, 0, False)
             self._publish()
-        except (aiohttp.ClientError, TimeoutError, DirectoryError) as exc:
-            await self._session.close()
+        except (aiohttp.ClientError, consul.ConsulException, TimeoutError, DirectoryError) as exc:
+            await self._consul.close()
             raise DirectoryError(f"cannot load the directory from Consul: {exc!r}") from exc
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch(self._poll_kv, kv_index), name="consul-kv")]
@@ -178,48 +185,35 @@ class ConsulDirectory:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._session is not None:
-            await self._session.close()
+        if self._consul is not None:
+            await self._consul.close()
 
-    async def _get(self, path: str, params: dict, blocking: bool) -> tuple[int, int | None, list]:
-        timeout_s = (
-            self._config.wait_s * 17 / 16 + self._config.request_timeout_margin_s
-            if blocking
-            else self._config.request_timeout_margin_s
-        )
-        async with self._session.get(
-            self._config.address + path,
-            params=params,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as response:
-            index_header = response.headers.get("X-Consul-Index")
-            index = int(index_header) if index_header and index_header.isdigit() else None
-            if response.status == 404:  # no keys under the prefix yet: empty, not an error
-                return 404, index, []
-            if response.status != 200:
-                raise DirectoryError(f"consul answered {response.status} for {path}")
-            return 200, index, await response.json()
+    def _timeout_s(self, blocking: bool) -> float:
+        """A blocking query may take its wait plus Consul's jitter (wait/16), then the margin."""
+        margin_s = self._config.request_timeout_margin_s
+        return self._config.wait_s * 17 / 16 + margin_s if blocking else margin_s
 
-    def _blocking_params(self, index: int, blocking: bool) -> dict:
-        return {"index": str(index), "wait": f"{self._config.wait_s}s"} if blocking else {}
+    def _blocking(self, index: int, blocking: bool) -> dict:
+        return {"index": index, "wait": f"{self._config.wait_s}s"} if blocking else {}
 
     async def _poll_kv(self, index: int, blocking: bool = True) -> int:
-        params = {"recurse": "true", **self._blocking_params(index, blocking)}
-        _, returned, entries = await self._get(f"/v1/kv/{self._config.prefix}", params, blocking)
+        async with asyncio.timeout(self._timeout_s(blocking)):
+            returned, entries = await self._consul.kv.get(
+                self._config.prefix, recurse=True, **self._blocking(index, blocking)
+            )
+        # None: no keys under the prefix yet, which is an empty directory, not an error.
         self._regions, self._overrides, self._default_region = parse_kv(
-            entries, self._config.prefix
+            entries or [], self._config.prefix
         )
-        return next_index(index, returned)
+        return next_index(index, _index(returned))
 
     async def _poll_health(self, datacenter: str | None, index: int, blocking: bool = True) -> int:
-        params = self._blocking_params(index, blocking)
-        if datacenter:
-            params["dc"] = datacenter
-        _, returned, entries = await self._get(
-            f"/v1/health/service/{self._config.service}", params, blocking
-        )
-        self._endpoints[datacenter or ""] = parse_health(entries)
-        return next_index(index, returned)
+        async with asyncio.timeout(self._timeout_s(blocking)):
+            returned, entries = await self._consul.health.service(
+                self._config.service, dc=datacenter, **self._blocking(index, blocking)
+            )
+        self._endpoints[datacenter or ""] = parse_health(entries or [])
+        return next_index(index, _index(returned))
 
     def _publish(self) -> None:
         endpoints = [e for items in self._endpoints.values() for e in items]
@@ -243,7 +237,13 @@ class ConsulDirectory:
                 self._publish()
                 self.last_error = None
                 failures = 0
-            except (aiohttp.ClientError, TimeoutError, DirectoryError, ValueError) as exc:
+            except (
+                aiohttp.ClientError,
+                consul.ConsulException,
+                TimeoutError,
+                DirectoryError,
+                ValueError,
+            ) as exc:
                 # Consul unreachable or answering nonsense: keep routing on the last snapshot.
                 failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -258,3 +258,8 @@ class ConsulDirectory:
             elapsed_s = time.monotonic() - started
             if elapsed_s < interval_s:
                 await asyncio.sleep(interval_s - elapsed_s)
+
+
+def _index(returned) -> int | None:
+    """X-Consul-Index as py-consul hands it over (a string), or None when there was none."""
+    return int(returned) if returned is not None and str(returned).isdigit() else None

@@ -358,7 +358,7 @@ class SagaWorld:
         self.wan = None
 
     def start(self) -> None:
-        from infra.local import LedgerProcess, write_ledger_config
+        from infra.processes import LedgerProcess, write_ledger_config
         from infra.services import PostgresCluster
         from infra.wan import WanThread
         from region_router.directory import LedgerEndpoint, Region, RegionStatus

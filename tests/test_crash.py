@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from infra.local import LedgerProcess, write_ledger_config
+from infra.processes import LedgerProcess, write_ledger_config
 from infra.services import PostgresCluster, free_port
 from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient

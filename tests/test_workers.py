@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from infra.local import LedgerProcess, write_ledger_config
+from infra.processes import LedgerProcess, write_ledger_config
 from infra.services import free_port
 from runtime.serving import WORKER_RESTARTS_MAX
 from tests.support import SERVICE_KEYS_TEXT, assert_eventually
