@@ -20,6 +20,7 @@ from datetime import datetime
 
 import msgspec
 
+from ledger_node.answers import answer
 from ledger_node.invariants import ensure
 from ledger_node.operations import BatchState
 
@@ -355,8 +356,7 @@ def write_arguments(state: BatchState) -> list[str | int | datetime]:
                     name,
                     outcome.result.value,
                     outcome.transfer_id,
-                    outcome.status_code,
-                    outcome.body.decode(),
+                    *_answer_text(outcome),
                 )
                 for key, request_hash, outcome, name in keys
             ),
@@ -440,3 +440,10 @@ def has_writes(state: BatchState) -> bool:
         or any(s.new is not None or s.finished for s in state.sagas.values())
         or any(step.new is not None for step in state.steps.values())
     )
+
+
+def _answer_text(outcome) -> tuple[int, str]:
+    """The answer stored with a key: what the edge answers the first request, so a replay
+    answers the same bytes."""
+    status, body = answer(outcome)
+    return status, body.decode()

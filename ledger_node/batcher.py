@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -62,7 +63,6 @@ from ledger_node.operations import (
     Submission,
 )
 from wire.ids import house_account_id, transit_account_id
-from wire.problems import result_problem
 from wire.results import Result
 
 log = logging.getLogger("regiongate.ledger.batcher")
@@ -377,16 +377,17 @@ def _decide_with_key(state: BatchState, submission: Submission) -> Outcome:
             if stored.request_hash != submission.request_hash:
                 return _conflict()
             return Outcome(
-                Result(stored.result), stored.status_code, stored.body, stored.transfer_id, True
+                Result(stored.result),
+                transfer_id=stored.transfer_id,
+                replayed=True,
+                answer=(stored.status_code, stored.body),
             )
         earlier = state.new_keys.get(key)
         if earlier is not None:
             request_hash, outcome, _ = earlier
             if request_hash != submission.request_hash:
                 return _conflict()
-            return Outcome(
-                outcome.result, outcome.status_code, outcome.body, outcome.transfer_id, True
-            )
+            return dataclasses.replace(outcome, replayed=True)
     outcome = decide(state, submission.operation)
     if key is not None:
         state.new_keys[key] = (submission.request_hash, outcome, submission.name)
@@ -394,8 +395,7 @@ def _decide_with_key(state: BatchState, submission: Submission) -> Outcome:
 
 
 def _conflict() -> Outcome:
-    status_code, body = result_problem(Result.IDEMPOTENCY_CONFLICT)
-    return Outcome(Result.IDEMPOTENCY_CONFLICT, status_code, body)
+    return Outcome(Result.IDEMPOTENCY_CONFLICT)
 
 
 def _fail_all(batch: list[Submission], error: LedgerError, cause: BaseException) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from wire.results import Result
 
@@ -242,15 +243,32 @@ Operation = (
 )
 
 
+class Effect(enum.Enum):
+    """What an OK outcome did, which its answer's status says (the edge maps it)."""
+
+    CREATED = 201
+    """A new transfer or saga step, applied now."""
+    STARTED = 202
+    """A cross-region transfer whose saga runs on."""
+    DONE = 200
+    """An answer about state that already was (a rollback, a saga's finish, a repeat)."""
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What a batch answers for one operation; body is the exact bytes sent (and replayed)."""
+    """What a batch decided for one operation, as values: the rules never render HTTP. The API
+    edge turns it into an answer (ledger_node.answers); a stored key's replay carries the
+    answer it was given the first time, byte for byte (docs/decisions/0009)."""
 
     result: Result
-    status_code: int
-    body: bytes
+    view: dict[str, Any] | None = None
+    """For OK, what the answer shows (a transfer, a rollback, a saga step); for a refusal, the
+    problem's members beyond its type (its detail, a saga step's status)."""
+    effect: Effect = Effect.DONE
     transfer_id: str | None = None
     replayed: bool = False
+    answer: tuple[int, bytes] | None = None
+    """Set only on a replay from a stored key: the original status and body."""
 
 
 @dataclass(slots=True)

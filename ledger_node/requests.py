@@ -10,6 +10,7 @@ import re
 import msgspec
 from aiohttp import web
 
+from ledger_node.answers import answer
 from ledger_node.node import LedgerNode
 from ledger_node.operations import Outcome
 from wire.ids import region_of
@@ -94,8 +95,7 @@ def metadata_text(value: dict | None) -> str | None:
 
 
 def outcome_response(outcome: Outcome) -> web.Response:
-    content_type = JSON_CONTENT_TYPE if outcome.status_code < 400 else PROBLEM_CONTENT_TYPE
+    status, body = answer(outcome)
+    content_type = JSON_CONTENT_TYPE if status < 400 else PROBLEM_CONTENT_TYPE
     headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
-    return web.Response(
-        status=outcome.status_code, body=outcome.body, content_type=content_type, headers=headers
-    )
+    return web.Response(status=status, body=body, content_type=content_type, headers=headers)

@@ -22,6 +22,7 @@ from ledger_node.operations import (
     BetState,
     BetStatus,
     CreateTransfer,
+    Effect,
     Flow,
     Kind,
     Outcome,
@@ -34,13 +35,11 @@ from ledger_node.operations import (
     system_account_refusal,
 )
 from wire.ids import new_transfer_id
-from wire.problems import encode, result_problem
 from wire.results import Result
 
 
 def fail(result: Result, detail: str | None = None) -> Outcome:
-    status_code, body = result_problem(result, detail)
-    return Outcome(result, status_code, body)
+    return Outcome(result, {"detail": detail} if detail else None)
 
 
 def _after(account: AccountState) -> tuple[int, int, int, int]:
@@ -130,7 +129,7 @@ def _ok_transfer(state: BatchState, row: TransferRow) -> Outcome:
     state.rows.append(row)
     state.touched.add(row.debit_account_id)
     state.touched.add(row.credit_account_id)
-    return Outcome(Result.OK, 201, encode(render.transfer_dict(row)), row.id)
+    return Outcome(Result.OK, render.transfer_dict(row), Effect.CREATED, row.id)
 
 
 def resolve_pending(state: BatchState, op: ResolvePending) -> Outcome:
@@ -248,17 +247,15 @@ def settle_win(state: BatchState, op: SettleWin) -> Outcome:
     return outcome
 
 
-def _rollback_body(bet: BetState, outcome: str, transfer: dict | None) -> bytes:
-    return encode(
-        {
-            "account_id": bet.account_id,
-            "reference": bet.reference,
-            "outcome": outcome,
-            "bet_transfer_id": bet.bet_transfer_id,
-            "rollback_transfer_id": bet.rollback_transfer_id,
-            "rollback_transfer": transfer,
-        }
-    )
+def _rollback_view(bet: BetState, outcome: str, transfer: dict | None) -> dict:
+    return {
+        "account_id": bet.account_id,
+        "reference": bet.reference,
+        "outcome": outcome,
+        "bet_transfer_id": bet.bet_transfer_id,
+        "rollback_transfer_id": bet.rollback_transfer_id,
+        "rollback_transfer": transfer,
+    }
 
 
 def rollback(state: BatchState, op: Rollback) -> Outcome:
@@ -279,13 +276,12 @@ def rollback(state: BatchState, op: Rollback) -> Outcome:
             dirty=True,
         )
         state.bets[key] = bet
-        return Outcome(Result.OK, 200, _rollback_body(bet, "tombstoned", None))
+        return Outcome(Result.OK, _rollback_view(bet, "tombstoned", None))
     if bet.status == BetStatus.TOMBSTONE:
-        return Outcome(Result.OK, 200, _rollback_body(bet, "tombstoned", None))
+        return Outcome(Result.OK, _rollback_view(bet, "tombstoned", None))
     if bet.status == BetStatus.ROLLED_BACK:
-        return Outcome(
-            Result.OK, 200, _rollback_body(bet, "rolled_back", None), bet.rollback_transfer_id
-        )
+        view = _rollback_view(bet, "rolled_back", None)
+        return Outcome(Result.OK, view, transfer_id=bet.rollback_transfer_id)
     ensure(
         bet.house_account_id is not None and bet.bet_amount is not None,
         f"placed bet {key} has no transfer",
@@ -308,6 +304,5 @@ def rollback(state: BatchState, op: Rollback) -> Outcome:
     bet.status = BetStatus.ROLLED_BACK.value
     bet.rollback_transfer_id = row.id
     bet.dirty = True
-    return Outcome(
-        Result.OK, 200, _rollback_body(bet, "rolled_back", render.transfer_dict(row)), row.id
-    )
+    view = _rollback_view(bet, "rolled_back", render.transfer_dict(row))
+    return Outcome(Result.OK, view, transfer_id=row.id)

@@ -52,7 +52,7 @@ from ledger_node.observability import (
     SAGA_STEP_ERRORS,
     SAGAS_RUNNING,
 )
-from ledger_node.operations import FinishSaga, Flow
+from ledger_node.operations import Effect, FinishSaga, Flow
 from region_router.errors import RouterError
 from region_router.router import RegionRouter
 from wire.results import Result
@@ -368,14 +368,15 @@ class SagaDriver:
                 await asyncio.sleep(backoff_ms(self._config, attempt) / 1000)
                 continue
             break
+        status, body = answer(outcome)
         if outcome.result is not Result.OK:
-            log.error("saga %s: finish refused: %s", saga["id"], outcome.body[:300])
+            log.error("saga %s: finish refused: %s", saga["id"], body[:300])
             return None
-        if outcome.status_code != 200 or outcome.transfer_id is None:
+        if status != Effect.DONE.value or outcome.transfer_id is None:
             return None  # another driver ended it first; its row says how
         label = "completed" if applied else "compensated"
         SAGA_OUTCOMES.labels(label, saga["credit_region"]).inc()
-        finished_at = datetime.fromisoformat(_decode.decode(outcome.body)["finished_at"])
+        finished_at = datetime.fromisoformat(_decode.decode(body)["finished_at"])
         elapsed_s = (finished_at - saga["created_at"]).total_seconds()
         SAGA_SECONDS.labels(label).observe(max(0.0, elapsed_s))
         return {

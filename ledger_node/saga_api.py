@@ -9,7 +9,8 @@ import msgspec
 from aiohttp import web
 
 from ledger_node import reads, render
-from ledger_node.operations import CancelStep, CreditStep, StartSaga
+from ledger_node.answers import answer
+from ledger_node.operations import CancelStep, CreditStep, Effect, StartSaga
 from ledger_node.requests import (
     KEY_ID,
     NODE,
@@ -99,9 +100,10 @@ async def create_saga(request: web.Request) -> web.Response:
         name="saga",
         timeout_s=node.config.request_timeout_ms / 1000,
     )
-    if outcome.status_code != 202:
+    status, body = answer(outcome)
+    if status != Effect.STARTED.value:
         return outcome_response(outcome)
-    started = msgspec.json.decode(outcome.body)
+    started = msgspec.json.decode(body)
     row = None
     if not outcome.replayed:
         # This request started the saga, so its batch gave this process the lease: drive it

@@ -18,6 +18,7 @@ from ledger_node.operations import (
     CancelStep,
     CreateTransfer,
     CreditStep,
+    Effect,
     FinishSaga,
     Flow,
     Kind,
@@ -30,7 +31,6 @@ from ledger_node.operations import (
     StepStatus,
 )
 from wire.ids import transit_account_id
-from wire.problems import encode, result_problem
 from wire.results import Result
 
 
@@ -72,7 +72,7 @@ def start_saga(state: BatchState, op: StartSaga) -> Outcome:
         "created_at": state.now,
     }
     state.sagas[op.saga_id] = SagaState(op.saga_id, SagaStatus.HELD.value, row.id, new=saga)
-    return Outcome(Result.OK, 202, encode(render.saga_dict(saga)), row.id)
+    return Outcome(Result.OK, render.saga_dict(saga), Effect.STARTED, row.id)
 
 
 def finish_saga(state: BatchState, op: FinishSaga) -> Outcome:
@@ -82,7 +82,7 @@ def finish_saga(state: BatchState, op: FinishSaga) -> Outcome:
     ensure(saga.hold_transfer_id == op.hold_transfer_id, f"saga {saga.id} names another hold")
     if saga.status != SagaStatus.HELD:
         # Another driver finished it first; the saga's row says how.
-        return Outcome(Result.OK, 200, encode({"id": saga.id, "status": saga.status}))
+        return Outcome(Result.OK, {"id": saga.id, "status": saga.status})
     outcome = rules.resolve_pending(
         state, ResolvePending(op.hold_transfer_id, op.flow, by_saga=True)
     )
@@ -97,17 +97,16 @@ def finish_saga(state: BatchState, op: FinishSaga) -> Outcome:
         "credit_transfer_id": op.credit_transfer_id,
         "reason": op.reason,
     }
-    body = {"id": saga.id, "status": status.value, "finished_at": render.rfc3339(state.now)}
-    return Outcome(Result.OK, 200, encode(body), outcome.transfer_id)
+    view = {"id": saga.id, "status": status.value, "finished_at": render.rfc3339(state.now)}
+    return Outcome(Result.OK, view, transfer_id=outcome.transfer_id)
 
 
-def _step_body(step: StepState, saga_id: str) -> bytes:
-    return encode({"saga_id": saga_id, "step_status": step.status, "transfer_id": step.transfer_id})
+def _step_view(step: StepState, saga_id: str) -> dict:
+    return {"saga_id": saga_id, "step_status": step.status, "transfer_id": step.transfer_id}
 
 
 def _step_refusal(result: Result, step: StepState) -> Outcome:
-    status_code, body = result_problem(result, step_status=step.status)
-    return Outcome(result, status_code, body)
+    return Outcome(result, {"step_status": step.status})
 
 
 def credit_step(state: BatchState, op: CreditStep) -> Outcome:
@@ -116,7 +115,8 @@ def credit_step(state: BatchState, op: CreditStep) -> Outcome:
         if step.amount != op.amount:
             return rules.fail(Result.SAGA_STEP_CONFLICT)
         if step.status == StepStatus.APPLIED:
-            return Outcome(Result.OK, 200, _step_body(step, op.saga_id), step.transfer_id, True)
+            view = _step_view(step, op.saga_id)
+            return Outcome(Result.OK, view, transfer_id=step.transfer_id, replayed=True)
         if step.status == StepStatus.CANCELLED:
             return _step_refusal(Result.SAGA_STEP_CANCELLED, step)
         return _step_refusal(Result(step.reason), step)
@@ -154,7 +154,7 @@ def credit_step(state: BatchState, op: CreditStep) -> Outcome:
         # Refused for good: the refusal is recorded, so a late copy of this step is refused too
         # and the source may safely void its hold.
         return _step_refusal(outcome.result, step)
-    return Outcome(Result.OK, 201, _step_body(step, op.saga_id), row.id)
+    return Outcome(Result.OK, _step_view(step, op.saga_id), Effect.CREATED, row.id)
 
 
 def cancel_step(state: BatchState, op: CancelStep) -> Outcome:
@@ -177,4 +177,4 @@ def cancel_step(state: BatchState, op: CancelStep) -> Outcome:
             },
         )
         state.steps[op.step_id] = step
-    return Outcome(Result.OK, 200, _step_body(step, op.saga_id), step.transfer_id)
+    return Outcome(Result.OK, _step_view(step, op.saga_id), transfer_id=step.transfer_id)
