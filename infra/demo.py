@@ -50,6 +50,7 @@ class Demo:
         return payload
 
     async def run(self) -> None:
+        # Long: a script of numbered steps, read top to bottom as it prints them.
         regions = list(self.gateways)
         home, other = regions[0], regions[1 % len(regions)]
         third = regions[2 % len(regions)]

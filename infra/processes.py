@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from infra.errors import ServiceStartError
+from infra.services import terminate
 
 DEFAULT_CURRENCIES = (
     {"code": "EUR", "exponent": 2},
@@ -132,14 +133,7 @@ class ServiceProcess:
             self.process.wait(timeout=STOP_TIMEOUT_S)
 
     def stop(self) -> None:
-        if not self.alive():
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+        terminate(self.process, STOP_TIMEOUT_S)
 
 
 class LedgerProcess(ServiceProcess):

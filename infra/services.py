@@ -71,6 +71,18 @@ def _ephemeral_floor() -> int:
     return low if low > PORTS_FLOOR + 1_000 else 32_768
 
 
+def terminate(process: subprocess.Popen | None, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL past timeout_s: a process that will not stop is stopped."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
+
+
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago, below the ephemeral range (see above)
     and not handed out before by this process, drawn at random so that concurrent processes
@@ -273,17 +285,16 @@ class PostgresCluster:
         self.stop()
         self.start()
 
+    def _client(self, tool: str) -> list[str]:
+        """A client tool of this cluster's PostgreSQL, pointed at it as its superuser."""
+        binary = str(postgres_bin_dir() / tool)
+        return [binary, "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user]
+
     def create_database(self, name: str) -> str:
         """Create database name if it does not exist; return its DSN."""
         result = _run(
             [
-                str(postgres_bin_dir() / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
+                *self._client("psql"),
                 "-d",
                 "postgres",
                 "-tAc",
@@ -293,16 +304,7 @@ class PostgresCluster:
         )
         if result.stdout.strip() != "1":
             created = _run(
-                [
-                    str(postgres_bin_dir() / "createdb"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    self.user,
-                    name,
-                ],
+                [*self._client("createdb"), name],
                 None,
             )
             if created.returncode != 0:
@@ -356,11 +358,4 @@ class RedisServer:
             raise ServiceStartError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+        terminate(self.process)

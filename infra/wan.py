@@ -14,6 +14,9 @@ takes the closer the benchmarks come to a real WAN.
 
 Tests drive links in a thread of their own (``WanThread``), so they can cut and heal them; the
 local cluster and the benchmark run them in a process of their own (``WanProcess``).
+
+Over 400 lines: the proxy, its link controls and the process that runs it stay together,
+since the tests drive all three as one.
 """
 
 from __future__ import annotations

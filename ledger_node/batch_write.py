@@ -10,6 +10,9 @@ The bulk (transfers, accounts, keys) travels as one PostgreSQL array literal per
 row sets (holds, bets, sagas, saga steps) as JSON documents; each UPDATE names its rows twice
 (joined, and ``id = ANY``) so the planner reaches them by index. Why, with the measurements,
 and what the CHECK constraints cost: docs/decisions/0006.
+
+Over 400 lines: the statement and the arguments it takes must agree column for column, so
+they live in one module.
 """
 
 from __future__ import annotations
@@ -276,6 +279,7 @@ def write_arguments(state: BatchState) -> list[str | int | datetime]:
     """The parameters of every shape of the write, in _WRITE_TYPES' order: the transfers, the
     accounts and the keys as one array literal per column, the rare row sets as JSON documents
     (msgspec encodes them in C), then each part's row count."""
+    # Long: one argument per column of one statement, in the statement's order.
     rows = state.rows
     accounts = [state.accounts[account_id] for account_id in sorted(state.touched)]
     keys = [

@@ -11,6 +11,8 @@ a batch to fill (``wait_max_us``), and retries after a lost race (``retry_attemp
 
 What sets a batch's throughput, and the designs measured and not kept (deciding batches ahead,
 answering in chunks), are in docs/decisions/0004.
+
+Over 400 lines: the queue, its writers and one batch's run are one state machine.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 HTTP handlers turn validated requests into operations; the batcher locks what they touch, and
 ``ledger_node.decide`` applies them one by one, in arrival order, to the in-memory state below.
+
+Over 400 lines: the rules' whole vocabulary (operations, states, outcomes) in one place.
 """
 
 from __future__ import annotations
@@ -126,7 +128,9 @@ class ResolvePending:
 
 
 @dataclass(slots=True)
-class PlaceBet:
+class _GameMove:
+    """A bet or a win: money between a player and the region's house, for a game round."""
+
     account_id: str
     house_account_id: str
     amount: int
@@ -137,14 +141,14 @@ class PlaceBet:
 
 
 @dataclass(slots=True)
-class SettleWin:
-    account_id: str
-    house_account_id: str
-    amount: int
-    currency: str
-    reference: str
-    round_id: str | None = None
-    metadata: str | None = None
+class PlaceBet(_GameMove):
+    """Player to house. A class of its own, never a parent of SettleWin: the rules tell the two
+    apart by type."""
+
+
+@dataclass(slots=True)
+class SettleWin(_GameMove):
+    """House to player."""
 
 
 @dataclass(slots=True)

@@ -48,6 +48,7 @@ DOWN_RETRY_AFTER_S = 30
 async def create_saga(request: web.Request) -> web.Response:
     """A cross-region transfer, orchestrated here (the debit side). Answers the final result
     when the saga ends within saga.wait_ms, else 202 with the transfer's URL."""
+    # Long: the checks, the start and the wait, in the order a request meets them.
     node = request.app[NODE]
     key = idempotency_key(request)
     body: TransferIn = await decode_body(request, TransferIn)

@@ -194,6 +194,7 @@ async def measure(args, ledger_port, gateway_ports, nginx_port, key, token, acco
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Long: a benchmark script, setup to report, read in order.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--clients", type=int, default=16)

@@ -52,6 +52,8 @@ pgbench rose too, and the ratio's median fell to 1.27.
 
 The last line printed is one JSON object: the medians, each round's figures under
 ``per_round``, and latency percentiles over all rounds.
+
+Over 400 lines: a benchmark script, its setup, interleaved runs and report read in order.
 """
 
 from __future__ import annotations
@@ -269,6 +271,8 @@ async def ledger_runs(
     postgres_pid: Callable[[], int | None],
     workers: int,
 ) -> list[LoadResult]:
+
+    # Long: the three kinds of run share their setup and measurements.
     key = keyring.signing_key
     metrics = {str(index): metrics_url(ledger.port, index) for index in range(workers)}
     size, phases = batch_series(workers)
@@ -340,6 +344,7 @@ async def ledger_runs(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Long: a benchmark script, setup to report, read in order.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per run")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")

@@ -234,6 +234,7 @@ def _summary(result: LoadResult) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Long: a benchmark script, setup to report, read in order.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--one-way-delay-ms", type=float, default=40.0)

@@ -215,6 +215,7 @@ def run_profile(
     data_dir: Path,
     results_root: Path,
 ) -> int:
+    # Long: the steps of a load run (set up, run, audit, report), in order.
     profile = load_profile(profile_name)
     state = read_state(data_dir)
     missing = set(profile.regions) - set(state["gateways"])

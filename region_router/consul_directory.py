@@ -34,9 +34,7 @@ import msgspec
 from yarl import URL
 
 from region_router.directory import (
-    DirectorySnapshot,
     LedgerEndpoint,
-    Listener,
     Region,
     RegionStatus,
     SnapshotHolder,
@@ -133,10 +131,12 @@ def parse_health(entries: list[dict]) -> list[LedgerEndpoint]:
     return endpoints
 
 
-class ConsulDirectory:
+class ConsulDirectory(SnapshotHolder):
+    """A directory backend: its snapshots, versions and listeners are SnapshotHolder's."""
+
     def __init__(self, config: ConsulConfig) -> None:
         self._config = config
-        self._holder = SnapshotHolder()
+        super().__init__()
         self._consul: consul.aio.Consul | None = None
         self._tasks: list[asyncio.Task] = []
         self._regions: list[Region] = []
@@ -144,12 +144,6 @@ class ConsulDirectory:
         self._default_region: str | None = None
         self._endpoints: dict[str, list[LedgerEndpoint]] = {}
         self.last_error: str | None = None
-
-    def snapshot(self) -> DirectorySnapshot:
-        return self._holder.snapshot()
-
-    def subscribe(self, listener: Listener):
-        return self._holder.subscribe(listener)
 
     async def start(self) -> None:
         address = URL(self._config.address)
@@ -220,7 +214,7 @@ class ConsulDirectory:
         known = {region.code for region in self._regions}
         # A node registered for a region the KV does not (yet) describe is left out rather than
         # failing the whole snapshot.
-        self._holder.publish(
+        self.publish(
             self._regions,
             [e for e in endpoints if e.region in known],
             self._overrides,

@@ -151,44 +151,29 @@ class RegionRouter:
         return Route(region, candidates, region == self._config.local_region)
 
     async def call(
-        self,
-        account_id: str,
-        method: str,
-        path: str,
-        body: object = None,
-        *,
-        idempotency_key: str | None = None,
-        traceparent: str | None = None,
+        self, account_id: str, method: str, path: str, *args, **kwargs
     ) -> LedgerResponse:
-        """Send one request to the account's home ledger, retrying on another node when safe."""
-        return await self._call(
-            self.route(account_id), method, path, body, idempotency_key, traceparent
-        )
+        """Send one request to the account's home ledger (see call_route)."""
+        return await self.call_route(self.route(account_id), method, path, *args, **kwargs)
 
     async def call_in_region(
-        self,
-        region: str,
-        method: str,
-        path: str,
-        body: object = None,
-        *,
-        idempotency_key: str | None = None,
-        traceparent: str | None = None,
+        self, region: str, method: str, path: str, *args, **kwargs
     ) -> LedgerResponse:
-        """Send one request to a region's ledger (to create an account there, say)."""
-        return await self._call(
-            self.route_region(region), method, path, body, idempotency_key, traceparent
-        )
+        """Send one request to a region's ledger, to create an account there say (call_route)."""
+        return await self.call_route(self.route_region(region), method, path, *args, **kwargs)
 
-    async def _call(
+    async def call_route(
         self,
         route: Route,
         method: str,
         path: str,
-        body: object,
-        idempotency_key: str | None,
-        traceparent: str | None,
+        body: object = None,
+        *,
+        idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> LedgerResponse:
+        """Send one request along a route, retrying on another node when safe (a read, or a
+        write with an idempotency key)."""
         self.stats.calls += 1
         self.stats.per_region[route.region] = self.stats.per_region.get(route.region, 0) + 1
         safe = method.upper() in SAFE_METHODS or idempotency_key is not None

@@ -26,9 +26,7 @@ from pathlib import Path
 import yaml
 
 from region_router.directory import (
-    DirectorySnapshot,
     LedgerEndpoint,
-    Listener,
     Region,
     RegionStatus,
     SnapshotHolder,
@@ -86,7 +84,9 @@ def parse_directory_file(
     return regions, endpoints, overrides, default_region
 
 
-class YamlDirectory:
+class YamlDirectory(SnapshotHolder):
+    """A directory backend: its snapshots, versions and listeners are SnapshotHolder's."""
+
     def __init__(self, path: str | Path, *, poll_ms: int = 500) -> None:
         if not POLL_MS_MIN <= poll_ms <= POLL_MS_MAX:
             raise DirectoryError(
@@ -94,16 +94,10 @@ class YamlDirectory:
             )
         self._path = Path(path)
         self._poll_s = poll_ms / 1000
-        self._holder = SnapshotHolder()
+        super().__init__()
         self._stamp: tuple[int, int] | None = None
         self._task: asyncio.Task | None = None
         self.last_error: str | None = None
-
-    def snapshot(self) -> DirectorySnapshot:
-        return self._holder.snapshot()
-
-    def subscribe(self, listener: Listener):
-        return self._holder.subscribe(listener)
 
     async def start(self) -> None:
         self._load(raise_errors=True)
@@ -124,7 +118,7 @@ class YamlDirectory:
                 return
             if stat.st_size > FILE_SIZE_MAX_BYTES:
                 raise DirectoryError(f"directory file is over {FILE_SIZE_MAX_BYTES} bytes")
-            self._holder.publish(*parse_directory_file(self._path.read_text()))
+            self.publish(*parse_directory_file(self._path.read_text()))
             self._stamp = stamp
             self.last_error = None
         except (OSError, DirectoryError) as exc:
