@@ -26,6 +26,7 @@ import msgspec
 from ledger_node.answers import answer
 from ledger_node.invariants import ensure
 from ledger_node.operations import BatchState
+from ledger_node.store import TransactionControl
 
 # The write's parts, each a data-modifying CTE: its name, its statement, the parameter that holds
 # the number of rows it must touch, and what those rows are. A batch's statement holds only the
@@ -398,7 +399,7 @@ def _transpose(records: Iterable[tuple], width: int) -> list[tuple]:
 # Every batch ends by opening the next one's transaction, so that batch starts with its locks
 # and reads. Opening it only when work was queued did worse: with two writers the other had
 # often taken that work, so most batches paid a round trip for their BEGIN.
-COMMIT_AND_BEGIN = "COMMIT; BEGIN"
+COMMIT_AND_BEGIN = TransactionControl.COMMIT_AND_BEGIN.value
 
 
 WRITE_ARGUMENTS = len(_WRITE_TYPES)

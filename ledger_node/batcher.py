@@ -286,8 +286,7 @@ class Batcher:
             currencies = await store.account_currencies(connection, rollback_accounts)
             account_ids.update(house_account_id(self._region, c) for c in currencies.values())
         ordered_ids = sorted(account_ids)
-        if not connection.is_in_transaction():
-            await connection.execute("BEGIN")
+        await store.open_transaction(connection)
         keys = [s.idempotency_key for s in batch if s.idempotency_key is not None]
         locking = time.perf_counter()
         await store.lock_and_read(
@@ -320,13 +319,13 @@ class Batcher:
                     self._prepared.clear()
                 self._prepared.add(prepared)
             try:
-                await connection.execute(message)
+                await store.commit_and_open(connection, message)
             except asyncpg.InvalidSQLStatementNameError:
                 # A new session that reused a backend's pid: prepare again on the retry.
                 self._prepared.discard(prepared)
                 raise
         else:
-            await connection.execute(batch_write.COMMIT_AND_BEGIN)
+            await store.commit_and_open(connection)
         BATCH_WRITE_SECONDS.observe(time.perf_counter() - writing)
         return outcomes
 
@@ -434,7 +433,7 @@ async def _roll_back(connection: asyncpg.Connection) -> None:
     if not _usable(connection) or not connection.is_in_transaction():
         return
     try:
-        await connection.execute("ROLLBACK")
+        await connection.execute(store.TransactionControl.ROLLBACK.value)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         connection.terminate()
 

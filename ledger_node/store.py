@@ -27,6 +27,7 @@ The write, its one statement and the literals it travels in, is ``ledger_node.ba
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 import asyncpg
@@ -116,3 +117,28 @@ async def lock_and_read(
         for p in pendings
         if p.debit_account_id in state.accounts and p.credit_account_id in state.accounts
     }
+
+
+class TransactionControl(enum.StrEnum):
+    """The only transaction statements a batch writer sends. Its connection's state is the
+    server's own, read from every ReadyForQuery (``is_in_transaction``), never a copy kept
+    here that could drift: IDLE -> (BEGIN) -> OPEN -> (the write; COMMIT; BEGIN) -> OPEN, and
+    OPEN -> (ROLLBACK) -> IDLE when a batch fails or the writer gives its connection back."""
+
+    BEGIN = "BEGIN"
+    COMMIT_AND_BEGIN = "COMMIT; BEGIN"
+    ROLLBACK = "ROLLBACK"
+
+
+async def open_transaction(connection: asyncpg.Connection) -> None:
+    """IDLE -> OPEN, or nothing when the last COMMIT already opened the next one."""
+    if not connection.is_in_transaction():
+        await connection.execute(TransactionControl.BEGIN.value)
+    ensure(connection.is_in_transaction(), "BEGIN left the batch's connection idle")
+
+
+async def commit_and_open(connection: asyncpg.Connection, message: str | None = None) -> None:
+    """OPEN -> OPEN: the batch's write (if any), COMMIT and the next batch's BEGIN in one
+    message; if the write fails, the server skips the COMMIT and the error reaches the caller."""
+    ensure(connection.is_in_transaction(), "a batch commits only an open transaction")
+    await connection.execute(message or TransactionControl.COMMIT_AND_BEGIN.value)
