@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 import asyncpg
 import msgspec
 
+from ledger_node import answers
 from ledger_node.batcher import Batcher
 from ledger_node.config import SagaConfig
 from ledger_node.errors import LedgerError
@@ -368,7 +369,7 @@ class SagaDriver:
                 await asyncio.sleep(backoff_ms(self._config, attempt) / 1000)
                 continue
             break
-        status, body = answer(outcome)
+        status, body = answers.answer(outcome)
         if outcome.result is not Result.OK:
             log.error("saga %s: finish refused: %s", saga["id"], body[:300])
             return None
