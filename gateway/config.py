@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct, field
 
+from region_router.consul_directory import ConsulSettings
 from runtime.config import check_metrics_port, config_from_dict, load_config
 from wire.errors import ConfigError
 from wire.ids import REGION_PATTERN
@@ -37,7 +38,7 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     redis_url: str
     directory_file: str | None = None
     """The YAML directory; or, instead, consul (region_router.backends.build_directory)."""
-    consul: dict | None = None
+    consul: ConsulSettings | None = None
     """Consul's directory: address, prefix, service, datacenters, token_file, wait_s..."""
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8443

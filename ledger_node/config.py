@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from msgspec import Meta, Struct, field
 
 from ledger_node.errors import ConfigError
+from region_router.consul_directory import ConsulSettings
 from runtime.config import check_metrics_port, config_from_dict, load_config
 from wire.ids import CURRENCY_PATTERN, REGION_PATTERN
 from wire.limits import AMOUNT_MAX_LIMIT
@@ -126,7 +127,7 @@ class LedgerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     directory_file: str | None = None
     """The directory (YAML) that locates peer regions' ledger nodes, for cross-region transfers;
     or consul instead. With neither, this node refuses cross-region transfers."""
-    consul: dict | None = None
+    consul: ConsulSettings | None = None
     """Consul's directory (region_router.backends.build_directory)."""
     saga: SagaConfig = field(default_factory=SagaConfig)
     peer_key_ids: tuple[str, ...] = ()

@@ -25,12 +25,12 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass
 
 import aiohttp
 import consul
 import consul.aio
 import msgspec
+from msgspec import Struct
 from yarl import URL
 
 from region_router.directory import (
@@ -46,23 +46,23 @@ log = logging.getLogger("regiongate.router.consul")
 WAIT_S_MAX = 600  # Consul's own limit on a blocking query's wait
 
 
-@dataclass(frozen=True, slots=True)
-class ConsulConfig:
+class ConsulSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``consul:`` section of a service's config. The ACL token is never here: it comes
+    from ``token_file`` or the CONSUL_HTTP_TOKEN environment variable (region_router.backends)."""
+
     address: str = "http://127.0.0.1:8500"
     """The local agent's HTTP address."""
     prefix: str = "regiongate/"
     service: str = "regiongate-ledger"
     datacenters: tuple[str, ...] = ()
     """Datacenters whose ledger nodes to watch (one per region); empty: the agent's own."""
-    token: str | None = None
-    """ACL token; from the environment or a file, never from committed config."""
+    token_file: str | None = None
     wait_s: int = 30
-    """Longest a blocking query waits for a change."""
+    """Longest a blocking query waits for a change (Consul's own limit is 600)."""
     loop_interval_ms_min: int = 100
     """Rate limit of each watch loop: at most one query per this interval."""
     backoff_ms_max: int = 10_000
     """Longest pause after a failed query."""
-    request_timeout_margin_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.address.startswith(("http://", "https://")):
@@ -75,6 +75,15 @@ class ConsulConfig:
             raise DirectoryError(f"loop_interval_ms_min out of range: {self.loop_interval_ms_min}")
         if not 100 <= self.backoff_ms_max <= 600_000:
             raise DirectoryError(f"backoff_ms_max out of range: {self.backoff_ms_max}")
+
+
+class ConsulConfig(ConsulSettings, frozen=True):
+    """The settings as the backend runs with them: the token resolved, and a margin on every
+    call's timeout."""
+
+    token: str | None = None
+    """ACL token; from the environment or a file, never from committed config."""
+    request_timeout_margin_s: float = 5.0
 
 
 def next_index(previous: int, returned: int | None) -> int:
