@@ -201,19 +201,7 @@ def place_bet(state: BatchState, op: PlaceBet) -> Outcome:
         if existing.status == BetStatus.TOMBSTONE:
             return fail(Result.BET_ROLLED_BACK)
         return fail(Result.BET_REFERENCE_EXISTS)
-    outcome, row = create_transfer(
-        state,
-        CreateTransfer(
-            debit_account_id=op.account_id,
-            credit_account_id=op.house_account_id,
-            amount=op.amount,
-            currency=op.currency,
-            kind=Kind.BET,
-            reference=op.reference,
-            round_id=op.round_id,
-            metadata=op.metadata,
-        ),
-    )
+    outcome, row = _game_transfer(state, op, Kind.BET)
     if row is not None:
         state.bets[(op.account_id, op.reference)] = BetState(
             account_id=op.account_id,
@@ -231,20 +219,28 @@ def place_bet(state: BatchState, op: PlaceBet) -> Outcome:
 def settle_win(state: BatchState, op: SettleWin) -> Outcome:
     if op.account_id not in state.accounts:
         return fail(Result.ACCOUNT_NOT_FOUND)
-    outcome, _ = create_transfer(
+    return _game_transfer(state, op, Kind.WIN)[0]
+
+
+def _game_transfer(
+    state: BatchState, op: PlaceBet | SettleWin, kind: Kind
+) -> tuple[Outcome, TransferRow | None]:
+    """A bet moves money from the player to the house; a win, from the house to the player."""
+    player, house = op.account_id, op.house_account_id
+    debit, credit = (player, house) if kind is Kind.BET else (house, player)
+    return create_transfer(
         state,
         CreateTransfer(
-            debit_account_id=op.house_account_id,
-            credit_account_id=op.account_id,
+            debit_account_id=debit,
+            credit_account_id=credit,
             amount=op.amount,
             currency=op.currency,
-            kind=Kind.WIN,
+            kind=kind,
             reference=op.reference,
             round_id=op.round_id,
             metadata=op.metadata,
         ),
     )
-    return outcome
 
 
 def _rollback_view(bet: BetState, outcome: str, transfer: dict | None) -> dict:
