@@ -297,6 +297,24 @@ class Cluster:
             )
             return response.status, dict(response.headers), payload
 
+    async def transfer(
+        self, gateway: str, debit: str, credit: str, amount: int, *, token=None, key=None
+    ) -> tuple[int, dict, dict]:
+        """POST /v1/transfers in EUR through a gateway (as the admin unless a token is given)."""
+        return await self.call(
+            gateway,
+            "POST",
+            "/v1/transfers",
+            token=token or self.admin,
+            key=key or unique(),
+            body={
+                "debit_account_id": debit,
+                "credit_account_id": credit,
+                "amount": amount,
+                "currency": "EUR",
+            },
+        )
+
     async def account(self, region: str, operator: str = "op-1", fund: int = 0) -> str:
         status, _, account = await self.call(
             region,
@@ -308,20 +326,8 @@ class Cluster:
         )
         assert status == 201, account
         if fund:
-            status, _, _ = await self.call(
-                region,
-                "POST",
-                "/v1/transfers",
-                token=self.admin,
-                key=unique(),
-                body={
-                    "debit_account_id": f"{region}-clearing-EUR",
-                    "credit_account_id": account["id"],
-                    "amount": fund,
-                    "currency": "EUR",
-                },
-            )
-            assert status == 201
+            deposit = await self.transfer(region, f"{region}-clearing-EUR", account["id"], fund)
+            assert deposit[0] == 201, deposit
         return account["id"]
 
 

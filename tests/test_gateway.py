@@ -371,19 +371,8 @@ async def test_a_compensated_cross_region_transfer_is_a_documented_problem(clust
     every answer against the served OpenAPI, which once refused any extension member."""
     alice = await cluster.account("eu", fund=10)
     token = cluster.keys.mint("alice", "wallet", accounts=[alice])
-    status, _, problem = await cluster.call(
-        "us",
-        "POST",
-        "/v1/transfers",
-        token=token,
-        key=unique(),
-        body={
-            "debit_account_id": alice,
-            "credit_account_id": "us-0000000000000000000000missing",
-            "amount": 1,
-            "currency": "EUR",
-        },
-    )
+    missing = "us-0000000000000000000000missing"
+    status, _, problem = await cluster.transfer("us", alice, missing, 1, token=token)
     assert status == 404 and problem["transfer"]["status"] == "compensated", problem
     assert (await cluster.call("eu", "GET", f"/v1/accounts/{alice}/balance", token=token))[2][
         "available"
@@ -411,22 +400,7 @@ async def test_a_refused_caller_spends_only_its_own_budget(cluster):
     assert reads == [200] * 5
     players = [await cluster.account("eu") for _ in range(12)]
     deposits = [
-        (
-            await cluster.call(
-                "eu",
-                "POST",
-                "/v1/transfers",
-                token=cluster.admin,
-                key=unique(),
-                body={
-                    "debit_account_id": "eu-clearing-EUR",
-                    "credit_account_id": player,
-                    "amount": 5,
-                    "currency": "EUR",
-                },
-            )
-        )[0]
-        for player in players
+        (await cluster.transfer("eu", "eu-clearing-EUR", player, 5))[0] for player in players
     ]
     assert deposits == [201] * len(players)
 

@@ -16,7 +16,6 @@ from prometheus_client import REGISTRY, generate_latest
 
 from runtime.serving import JsonLogFormatter
 from runtime.telemetry import TraceIdFilter
-from tests.support import unique
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -94,19 +93,7 @@ async def test_metrics_cover_gateway_routes_and_ledger_batches(cluster):
     ]
     before = [sample(name, labels) for name, labels in names]
     await cluster.call("us", "GET", f"/v1/accounts/{eu_account}/balance", token=cluster.admin)
-    await cluster.call(
-        "eu",
-        "POST",
-        "/v1/transfers",
-        token=cluster.admin,
-        key=unique(),
-        body={
-            "debit_account_id": "eu-clearing-EUR",
-            "credit_account_id": eu_account,
-            "amount": 1,
-            "currency": "EUR",
-        },
-    )
+    await cluster.transfer("eu", "eu-clearing-EUR", eu_account, 1)
     after = [sample(name, labels) for name, labels in names]
     assert after[0] == before[0] + 1  # exactly this test's read, labelled by its home region
     assert all(a >= b + 1 for a, b in zip(after[1:], before[1:], strict=True)), (before, after)
