@@ -409,7 +409,7 @@ ROUTES = [
 def build_gateway_app(gateway: Gateway) -> web.Application:
     app = web.Application(
         middlewares=[telemetry_middleware, problem_middleware(translate=translate)],
-        client_max_size=gateway.config.body_size_max_bytes,
+        client_max_size=gateway.config.body_size_bytes_max,
         # A header line may hold the longest token the gateway accepts, so that an oversized
         # token gets the gateway's own 401 rather than the parser's refusal.
         handler_args={"max_field_size": HEADER_SIZE_BYTES_MAX},

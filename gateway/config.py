@@ -48,7 +48,7 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     """Both or neither; without them the gateway serves plain HTTP (tests only)."""
-    body_size_max_bytes: Annotated[int, Meta(ge=256, le=1024 * 1024)] = 16 * 1024
+    body_size_bytes_max: Annotated[int, Meta(ge=256, le=1024 * 1024)] = 16 * 1024
     attempt_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 3_000
     call_timeout_ms: Annotated[int, Meta(ge=10, le=300_000)] = 8_000
     retries_max: Annotated[int, Meta(ge=0, le=10)] = 2

@@ -300,7 +300,7 @@ def build_app(node: LedgerNode, *, manage_node: bool = True) -> web.Application:
     """The aiohttp application; with manage_node it starts and stops the node with the app."""
     app = web.Application(
         middlewares=[telemetry_middleware, problem_middleware(authenticate, translate)],
-        client_max_size=node.config.body_size_max_bytes,
+        client_max_size=node.config.body_size_bytes_max,
     )
     app[NODE] = node
     if manage_node:

@@ -7,7 +7,7 @@ operation on its own in arrival order, writes all of it in one statement and com
 load batches grow by themselves; at rest a lone request is committed at once.
 
 Bounds: the queue (``queue_depth_max``, then 503 at once), the batch (``size_max``), the wait for
-a batch to fill (``wait_max_us``), and retries after a lost race (``retry_attempts_max``).
+a batch to fill (``wait_us_max``), and retries after a lost race (``retry_attempts_max``).
 
 What sets a batch's throughput, and the designs measured and not kept (deciding batches ahead,
 answering in chunks), are in docs/decisions/0004.
@@ -176,8 +176,8 @@ class Batcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                if self._config.wait_max_us and len(self._queue) < self._config.size_max:
-                    await asyncio.sleep(self._config.wait_max_us / 1_000_000)
+                if self._config.wait_us_max and len(self._queue) < self._config.size_max:
+                    await asyncio.sleep(self._config.wait_us_max / 1_000_000)
                 count = min(len(self._queue), self._config.size_max)
                 if count == 0:  # another writer took the queue while this one waited
                     continue

@@ -30,7 +30,7 @@ class Currency(Struct, frozen=True, forbid_unknown_fields=True):
 class BatchConfig(Struct, frozen=True, forbid_unknown_fields=True):
     size_max: Annotated[int, Meta(ge=1, le=8192)] = 512
     """Most operations decided and committed in one database transaction."""
-    wait_max_us: Annotated[int, Meta(ge=0, le=100_000)] = 0
+    wait_us_max: Annotated[int, Meta(ge=0, le=100_000)] = 0
     """How long a batch waits for more operations after its first, in microseconds. 0 takes what
     is queued: under load the queue fills while the previous batch commits (group commit)."""
     queue_depth_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 20_000
@@ -135,7 +135,7 @@ class LedgerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     signed with one of them (a gateway's key cannot credit an account out of a transit
     account), and this node signs its own saga steps with the first."""
     amount_max: Annotated[int, Meta(ge=1, le=AMOUNT_MAX_LIMIT)] = AMOUNT_MAX_LIMIT
-    body_size_max_bytes: Annotated[int, Meta(ge=256, le=1024 * 1024)] = 16 * 1024
+    body_size_bytes_max: Annotated[int, Meta(ge=256, le=1024 * 1024)] = 16 * 1024
     request_timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
     pending_timeout_s_max: Annotated[int, Meta(ge=1, le=365 * 24 * 3600)] = 7 * 24 * 3600
     expiry_interval_ms: Annotated[int, Meta(ge=10, le=3_600_000)] = 1_000

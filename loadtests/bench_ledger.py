@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
             extra={
                 "workers": args.workers,
                 "metrics_port": port + METRICS_PORT_OFFSET,
-                "batch": {"wait_max_us": args.batch_wait_us, "writers": args.writers},
+                "batch": {"wait_us_max": args.batch_wait_us, "writers": args.writers},
                 "database": {"dsn": dsn, "pool_size_max": 4},
             },
         )

@@ -317,3 +317,15 @@ def test_free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice
     assert all(services.PORTS_FLOOR <= port < ceiling for port in ports)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[-1]))  # free a moment ago, and still
+
+
+def test_a_renamed_config_key_is_read_under_its_old_name_for_a_release(caplog):
+    """batch.wait_max_us became batch.wait_us_max (one unit placement everywhere): an old file
+    still loads, with a warning; a file that sets both is refused."""
+    config = ledger_config_from_dict(
+        with_changes(batch={"wait_max_us": 7}, body_size_max_bytes=4096)
+    )
+    assert config.batch.wait_us_max == 7 and config.body_size_bytes_max == 4096
+    assert "batch.wait_max_us is now batch.wait_us_max" in caplog.text
+    with pytest.raises(ConfigError, match="both"):
+        ledger_config_from_dict(with_changes(batch={"wait_max_us": 1, "wait_us_max": 2}))
