@@ -6,32 +6,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ledger_node import operations as ops
 from ledger_node import rules, saga_rules
-from ledger_node.operations import (
-    BatchState,
-    CancelStep,
-    CreateTransfer,
-    CreditStep,
-    FinishSaga,
-    Operation,
-    Outcome,
-    PlaceBet,
-    ResolvePending,
-    Rollback,
-    SettleWin,
-    StartSaga,
-)
+from ledger_node.operations import BatchState, Operation, Outcome
 
 RULES: dict[type, Callable[[BatchState, Any], Outcome]] = {
-    CreateTransfer: lambda state, op: rules.create_transfer(state, op)[0],
-    ResolvePending: rules.resolve_pending,
-    PlaceBet: rules.place_bet,
-    SettleWin: rules.settle_win,
-    Rollback: rules.rollback,
-    StartSaga: saga_rules.start_saga,
-    FinishSaga: saga_rules.finish_saga,
-    CreditStep: saga_rules.credit_step,
-    CancelStep: saga_rules.cancel_step,
+    ops.CreateTransfer: lambda state, op: rules.create_transfer(state, op)[0],
+    ops.ResolvePending: rules.resolve_pending,
+    ops.PlaceBet: rules.place_bet,
+    ops.SettleWin: rules.settle_win,
+    ops.Rollback: rules.rollback,
+    ops.StartSaga: saga_rules.start_saga,
+    ops.FinishSaga: saga_rules.finish_saga,
+    ops.CreditStep: saga_rules.credit_step,
+    ops.CancelStep: saga_rules.cancel_step,
 }
 """The rule for each kind of operation, by its exact type (a subclass has no rule of its own)."""
 
