@@ -124,7 +124,7 @@ class LocalCluster:
             self.redis.start()
             self.ledger_ports = {
                 region: (DEFAULT_LEDGER_PORTS.get(region) if self.fixed_ports else None)
-                or free_port()
+                or free_port(also_free_at=(METRICS_PORT_OFFSET,))
                 for region in self.regions
             }
             self._start_wan()
@@ -167,7 +167,9 @@ class LocalCluster:
     def _start_gateway(self, region: str, tls, dev_keys, context: ssl.SSLContext) -> None:
         from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER
 
-        port = (DEFAULT_GATEWAY_PORTS.get(region) if self.fixed_ports else None) or free_port()
+        port = (DEFAULT_GATEWAY_PORTS.get(region) if self.fixed_ports else None) or free_port(
+            also_free_at=(METRICS_PORT_OFFSET,)
+        )
         config_path = self.root / "config" / f"gateway-{region}.yaml"
         config_path.write_text(
             yaml.safe_dump(

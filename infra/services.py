@@ -83,26 +83,33 @@ def terminate(process: subprocess.Popen | None, timeout_s: float = STOP_TIMEOUT_
         process.wait(timeout=timeout_s)
 
 
-def free_port() -> int:
+def free_port(also_free_at: tuple[int, ...] = ()) -> int:
     """A loopback TCP port that was free a moment ago, below the ephemeral range (see above)
     and not handed out before by this process, drawn at random so that concurrent processes
-    (a test session and a benchmark) seldom draw the same one."""
-    ceiling = _ephemeral_floor()
+    (a test session and a benchmark) seldom draw the same one. With also_free_at, the ports at
+    those offsets from it are held to the same rules (a service's metrics port, port + 1000:
+    drawn alone, that one could land among the kernel's source ports)."""
+    ceiling = _ephemeral_floor() - max(also_free_at, default=0)
     rng = random.SystemRandom()
     for _ in range(PORT_TRIES_MAX):
         port = rng.randrange(PORTS_FLOOR, ceiling)
-        if port in _ports_handed_out:
+        wanted = [port, *(port + offset for offset in also_free_at)]
+        if any(p in _ports_handed_out or not _bindable(p) for p in wanted):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _ports_handed_out.add(port)
+        _ports_handed_out.update(wanted)
         return port
     raise ServiceStartError(
         f"no free loopback port in [{PORTS_FLOOR}, {ceiling}) after {PORT_TRIES_MAX} tries"
     )
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:

@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         dsn = cluster.create_database("ledger_bench")
         keys_file = root / "service_keys"
         ensure_service_keys(keys_file)
-        port = free_port()
+        port = free_port(also_free_at=tuple(METRICS_PORT_OFFSET + i for i in range(args.workers)))
         config = write_ledger_config(
             root / "ledger.yaml",
             region=REGION,
