@@ -115,3 +115,17 @@ def clearing_account_id(region: str, currency: str) -> str:
 
 def transit_account_id(region: str, peer_region: str, currency: str) -> str:
     return f"{region}-transit-{peer_region}-{currency}"
+
+
+PLAYER_ID_PREFIX = "pl_"
+PLAYER_ID_PATTERN = re.compile(r"^pl_[0-9a-hjkmnp-tv-z]{26}$")
+
+
+def new_player_id() -> str:
+    """A player's public id: ``pl_`` and 26 Crockford letters of 130 random bits from the
+    operating system's CSPRNG. Unlike an account id it carries no time, no region and no
+    count (nothing about the player can be read from it or guessed), and every letter is
+    uniform over the alphabet. A collision is a 2**-65 event across 2**32 players; the
+    claim's UNIQUE constraint refuses one all the same."""
+    value = int.from_bytes(os.urandom(17), "big") >> 6  # 130 bits
+    return PLAYER_ID_PREFIX + "".join(_CROCKFORD[(value >> s) & 31] for s in range(125, -1, -5))
