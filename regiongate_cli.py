@@ -253,8 +253,39 @@ def cmd_audit(args) -> int:
         from infra.local import read_state
 
         dsns = read_state(Path(args.data_dir))["ledger_dsns"]
+    what = f"audited regions {', '.join(sorted(dsns))}: "
+    if args.watch_s is not None:
+        return _audit_forever(dsns, args, what)
     results = asyncio.run(audit_regions(dsns, grace_s=args.grace_s))
-    return _print_checks(results, f"audited regions {', '.join(sorted(dsns))}: ")
+    return _print_checks(results, what)
+
+
+def _audit_forever(dsns: dict[str, str], args, what: str) -> int:
+    """The periodic audit: its result as metrics on --metrics-port, until Ctrl-C or SIGTERM."""
+    from ledger_node.global_audit import audit_forever
+    from runtime.serving import configure_logging, wait_for_stop_signal
+    from runtime.telemetry import start_metrics_site
+
+    configure_logging()
+
+    async def run() -> None:
+        metrics = await start_metrics_site(args.metrics_host, args.metrics_port)
+        task = asyncio.create_task(
+            audit_forever(
+                dsns,
+                interval_s=args.watch_s,
+                grace_s=args.grace_s,
+                report=lambda results: _print_checks(results, what),
+            )
+        )
+        try:
+            await wait_for_stop_signal()
+        finally:
+            task.cancel()
+            await metrics.cleanup()
+
+    asyncio.run(run())
+    return EXIT_OK
 
 
 def cmd_local_token(args) -> int:
@@ -410,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--grace-s", type=float, default=10.0, help="how far past its deadline a saga may run"
     )
+    audit.add_argument(
+        "--watch-s",
+        type=float,
+        help="audit again every this many seconds, exporting the result as metrics",
+    )
+    audit.add_argument("--metrics-port", type=int, default=9400, help="with --watch-s")
+    audit.add_argument("--metrics-host", default="127.0.0.1", help="with --watch-s")
     audit.set_defaults(handler=cmd_audit)
     return parser
 

@@ -5,7 +5,7 @@ pooled connection to a ledger node. Upstream errors are counted by the router.""
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from runtime.telemetry import server_middleware
 
@@ -21,6 +21,10 @@ POOL_WAIT_SECONDS = Histogram(
     "regiongate_gateway_pool_wait_seconds",
     "Time waiting for a pooled ledger connection",
     buckets=LATENCY_BUCKETS_S,
+)
+RATE_LIMITER_FAIL_OPEN = Counter(
+    "regiongate_rate_limiter_fail_open_total",
+    "Requests let through because the rate limiter's Redis could not be reached in time",
 )
 # Handlers set it once they know the account's home region; the metrics label it.
 HOME_REGION = web.RequestKey("home_region", str)

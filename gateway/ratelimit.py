@@ -32,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.errors import RateLimited
+from gateway.observability import RATE_LIMITER_FAIL_OPEN
 
 log = logging.getLogger("regiongate.gateway.ratelimit")
 
@@ -225,6 +226,7 @@ class RateLimiter:
                     reply = await self._script(keys=[key for key, _ in short], args=args)
             except (RedisError, OSError, TimeoutError) as exc:
                 self.stats.redis_errors += 1
+                RATE_LIMITER_FAIL_OPEN.inc()
                 log.warning("rate limiter unavailable, letting the request through: %s", exc)
                 return
             if not reply[0]:

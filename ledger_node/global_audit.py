@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from ledger_node.audit import CheckResult, run_checks
+from ledger_node.observability import AUDIT_CHECKS, AUDIT_FAILED_CHECKS, AUDIT_LAST_RUN
+
+log = logging.getLogger("regiongate.audit")
 
 SAGAS = """
 SELECT id, status, credit_region, credit_account_id, amount, currency, deadline_at,
@@ -209,3 +214,25 @@ def _transits(
                 }
             )
     return violations
+
+
+async def audit_forever(
+    dsns: dict[str, str], *, interval_s: float, grace_s: float, report: Callable[[list], None]
+) -> None:
+    """Audit every interval_s until cancelled, exporting each run's result as metrics
+    (``regiongate_audit_failed_checks``, ``regiongate_audit_last_run_timestamp_seconds``) for
+    the MoneyAuditFailing and MoneyAuditStale alerts. A run that cannot reach a database
+    leaves the last figures, whose timestamp then ages: the stale alert says so."""
+    if not 1 <= interval_s <= 86_400:
+        raise ValueError(f"interval_s must be in [1, 86400], got {interval_s}")
+    while True:
+        try:
+            results = await audit_regions(dsns, grace_s=grace_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("audit run failed, figures unchanged: %s", exc)
+        else:
+            AUDIT_CHECKS.set(len(results))
+            AUDIT_FAILED_CHECKS.set(sum(not r.ok for r in results))
+            AUDIT_LAST_RUN.set_to_current_time()
+            report(results)
+        await asyncio.sleep(interval_s)

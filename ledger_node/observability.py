@@ -71,3 +71,15 @@ telemetry_middleware = server_middleware(
     REQUEST_SECONDS,
     lambda request, route, status: (route, request.method, str(status)),
 )
+SAGAS_OVERDUE = Gauge(
+    "regiongate_sagas_overdue",
+    "Sagas this region orchestrates still unfinished 30 s past their deadline (recovery pass)",
+)
+AUDIT_CHECKS = Gauge("regiongate_audit_checks", "Checks the last cross-region audit ran")
+AUDIT_FAILED_CHECKS = Gauge(
+    "regiongate_audit_failed_checks", "Checks the last cross-region audit found violated"
+)
+AUDIT_LAST_RUN = Gauge(
+    "regiongate_audit_last_run_timestamp_seconds",
+    "When the periodic cross-region audit last completed (regiongate audit --watch-s)",
+)

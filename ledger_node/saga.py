@@ -51,6 +51,7 @@ from ledger_node.observability import (
     SAGA_SECONDS,
     SAGA_STEP_CALL_SECONDS,
     SAGA_STEP_ERRORS,
+    SAGAS_OVERDUE,
     SAGAS_RUNNING,
 )
 from ledger_node.operations import Effect, FinishSaga, Flow
@@ -75,6 +76,12 @@ UPDATE sagas SET attempts = attempts + 1, last_error = $3,
        next_attempt_at = now() + $4 * interval '1 millisecond',
        lease_until = now() + ($4 + $5) * interval '1 millisecond'
 WHERE id = $1 AND status = 'held' AND lease_owner = $2
+"""
+
+OVERDUE_GRACE_S = 30
+COUNT_OVERDUE = """
+SELECT count(*) FROM sagas
+WHERE status = 'held' AND deadline_at < now() - $1 * interval '1 second'
 """
 
 RELEASE = """
@@ -253,6 +260,8 @@ class SagaDriver:
                 resumed = await self.recover_due()
                 if resumed:
                     log.info("resumed %d unfinished sagas", resumed)
+                async with self._pool.acquire() as connection:
+                    SAGAS_OVERDUE.set(await connection.fetchval(COUNT_OVERDUE, OVERDUE_GRACE_S))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("saga recovery pass failed: %s", exc)
             await asyncio.sleep(interval_s)

@@ -143,6 +143,8 @@ def parse_health(entries: list[dict]) -> list[LedgerEndpoint]:
 class ConsulDirectory(SnapshotHolder):
     """A directory backend: its snapshots, versions and listeners are SnapshotHolder's."""
 
+    backend = "consul"
+
     def __init__(self, config: ConsulConfig) -> None:
         self._config = config
         super().__init__()
@@ -152,7 +154,6 @@ class ConsulDirectory(SnapshotHolder):
         self._overrides: dict[str, str] = {}
         self._default_region: str | None = None
         self._endpoints: dict[str, list[LedgerEndpoint]] = {}
-        self.last_error: str | None = None
 
     async def start(self) -> None:
         address = URL(self._config.address)
@@ -168,6 +169,7 @@ class ConsulDirectory(SnapshotHolder):
             for datacenter in self._config.datacenters or (None,):
                 health_indexes[datacenter] = await self._poll_health(datacenter, 0, False)
             self._publish()
+            self.read_succeeded()
         except (aiohttp.ClientError, consul.ConsulException, TimeoutError, DirectoryError) as exc:
             await self._consul.close()
             raise DirectoryError(f"cannot load the directory from Consul: {exc!r}") from exc
@@ -238,7 +240,7 @@ class ConsulDirectory(SnapshotHolder):
             try:
                 index = await poll(index, True)
                 self._publish()
-                self.last_error = None
+                self.read_succeeded()
                 failures = 0
             except (
                 aiohttp.ClientError,
@@ -249,7 +251,7 @@ class ConsulDirectory(SnapshotHolder):
             ) as exc:
                 # Consul unreachable or answering nonsense: keep routing on the last snapshot.
                 failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.read_failed(f"{type(exc).__name__}: {exc}")
                 log.warning(
                     "consul watch failed (%d in a row), keeping the last snapshot: %s",
                     failures,

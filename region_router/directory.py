@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+from prometheus_client import Counter, Gauge
+
 from region_router.errors import DirectoryError
 from wire.ids import REGION_PATTERN, region_of
 
@@ -144,13 +146,37 @@ class Directory(Protocol):
         """Call listener with every new snapshot; returns a function that unsubscribes."""
 
 
+DIRECTORY_READ_FAILURES = Counter(
+    "regiongate_directory_read_failures_total",
+    "Reads of the directory's source that failed (the last snapshot stayed in force)",
+    ["backend"],
+)
+DIRECTORY_LAST_READ = Gauge(
+    "regiongate_directory_last_read_timestamp_seconds",
+    "When the directory's source was last read successfully, changed or not",
+    ["backend"],
+)
+
+
 class SnapshotHolder:
-    """The part every backend shares: the current snapshot, versioning and listeners."""
+    """The part every backend shares: the current snapshot, versioning, listeners, and the
+    health of its reads (``last_error`` and the two directory metrics)."""
+
+    backend = "unknown"
 
     def __init__(self) -> None:
         self._snapshot = DirectorySnapshot(version=0)
         self._listeners: list[Listener] = []
         self.changed = asyncio.Event()
+        self.last_error: str | None = None
+
+    def read_succeeded(self) -> None:
+        self.last_error = None
+        DIRECTORY_LAST_READ.labels(self.backend).set_to_current_time()
+
+    def read_failed(self, error: str) -> None:
+        self.last_error = error
+        DIRECTORY_READ_FAILURES.labels(self.backend).inc()
 
     def snapshot(self) -> DirectorySnapshot:
         return self._snapshot

@@ -87,6 +87,8 @@ def parse_directory_file(
 class YamlDirectory(SnapshotHolder):
     """A directory backend: its snapshots, versions and listeners are SnapshotHolder's."""
 
+    backend = "yaml"
+
     def __init__(self, path: str | Path, *, poll_ms: int = 500) -> None:
         if not POLL_MS_MIN <= poll_ms <= POLL_MS_MAX:
             raise DirectoryError(
@@ -97,7 +99,6 @@ class YamlDirectory(SnapshotHolder):
         super().__init__()
         self._stamp: tuple[int, int] | None = None
         self._task: asyncio.Task | None = None
-        self.last_error: str | None = None
 
     async def start(self) -> None:
         self._load(raise_errors=True)
@@ -114,15 +115,14 @@ class YamlDirectory(SnapshotHolder):
         try:
             stat = self._path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp == self._stamp:
-                return
-            if stat.st_size > FILE_SIZE_MAX_BYTES:
-                raise DirectoryError(f"directory file is over {FILE_SIZE_MAX_BYTES} bytes")
-            self.publish(*parse_directory_file(self._path.read_text()))
-            self._stamp = stamp
-            self.last_error = None
+            if stamp != self._stamp:
+                if stat.st_size > FILE_SIZE_MAX_BYTES:
+                    raise DirectoryError(f"directory file is over {FILE_SIZE_MAX_BYTES} bytes")
+                self.publish(*parse_directory_file(self._path.read_text()))
+                self._stamp = stamp
+            self.read_succeeded()
         except (OSError, DirectoryError) as exc:
-            self.last_error = str(exc)
+            self.read_failed(str(exc))
             if raise_errors:
                 raise DirectoryError(f"cannot load directory {self._path}: {exc}") from exc
             log.warning("directory %s unchanged, keeping the last snapshot: %s", self._path, exc)
