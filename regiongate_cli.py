@@ -18,6 +18,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+OBSERVE_INTERVAL_S = 5.0
 
 
 def _config(path: str):
@@ -189,11 +190,23 @@ def cmd_local_up(args) -> int:
 
         topology = topology_directory(Path(args.topology) if args.topology else EXAMPLE_VARS)
         regions = [record["code"] for record in topology["regions"]]
+    observe = None
+    if args.observe:
+        from infra.prometheus_server import prometheus_binary
+
+        if prometheus_binary() is None:
+            print(
+                "regiongate: --observe needs Prometheus: apt-get install -y prometheus",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        observe = OBSERVE_INTERVAL_S
     cluster = LocalCluster(
         root=Path(args.data_dir).resolve(),
         regions=regions,
         wan_one_way_delay_ms=args.wan_delay_ms,
         topology=topology,
+        observe_interval_s=observe,
     )
     run_forever(cluster)
     return EXIT_OK
@@ -390,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TFVARS",
         help="take the regions from Terraform's region map (the topology module applied to "
         "TFVARS, default terraform/environments/example/terraform.tfvars)",
+    )
+    up.add_argument(
+        "--observe",
+        action="store_true",
+        help="also run Prometheus (Debian's prometheus) scraping every service, with the "
+        "project's alerting rules",
     )
     up.set_defaults(handler=cmd_local_up)
     token = local.add_parser(

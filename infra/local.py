@@ -32,11 +32,13 @@ from infra.processes import (
     metrics_url,
     write_ledger_config,
 )
+from infra.prometheus_server import PrometheusServer, Target
 from infra.services import PostgresCluster, RedisServer, free_port
 from infra.wan import WanProcess
 
 DEFAULT_LEDGER_PORTS = {"eu": 8101, "us": 8102, "ap": 8103}
 DEFAULT_GATEWAY_PORTS = {"eu": 8441, "us": 8442, "ap": 8443}
+DEFAULT_PROMETHEUS_PORT = 9490
 STATE_FILE = "cluster.json"
 LOCK_FILE = "cluster.lock"
 """Held (flock) by the process running the cluster, for its lifetime: a second ``./dev up`` on
@@ -95,6 +97,10 @@ class LocalCluster:
     topology: dict | None = None
     """Directory records from the Terraform topology module (infra.terraform): the regions,
     their statuses and currencies come from the same region map as the cloud's."""
+    observe_interval_s: float | None = None
+    """With a value, a Prometheus server scrapes every service at this interval and evaluates
+    the project's rules (infra.prometheus_server); None runs none."""
+    prometheus: PrometheusServer | None = None
 
     @property
     def secrets_dir(self) -> Path:
@@ -134,6 +140,7 @@ class LocalCluster:
                 self._start_ledger(region)
             for region in self.regions:
                 self._start_gateway(region, tls, dev_keys, client_context(tls.ca_cert))
+            self._start_prometheus()
             self._write_state(tls.ca_cert, dev_keys)
         except BaseException:
             self.stop()
@@ -299,7 +306,32 @@ class LocalCluster:
         handle.flush()
         self._lock_handle = handle
 
+    def _start_prometheus(self) -> None:
+        if self.observe_interval_s is None:
+            return
+        port = (DEFAULT_PROMETHEUS_PORT if self.fixed_ports else None) or free_port()
+        targets = [
+            *(
+                Target("regiongate-ledger", region, f"127.0.0.1:{p + METRICS_PORT_OFFSET}")
+                for region, p in self.ledger_ports.items()
+            ),
+            *(
+                Target("regiongate-gateway", region, f"127.0.0.1:{p + METRICS_PORT_OFFSET}")
+                for region, p in self.gateway_ports.items()
+            ),
+        ]
+        self.prometheus = PrometheusServer(
+            self.root / "prometheus",
+            port,
+            targets,
+            scrape_interval_s=self.observe_interval_s,
+            evaluation_interval_s=self.observe_interval_s,
+        )
+        self.prometheus.start()
+
     def stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.stop()
         for service in [*self.gateways.values(), *self.ledgers.values()]:
             service.stop()
         if self.wan is not None:
@@ -320,6 +352,7 @@ class LocalCluster:
             "redis": self.redis.url if self.redis else None,
             "directory_files": [str(self.directory_file(region)) for region in self.regions],
             "wan_one_way_delay_ms": self.wan_one_way_delay_ms,
+            "prometheus": self.prometheus.url if self.prometheus is not None else None,
             "regions": {
                 region: {
                     "gateway": self.gateway_urls.get(region),
@@ -373,6 +406,12 @@ def run_forever(cluster: LocalCluster) -> None:
             "Ctrl-C stops everything; data stays in the data dir for the next run.",
             flush=True,
         )
+        if cluster.prometheus is not None:
+            print(
+                f"Prometheus scrapes every service: {cluster.prometheus.url} "
+                f"(alerts: {cluster.prometheus.url}/alerts)",
+                flush=True,
+            )
         while not stop:
             for name, service in [*cluster.ledgers.items(), *cluster.gateways.items()]:
                 if not service.alive() and not stop:
