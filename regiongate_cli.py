@@ -207,6 +207,7 @@ def cmd_local_up(args) -> int:
         wan_one_way_delay_ms=args.wan_delay_ms,
         topology=topology,
         observe_interval_s=observe,
+        images=args.images,
     )
     run_forever(cluster)
     return EXIT_OK
@@ -403,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TFVARS",
         help="take the regions from Terraform's region map (the topology module applied to "
         "TFVARS, default terraform/environments/example/terraform.tfvars)",
+    )
+    up.add_argument(
+        "--images",
+        action="store_true",
+        help="run the ledger nodes and gateways from the container image (./dev image)",
     )
     up.add_argument(
         "--observe",

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,13 +22,16 @@ from pathlib import Path
 
 import yaml
 
-from infra.errors import ClusterAlreadyRunning, ClusterNotRunning
+from infra.errors import ClusterAlreadyRunning, ClusterNotRunning, ServiceStartError
 from infra.processes import (
     DEFAULT_CURRENCIES,
+    IMAGE,
+    IMAGE_UID,
     METRICS_PORT_OFFSET,
     PEER_KEY_ID,
     LedgerProcess,
     ServiceProcess,
+    cli_argv,
     ensure_service_keys,
     metrics_url,
     write_ledger_config,
@@ -39,6 +43,7 @@ from infra.wan import WanProcess
 DEFAULT_LEDGER_PORTS = {"eu": 8101, "us": 8102, "ap": 8103}
 DEFAULT_GATEWAY_PORTS = {"eu": 8441, "us": 8442, "ap": 8443}
 DEFAULT_PROMETHEUS_PORT = 9490
+CONTAINERS_CONF = Path(__file__).resolve().parent / "containers" / "containers.conf"
 STATE_FILE = "cluster.json"
 LOCK_FILE = "cluster.lock"
 """Held (flock) by the process running the cluster, for its lifetime: a second ``./dev up`` on
@@ -97,6 +102,9 @@ class LocalCluster:
     topology: dict | None = None
     """Directory records from the Terraform topology module (infra.terraform): the regions,
     their statuses and currencies come from the same region map as the cloud's."""
+    images: bool = False
+    """Run the ledger nodes and gateways from the container image (./dev image) rather than
+    from this checkout; PostgreSQL, Redis and the WAN proxy stay host processes."""
     observe_interval_s: float | None = None
     """With a value, a Prometheus server scrapes every service at this interval and evaluates
     the project's rules (infra.prometheus_server); None runs none."""
@@ -125,6 +133,8 @@ class LocalCluster:
         ensure_service_keys(self.service_keys_file)
         tls = ensure_dev_certificates(self.secrets_dir / "tls")
         dev_keys = ensure_dev_keys(self.secrets_dir)
+        if self.images:
+            self._share_with_image()
         try:
             self.redis = RedisServer(self.root / "redis", free_port())
             self.redis.start()
@@ -167,7 +177,12 @@ class LocalCluster:
                 **self.ledger_extra,
             },
         )
-        ledger = LedgerProcess(config_path, port, self.root / "logs" / f"ledger-{region}.log")
+        ledger = LedgerProcess(
+            config_path,
+            port,
+            self.root / "logs" / f"ledger-{region}.log",
+            image_root=self.root if self.images else None,
+        )
         ledger.start()
         self.ledgers[region] = ledger
 
@@ -202,15 +217,14 @@ class LocalCluster:
         )
         url = f"https://127.0.0.1:{port}"
         gateway = ServiceProcess(
-            [
-                sys.executable,
-                "-m",
-                "regiongate_cli",
+            cli_argv(
                 "gateway",
                 "serve",
                 "--config",
                 str(config_path),
-            ],
+                image_root=self.root if self.images else None,
+                name=f"regiongate-gateway-{port}",
+            ),
             url + "/health/ready",
             self.root / "logs" / f"gateway-{region}.log",
             context,
@@ -305,6 +319,17 @@ class LocalCluster:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._lock_handle = handle
+
+    def _share_with_image(self) -> None:
+        """The image runs as an unprivileged user: the secrets it reads (mode 0600) become its,
+        and podman reads the project's containers.conf."""
+        os.environ["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
+        exists = subprocess.run(["podman", "image", "exists", IMAGE], check=False)
+        if exists.returncode != 0:
+            raise ServiceStartError(f"no image {IMAGE}: build it with ./dev image")
+        self.root.chmod(0o755)
+        for path in [self.secrets_dir, *self.secrets_dir.rglob("*")]:
+            os.chown(path, IMAGE_UID, IMAGE_UID)
 
     def _start_prometheus(self) -> None:
         if self.observe_interval_s is None:

@@ -122,7 +122,7 @@ class ServiceProcess:
         if not http_ready(self.ready_url, timeout_s, self.ssl_context):
             self.kill()
             tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise ServiceStartError(f"{' '.join(self.argv[3:5])} did not get ready:\n{tail}")
+            raise ServiceStartError(f"{' '.join(self.argv[-4:-2])} did not get ready:\n{tail}")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -136,20 +136,39 @@ class ServiceProcess:
         terminate(self.process, STOP_TIMEOUT_S)
 
 
-class LedgerProcess(ServiceProcess):
-    """A ledger node in its own process (``regiongate ledger serve``)."""
+IMAGE = "localhost/regiongate:dev"
+"""What ./dev image builds, and what ``./dev up --images`` runs."""
+IMAGE_UID = 10001
+"""The image's unprivileged user: what it reads must be readable by it."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+
+def cli_argv(*args: str, image_root: Path | None = None, name: str = "") -> list[str]:
+    """``regiongate ARGS`` as this interpreter runs it; or, with image_root, in the image
+    (podman, the host's network, image_root mounted read-only at its own path so that the
+    paths in configs hold), as a container of that name."""
+    if image_root is None:
+        return [sys.executable, "-m", "regiongate_cli", *args]
+    return [
+        "podman", "run", "--rm", "--replace", "--name", name, "--network", "host",
+        f"--volume={image_root}:{image_root}:ro", IMAGE, *args,
+    ]  # fmt: skip
+
+
+class LedgerProcess(ServiceProcess):
+    """A ledger node in its own process (``regiongate ledger serve``), or in the image."""
+
+    def __init__(
+        self, config_path: Path, port: int, log_path: Path, image_root: Path | None = None
+    ) -> None:
         super().__init__(
-            [
-                sys.executable,
-                "-m",
-                "regiongate_cli",
+            cli_argv(
                 "ledger",
                 "serve",
                 "--config",
                 str(config_path),
-            ],
+                image_root=image_root,
+                name=f"regiongate-ledger-{port}",
+            ),
             f"http://127.0.0.1:{port}/health/ready",
             log_path,
         )
