@@ -3,7 +3,8 @@ cluster every second with the project's rules. Reads of a us account keep flowin
 gateway; stopping the us ledger node fires ServiceDown for it within its stated minute (plus a
 scrape and an evaluation) and the eu gateway's availability burn alert as its answers turn 503;
 starting the node again resolves ServiceDown and the reads succeed again. (The burn alert
-clears once its 5-minute window has no 5xx: the promtool tests show it quiet on clean traffic.)
+clears once the outage leaves its 5- and 30-minute windows, longer than a test should wait:
+rules_test.yml shows it firing through a 10-minute outage and resolved 40 minutes later.)
 """
 
 from __future__ import annotations
