@@ -109,10 +109,12 @@ async def measure(cluster: PostgresCluster, dsn: str, sizes: list[int], rounds: 
                 started = time.perf_counter()
                 await run_batches(node, players, size=size, count=count, hot=hot, rng=rng)
                 operations = count * size
+                # A backend reaped during the first reading is counted twice there at worst
+                # (loadtests.cpustats), which can make a tiny run's difference negative: it is
+                # read as no CPU, as CpuMeter reads it.
+                pg_s = max(0.0, cluster_cpu_s(cluster) - pg_before)
                 row = {
-                    "pg_us_per_op": round(
-                        1e6 * (cluster_cpu_s(cluster) - pg_before) / operations, 1
-                    ),
+                    "pg_us_per_op": round(1e6 * pg_s / operations, 1),
                     "py_us_per_op": round(1e6 * (time.process_time() - py_before) / operations, 1),
                     "batch_ms": round(1e3 * (time.perf_counter() - started) / count, 3),
                 }
