@@ -70,6 +70,7 @@ telemetry_middleware = server_middleware(
     "regiongate.ledger",
     REQUEST_SECONDS,
     lambda request, route, status: (route, request.method, str(status)),
+    access_sample_ratio=0.01,
 )
 SAGAS_OVERDUE = Gauge(
     "regiongate_sagas_overdue",

@@ -13,9 +13,11 @@ Metrics: Prometheus, served on an admin port of its own (never the public one).
 Logs: the JSON log formatter adds the current trace id to every record. Every request is one
 access line (logger ``regiongate.access``: method, route, status, latency, client id, trace id;
 never a header, a token or a key). Answers below 400 are sampled at
-``REGIONGATE_ACCESS_LOG_SAMPLE_RATIO`` (default 1.0) for high rates; every other answer is
-logged. A request that arrives with no trace context starts one, so its hops share a trace id
-even when no spans are recorded.
+``REGIONGATE_ACCESS_LOG_SAMPLE_RATIO``, by default 1.0 at the gateway and 0.01 at the ledger
+node, whose requests the gateway has logged already (a line per request cost a ledger node 32 µs
+of CPU per transfer, a fifth of its work: docs/benchmarks.md); every other answer is logged.
+A request that arrives with no trace context starts one, so its hops share a trace id even
+when no spans are recorded.
 """
 
 from __future__ import annotations
@@ -137,15 +139,20 @@ CLIENT_ID = web.RequestKey("client_id", str)
 access_log = logging.getLogger("regiongate.access")
 
 
-def access_log_sample_ratio() -> float:
-    ratio = float(os.environ.get("REGIONGATE_ACCESS_LOG_SAMPLE_RATIO", "1.0"))
+def access_log_sample_ratio(default: float) -> float:
+    """REGIONGATE_ACCESS_LOG_SAMPLE_RATIO when set, else the service's default."""
+    ratio = float(os.environ.get("REGIONGATE_ACCESS_LOG_SAMPLE_RATIO", default))
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"REGIONGATE_ACCESS_LOG_SAMPLE_RATIO must be in [0, 1], got {ratio}")
     return ratio
 
 
 def server_middleware(
-    tracer_name: str, histogram, labels: Callable[[web.Request, str, int], tuple[str, ...]]
+    tracer_name: str,
+    histogram,
+    labels: Callable[[web.Request, str, int], tuple[str, ...]],
+    *,
+    access_sample_ratio: float = 1.0,
 ):
     """The middleware every service uses: a server span continuing the caller's W3C trace, and
     one latency observation labelled by labels(request, route, status)."""
@@ -153,7 +160,7 @@ def server_middleware(
     # prometheus_client's labels() takes a lock and builds a key on every call; the children
     # are cached here (bounded: routes, statuses and regions are few).
     children: dict[tuple[str, ...], object] = {}
-    sample_ratio = access_log_sample_ratio()
+    sample_ratio = access_log_sample_ratio(access_sample_ratio)
 
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
