@@ -39,6 +39,8 @@ from infra.processes import (
 from infra.prometheus_server import PrometheusServer, Target
 from infra.services import PostgresCluster, RedisServer, free_port
 from infra.wan import WanProcess
+from region_router.directory import SlotRange
+from wire.ids import IDENTITY_SLOTS
 
 DEFAULT_LEDGER_PORTS = {"eu": 8101, "us": 8102, "ap": 8103}
 DEFAULT_GATEWAY_PORTS = {"eu": 8441, "us": 8442, "ap": 8443}
@@ -288,6 +290,7 @@ class LocalCluster:
             {},
             # A creation that names no region goes to the first one, through any gateway.
             default_region=self.regions[0],
+            slot_ranges=even_slot_ranges(self.regions),
         )
 
     def _write_state(self, ca_cert: Path, dev_keys) -> None:
@@ -393,6 +396,14 @@ class LocalCluster:
                 for region in self.ledgers
             },
         }
+
+
+def even_slot_ranges(regions: list[str]) -> tuple[SlotRange, ...]:
+    """The identity slots cut into one contiguous range per region, in the regions' order."""
+    bounds = [round(i * IDENTITY_SLOTS / len(regions)) for i in range(len(regions) + 1)]
+    return tuple(
+        SlotRange(bounds[i], bounds[i + 1] - 1, region) for i, region in enumerate(regions)
+    )
 
 
 def cli_command() -> str:

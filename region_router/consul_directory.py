@@ -5,6 +5,7 @@ Records live under one KV prefix (default ``regiongate/``):
 - ``<prefix>regions/<code>``: JSON ``{"status": "active", "peers": [...], "currencies": [...]}``
 - ``<prefix>overrides/<account id>``: the region code, as plain text
 - ``<prefix>default_region``: where a creation that names no region goes, as plain text
+- ``<prefix>identity_slots``: JSON ``[{"first": 0, "last": 511, "region": "eu"}, ...]``
 
 Ledger nodes register as the service ``regiongate-ledger`` (service meta ``region``, and
 ``scheme`` when not http) in their region's datacenter; a node is healthy when every check on it
@@ -37,9 +38,11 @@ from region_router.directory import (
     LedgerEndpoint,
     Region,
     RegionStatus,
+    SlotRange,
     SnapshotHolder,
 )
 from region_router.errors import DirectoryError
+from region_router.yaml_directory import parse_slot_ranges
 
 log = logging.getLogger("regiongate.router.consul")
 
@@ -95,8 +98,10 @@ def next_index(previous: int, returned: int | None) -> int:
     return max(returned, 1)
 
 
-def parse_kv(entries: list[dict], prefix: str) -> tuple[list[Region], dict[str, str], str | None]:
-    regions, overrides, default_region = [], {}, None
+def parse_kv(
+    entries: list[dict], prefix: str
+) -> tuple[list[Region], dict[str, str], str | None, tuple[SlotRange, ...]]:
+    regions, overrides, default_region, slot_ranges = [], {}, None, ()
     for entry in entries:
         key = entry["Key"][len(prefix) :]
         raw = entry.get("Value") or b""  # py-consul decodes the base64 it came in
@@ -118,7 +123,12 @@ def parse_kv(entries: list[dict], prefix: str) -> tuple[list[Region], dict[str, 
             overrides[name] = raw.decode().strip()
         elif kind == "default_region" and not name:
             default_region = raw.decode().strip() or None
-    return regions, overrides, default_region
+        elif kind == "identity_slots" and not name:
+            try:
+                slot_ranges = parse_slot_ranges(msgspec.json.decode(raw))
+            except msgspec.DecodeError as exc:
+                raise DirectoryError(f"consul key {entry['Key']}: not JSON") from exc
+    return regions, overrides, default_region, slot_ranges
 
 
 def parse_health(entries: list[dict]) -> list[LedgerEndpoint]:
@@ -153,6 +163,7 @@ class ConsulDirectory(SnapshotHolder):
         self._regions: list[Region] = []
         self._overrides: dict[str, str] = {}
         self._default_region: str | None = None
+        self._slot_ranges: tuple[SlotRange, ...] = ()
         self._endpoints: dict[str, list[LedgerEndpoint]] = {}
 
     async def start(self) -> None:
@@ -207,7 +218,7 @@ class ConsulDirectory(SnapshotHolder):
                 self._config.prefix, recurse=True, **self._blocking(index, blocking)
             )
         # None: no keys under the prefix yet, which is an empty directory, not an error.
-        self._regions, self._overrides, self._default_region = parse_kv(
+        self._regions, self._overrides, self._default_region, self._slot_ranges = parse_kv(
             entries or [], self._config.prefix
         )
         return next_index(index, _index(returned))
@@ -230,6 +241,7 @@ class ConsulDirectory(SnapshotHolder):
             [e for e in endpoints if e.region in known],
             self._overrides,
             self._default_region,
+            self._slot_ranges,
         )
 
     async def _watch(self, poll, index: int) -> None:

@@ -20,7 +20,7 @@ from typing import Protocol
 from prometheus_client import Counter, Gauge
 
 from region_router.errors import DirectoryError
-from wire.ids import REGION_PATTERN, region_of
+from wire.ids import IDENTITY_SLOTS, REGION_PATTERN, region_of
 
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 OVERRIDES_MAX = 1_000_000
@@ -64,6 +64,15 @@ class LedgerEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotRange:
+    """Identity slots first..last (inclusive) are owned by region."""
+
+    first: int
+    last: int
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
 class DirectorySnapshot:
     version: int
     regions: Mapping[str, Region] = field(default_factory=lambda: MappingProxyType({}))
@@ -72,6 +81,9 @@ class DirectorySnapshot:
     )
     overrides: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """account id -> home region, for accounts moved away from the region in their id."""
+    slot_owners: tuple[str, ...] = ()
+    """The region owning each identity slot (wire.ids.identity_slot), IDENTITY_SLOTS long; empty
+    while the directory assigns none."""
     default_region: str | None = None
     """Where an account is created when neither the request nor its client names a region:
     one record for every gateway, so a retry through any of them lands in the same region
@@ -84,6 +96,10 @@ class DirectorySnapshot:
             return override
         return region_of(account_id)
 
+    def slot_owner(self, slot: int) -> str | None:
+        """The region that owns an identity slot, or None while slots are not assigned."""
+        return self.slot_owners[slot] if self.slot_owners else None
+
     def healthy_endpoints(self, region: str) -> tuple[LedgerEndpoint, ...]:
         return tuple(e for e in self.endpoints.get(region, ()) if e.healthy)
 
@@ -94,6 +110,7 @@ def build_snapshot(
     endpoints: list[LedgerEndpoint],
     overrides: dict[str, str],
     default_region: str | None = None,
+    slot_ranges: tuple[SlotRange, ...] = (),
 ) -> DirectorySnapshot:
     """Validate the records as a whole (no duplicate regions, endpoints and overrides naming
     known regions) and freeze them."""
@@ -121,6 +138,7 @@ def build_snapshot(
     return DirectorySnapshot(
         version=version,
         default_region=default_region,
+        slot_owners=_slot_owners(slot_ranges, by_code),
         regions=MappingProxyType(by_code),
         endpoints=MappingProxyType({code: tuple(items) for code, items in grouped.items()}),
         overrides=MappingProxyType(dict(overrides)),
@@ -158,6 +176,26 @@ DIRECTORY_LAST_READ = Gauge(
 )
 
 
+def _slot_owners(ranges: tuple[SlotRange, ...], regions: Mapping[str, Region]) -> tuple[str, ...]:
+    """Each slot's region; the ranges must cover every slot exactly once, or be absent."""
+    if not ranges:
+        return ()
+    owners: list[str | None] = [None] * IDENTITY_SLOTS
+    for span in ranges:
+        if span.region not in regions:
+            raise DirectoryError(f"identity slots {span.first}-{span.last}: unknown region")
+        if not 0 <= span.first <= span.last < IDENTITY_SLOTS:
+            raise DirectoryError(f"identity slots {span.first}-{span.last}: out of range")
+        for slot in range(span.first, span.last + 1):
+            if owners[slot] is not None:
+                raise DirectoryError(f"identity slot {slot} is assigned twice")
+            owners[slot] = span.region
+    missing = [slot for slot, owner in enumerate(owners) if owner is None]
+    if missing:
+        raise DirectoryError(f"identity slots unassigned, first {missing[0]}")
+    return tuple(owners)
+
+
 class SnapshotHolder:
     """The part every backend shares: the current snapshot, versioning, listeners, and the
     health of its reads (``last_error`` and the two directory metrics)."""
@@ -191,15 +229,17 @@ class SnapshotHolder:
         endpoints: list[LedgerEndpoint],
         overrides: dict[str, str],
         default_region: str | None = None,
+        slot_ranges: tuple[SlotRange, ...] = (),
     ) -> bool:
         """Replace the snapshot if the records differ; return whether they did."""
         candidate = build_snapshot(
-            self._snapshot.version + 1, regions, endpoints, overrides, default_region
+            self._snapshot.version + 1, regions, endpoints, overrides, default_region, slot_ranges
         )
         current = self._snapshot
         if (
             current.version
             and candidate.default_region == current.default_region
+            and candidate.slot_owners == current.slot_owners
             and dict(candidate.regions) == dict(current.regions)
             and dict(candidate.endpoints) == dict(current.endpoints)
             and dict(candidate.overrides) == dict(current.overrides)

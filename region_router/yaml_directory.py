@@ -13,6 +13,9 @@ File format::
     overrides:
       eu-01m80...: us
     default_region: eu      # where a creation that names no region goes (optional)
+    identity_slots:         # who owns each identity hash slot (optional; all or none)
+      - {first: 0, last: 511, region: eu}
+      - {first: 512, last: 1023, region: us}
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from region_router.directory import (
     LedgerEndpoint,
     Region,
     RegionStatus,
+    SlotRange,
     SnapshotHolder,
 )
 from region_router.errors import DirectoryError
@@ -42,14 +46,20 @@ FILE_SIZE_MAX_BYTES = 64 * 1024 * 1024
 
 def parse_directory_file(
     text: str,
-) -> tuple[list[Region], list[LedgerEndpoint], dict[str, str], str | None]:
+) -> tuple[list[Region], list[LedgerEndpoint], dict[str, str], str | None, tuple[SlotRange, ...]]:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise DirectoryError(f"directory file is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise DirectoryError("directory file must be a mapping")
-    unknown = set(raw) - {"regions", "ledger_nodes", "overrides", "default_region"}
+    unknown = set(raw) - {
+        "regions",
+        "ledger_nodes",
+        "overrides",
+        "default_region",
+        "identity_slots",
+    }
     if unknown:
         raise DirectoryError(f"directory file: unknown keys {sorted(unknown)}")
     try:
@@ -81,7 +91,23 @@ def parse_directory_file(
     default_region = raw.get("default_region")
     if default_region is not None and not isinstance(default_region, str):
         raise DirectoryError("directory file: default_region must be a region code")
-    return regions, endpoints, overrides, default_region
+    return (
+        regions,
+        endpoints,
+        overrides,
+        default_region,
+        parse_slot_ranges(raw.get("identity_slots")),
+    )
+
+
+def parse_slot_ranges(raw) -> tuple[SlotRange, ...]:
+    """``[{first, last, region}, ...]`` as SlotRanges (their coverage is build_snapshot's)."""
+    if raw is None:
+        return ()
+    try:
+        return tuple(SlotRange(int(r["first"]), int(r["last"]), str(r["region"])) for r in raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DirectoryError(f"identity_slots: bad range: {exc!r}") from exc
 
 
 class YamlDirectory(SnapshotHolder):
@@ -134,7 +160,12 @@ class YamlDirectory(SnapshotHolder):
 
 
 def write_directory_file(
-    path: Path, regions, endpoints, overrides, default_region: str | None = None
+    path: Path,
+    regions,
+    endpoints,
+    overrides,
+    default_region: str | None = None,
+    slot_ranges: tuple[SlotRange, ...] = (),
 ) -> None:
     """Write a directory file atomically (a reader never sees half of it)."""
     document = {
@@ -155,6 +186,10 @@ def write_directory_file(
     }
     if default_region is not None:
         document["default_region"] = default_region
+    if slot_ranges:
+        document["identity_slots"] = [
+            {"first": r.first, "last": r.last, "region": r.region} for r in slot_ranges
+        ]
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(yaml.safe_dump(document, sort_keys=False))
     os.replace(temporary, path)

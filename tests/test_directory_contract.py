@@ -29,12 +29,14 @@ from region_router.directory import (
     LedgerEndpoint,
     Region,
     RegionStatus,
+    SlotRange,
     build_snapshot,
 )
 from region_router.errors import DirectoryError
 from region_router.yaml_directory import YamlDirectory, write_directory_file
 from tests.consul_double import ConsulDouble
 from tests.support import assert_eventually
+from wire.ids import IDENTITY_SLOTS, identity_slot
 
 CHANGE_SEEN_WITHIN_S = 5.0
 
@@ -50,14 +52,20 @@ ENDPOINTS = [
 ]
 
 
+def _slots_json(slots) -> bytes:
+    return json.dumps(
+        [{"first": r.first, "last": r.last, "region": r.region} for r in slots]
+    ).encode()
+
+
 class YamlBackend:
     name = "yaml"
 
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "directory.yaml"
 
-    async def write(self, regions, endpoints, overrides, default_region=None) -> None:
-        write_directory_file(self.path, regions, endpoints, overrides, default_region)
+    async def write(self, regions, endpoints, overrides, default_region=None, slots=()) -> None:
+        write_directory_file(self.path, regions, endpoints, overrides, default_region, slots)
 
     async def break_source(self) -> None:
         self.path.write_text("regions: [this is not: valid")
@@ -76,10 +84,12 @@ class ConsulDoubleBackend:
     def __init__(self, tmp_path: Path) -> None:
         self.double = ConsulDouble()
 
-    async def write(self, regions, endpoints, overrides, default_region=None) -> None:
+    async def write(self, regions, endpoints, overrides, default_region=None, slots=()) -> None:
         self.double.delete_prefix(self.prefix)
         if default_region is not None:
             self.double.put(f"{self.prefix}default_region", default_region.encode())
+        if slots:
+            self.double.put(f"{self.prefix}identity_slots", _slots_json(slots))
         for region in regions:
             record = {
                 "status": region.status.value,
@@ -123,12 +133,16 @@ class ConsulAgentBackend(ConsulDoubleBackend):
         self.address = address if address.startswith("http") else "http://" + address
         self.prefix = f"regiongate-test-{uuid.uuid4().hex[:8]}/"
 
-    async def write(self, regions, endpoints, overrides, default_region=None) -> None:
+    async def write(self, regions, endpoints, overrides, default_region=None, slots=()) -> None:
         async with aiohttp.ClientSession() as http:
             await http.delete(f"{self.address}/v1/kv/{self.prefix}?recurse=true")
             if default_region is not None:
                 await http.put(
                     f"{self.address}/v1/kv/{self.prefix}default_region", data=default_region
+                )
+            if slots:
+                await http.put(
+                    f"{self.address}/v1/kv/{self.prefix}identity_slots", data=_slots_json(slots)
                 )
             for region in regions:
                 record = {
@@ -278,6 +292,35 @@ async def test_the_default_region_for_creations_is_one_record_for_everyone(backe
         await directory.stop()
     with pytest.raises(DirectoryError, match="default_region"):
         build_snapshot(1, REGIONS, ENDPOINTS, {}, "zz")
+
+
+async def test_identity_slots_are_owned_by_regions_and_follow_changes(backend):
+    halves = (SlotRange(0, 511, "eu"), SlotRange(512, IDENTITY_SLOTS - 1, "us"))
+    await backend.write(REGIONS, ENDPOINTS, {}, slots=halves)
+    directory = backend.directory()
+    await directory.start()
+    try:
+        snapshot = directory.snapshot()
+        assert snapshot.slot_owner(0) == "eu" and snapshot.slot_owner(IDENTITY_SLOTS - 1) == "us"
+        owner = snapshot.slot_owner(identity_slot("juliet"))
+        assert owner in ("eu", "us")
+        moved = (SlotRange(0, IDENTITY_SLOTS - 1, "ap"),)  # every slot moves to ap
+        await backend.write(REGIONS, ENDPOINTS, {}, slots=moved)
+
+        async def followed() -> bool:
+            return directory.snapshot().slot_owner(identity_slot("juliet")) == "ap"
+
+        await assert_eventually(followed, timeout_s=CHANGE_SEEN_WITHIN_S)
+    finally:
+        await directory.stop()
+    for bad, message in (
+        ((SlotRange(0, 511, "eu"),), "unassigned"),
+        ((SlotRange(0, 600, "eu"), SlotRange(500, IDENTITY_SLOTS - 1, "us")), "twice"),
+        ((SlotRange(0, IDENTITY_SLOTS - 1, "zz"),), "unknown region"),
+        ((SlotRange(0, IDENTITY_SLOTS, "eu"),), "out of range"),
+    ):
+        with pytest.raises(DirectoryError, match=message):
+            build_snapshot(1, REGIONS, ENDPOINTS, {}, None, bad)
 
 
 async def test_changes_are_followed_within_a_bound(backend):

@@ -84,7 +84,7 @@ def test_topology_of_the_example_is_the_local_directory_schema(tmp_path):
     directory = topology_directory(EXAMPLE_VARS)
     path = tmp_path / "directory.yaml"
     path.write_text(yaml.safe_dump(directory))
-    regions, endpoints, overrides, _ = parse_directory_file(path.read_text())
+    regions, endpoints, overrides, *_ = parse_directory_file(path.read_text())
     codes = sorted(region.code for region in regions)
     with EXAMPLE_VARS.open() as handle:
         example = hcl2.load(handle, serialization_options=HCL_OPTIONS)

@@ -5,6 +5,7 @@ with 80 random bits, so they cannot be guessed or collide."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import re
 import time
@@ -129,3 +130,14 @@ def new_player_id() -> str:
     claim's UNIQUE constraint refuses one all the same."""
     value = int.from_bytes(os.urandom(17), "big") >> 6  # 130 bits
     return PLAYER_ID_PREFIX + "".join(_CROCKFORD[(value >> s) & 31] for s in range(125, -1, -5))
+
+
+IDENTITY_SLOTS = 1024
+"""The username and public-id namespaces are split into this many hash slots, each owned by one
+region through the directory (docs/architecture.md, "Identity"). Fixed: changing it would move
+every name to another slot."""
+
+
+def identity_slot(key: str) -> int:
+    """The slot of a username's skeleton or of a public id: the same in every region."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % IDENTITY_SLOTS
