@@ -3,21 +3,12 @@ a queue at its bound, a database down or slow, a database error mapped by SQLSTA
 
 from __future__ import annotations
 
-import logging
-
 import asyncpg
 from aiohttp import web
 
-from ledger_node.errors import (
-    DatabaseUnavailable,
-    LedgerError,
-    OverloadedError,
-    map_database_error,
-)
+from ledger_node.errors import DatabaseUnavailable, OverloadedError, map_database_error
 from wire.problems import ProblemError
 from wire.results import DATABASE_UNAVAILABLE, OVERLOADED
-
-log = logging.getLogger("regiongate.ledger.http")
 
 RETRY_AFTER_UNAVAILABLE_S = 1
 
@@ -35,10 +26,8 @@ def translate(request: web.Request, error: Exception) -> ProblemError | None:
             "idempotency key",
             retry_after_s=RETRY_AFTER_UNAVAILABLE_S,
         )
-    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
-        if isinstance(map_database_error(error), DatabaseUnavailable):
-            return ProblemError(DATABASE_UNAVAILABLE, retry_after_s=RETRY_AFTER_UNAVAILABLE_S)
-        log.error("database error on %s %s: %r", request.method, request.path, error)
-    elif isinstance(error, LedgerError):
-        log.error("ledger error on %s %s: %r", request.method, request.path, error)
+    if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError | OSError) and isinstance(
+        map_database_error(error), DatabaseUnavailable
+    ):
+        return ProblemError(DATABASE_UNAVAILABLE, retry_after_s=RETRY_AFTER_UNAVAILABLE_S)
     return None
