@@ -40,9 +40,9 @@ from region_router.directory import (
     RegionStatus,
     SlotRange,
     SnapshotHolder,
+    parse_slot_ranges,
 )
 from region_router.errors import DirectoryError
-from region_router.yaml_directory import parse_slot_ranges
 
 log = logging.getLogger("regiongate.router.consul")
 

@@ -72,6 +72,16 @@ class SlotRange:
     region: str
 
 
+def parse_slot_ranges(raw) -> tuple[SlotRange, ...]:
+    """``[{first, last, region}, ...]`` as SlotRanges (their coverage is build_snapshot's)."""
+    if raw is None:
+        return ()
+    try:
+        return tuple(SlotRange(int(r["first"]), int(r["last"]), str(r["region"])) for r in raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DirectoryError(f"identity_slots: bad range: {exc!r}") from exc
+
+
 @dataclass(frozen=True, slots=True)
 class DirectorySnapshot:
     version: int

@@ -34,6 +34,7 @@ from region_router.directory import (
     RegionStatus,
     SlotRange,
     SnapshotHolder,
+    parse_slot_ranges,
 )
 from region_router.errors import DirectoryError
 
@@ -98,16 +99,6 @@ def parse_directory_file(
         default_region,
         parse_slot_ranges(raw.get("identity_slots")),
     )
-
-
-def parse_slot_ranges(raw) -> tuple[SlotRange, ...]:
-    """``[{first, last, region}, ...]`` as SlotRanges (their coverage is build_snapshot's)."""
-    if raw is None:
-        return ()
-    try:
-        return tuple(SlotRange(int(r["first"]), int(r["last"]), str(r["region"])) for r in raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DirectoryError(f"identity_slots: bad range: {exc!r}") from exc
 
 
 class YamlDirectory(SnapshotHolder):
