@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import settings
 from jsonschema import Draft202012Validator
 
+from infra.processes import LedgerProcess, write_ledger_config
 from infra.services import free_port
 from ledger_node.app import build_app
 from ledger_node.audit import check_invariants
@@ -187,6 +188,24 @@ SERVICE_KEYS_TEXT = (
     "test-1: " + "a1" * 32 + "\ntest-old: " + "b2" * 32 + "\ntest-peer: " + "c3" * 32 + "\n"
 )
 PEER_KEY_ID = "test-peer"  # what ledgers sign saga steps with
+
+
+def ledger_process(tmp_path: Path, dsn: str, extra: dict | None = None) -> LedgerProcess:
+    """A ledger node of region eu in its own process (not started), on a free port, its
+    config, service keys and log under tmp_path; extra is merged into its config."""
+    keys = tmp_path / "service_keys"
+    keys.write_text(SERVICE_KEYS_TEXT)
+    keys.chmod(0o600)
+    port = free_port()
+    config = write_ledger_config(
+        tmp_path / "ledger.yaml",
+        region="eu",
+        dsn=dsn,
+        port=port,
+        service_keys_file=keys,
+        extra=extra,
+    )
+    return LedgerProcess(config, port, tmp_path / "ledger.log")
 
 
 async def start_ledger(config, keyring) -> tuple[LedgerNode, AppServer]:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from pathlib import Path
 
 import asyncpg
 
-from infra.processes import LedgerProcess, write_ledger_config
 from infra.services import PostgresCluster, free_port
 from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
@@ -25,6 +23,7 @@ from tests.support import (
     SERVICE_KEYS_TEXT,
     assert_eventually,
     assert_ledger_invariants,
+    ledger_process,
     new_player,
     unique,
 )
@@ -33,16 +32,6 @@ from wire.service_auth import ServiceKeyring
 WORKERS = 32
 LOAD_BEFORE_KILL_S = 1.5
 SEED = 7
-
-
-def _ledger_process(tmp_path: Path, dsn: str) -> LedgerProcess:
-    keys = tmp_path / "service_keys"
-    keys.write_text(SERVICE_KEYS_TEXT)
-    port = free_port()
-    config = write_ledger_config(
-        tmp_path / "ledger.yaml", region="eu", dsn=dsn, port=port, service_keys_file=keys
-    )
-    return LedgerProcess(config, port, tmp_path / "ledger.log")
 
 
 class Load:
@@ -127,7 +116,7 @@ async def _check_exactly_once(dsn: str, sent: dict, acked: dict, players: list[s
 async def test_kill_9_under_load_loses_nothing_and_applies_nothing_twice(
     fresh_dsn, tmp_path, ledger_pool
 ):
-    ledger = _ledger_process(tmp_path, fresh_dsn)
+    ledger = ledger_process(tmp_path, fresh_dsn)
     ledger.start()
     try:
         key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
@@ -157,7 +146,7 @@ async def test_postgres_restart_under_a_running_node(
     ledger = None
     try:
         dsn = cluster.create_database("ledger_restart")
-        ledger = _ledger_process(tmp_path, dsn)
+        ledger = ledger_process(tmp_path, dsn)
         ledger.start()
         key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
         client = LedgerClient(ledger.url, key, ledger_pool)
@@ -197,18 +186,7 @@ async def test_postgres_restart_under_a_running_node(
 async def test_workers_end_with_a_parent_killed_outright(fresh_dsn, tmp_path, ledger_pool):
     """A ledger started with several worker processes, its parent then SIGKILLed (as a
     supervisor or the OOM killer would): no worker goes on serving the port on its own."""
-    keys = tmp_path / "service_keys"
-    keys.write_text(SERVICE_KEYS_TEXT)
-    port = free_port()
-    config = write_ledger_config(
-        tmp_path / "ledger.yaml",
-        region="eu",
-        dsn=fresh_dsn,
-        port=port,
-        service_keys_file=keys,
-        extra={"workers": 2},
-    )
-    ledger = LedgerProcess(config, port, tmp_path / "ledger.log")
+    ledger = ledger_process(tmp_path, fresh_dsn, extra={"workers": 2})
     ledger.start()
     try:
         key = ServiceKeyring.parse(SERVICE_KEYS_TEXT).signing_key
@@ -218,7 +196,7 @@ async def test_workers_end_with_a_parent_killed_outright(fresh_dsn, tmp_path, le
 
         async def port_closed() -> bool:
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                _, writer = await asyncio.open_connection("127.0.0.1", ledger.port)
             except OSError:
                 return True
             writer.close()

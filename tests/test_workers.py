@@ -13,10 +13,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from infra.processes import LedgerProcess, write_ledger_config
 from infra.services import free_port
 from runtime.serving import WORKER_RESTARTS_MAX
-from tests.support import SERVICE_KEYS_TEXT, assert_eventually
+from tests.support import assert_eventually, ledger_process
 
 
 def children(pid: int) -> set[int]:
@@ -34,20 +33,8 @@ def children(pid: int) -> set[int]:
 
 
 async def test_a_killed_worker_is_replaced_and_counted(tmp_path, fresh_dsn):
-    keys = tmp_path / "service_keys"
-    keys.write_text(SERVICE_KEYS_TEXT)
-    keys.chmod(0o600)
-    port = free_port()
-    config = write_ledger_config(
-        tmp_path / "ledger.yaml",
-        region="eu",
-        dsn=fresh_dsn,
-        port=port,
-        service_keys_file=keys,
-        extra={"workers": 2, "metrics_port": free_port()},
-    )
-    metrics_port = int(config.read_text().split("metrics_port: ")[1].split()[0])
-    ledger = LedgerProcess(config, port, tmp_path / "ledger.log")
+    metrics_port = free_port()
+    ledger = ledger_process(tmp_path, fresh_dsn, extra={"workers": 2, "metrics_port": metrics_port})
     ledger.start()
     try:
 
