@@ -16,6 +16,7 @@ from msgspec import Meta, Struct, field
 from ledger_node.errors import ConfigError
 from region_router.consul_directory import ConsulSettings
 from runtime.config import check_metrics_port, config_from_dict, load_config
+from runtime.sagas import SagaConfig
 from wire.ids import CURRENCY_PATTERN, REGION_PATTERN
 from wire.limits import AMOUNT_MAX_LIMIT
 
@@ -53,37 +54,6 @@ class BatchConfig(Struct, frozen=True, forbid_unknown_fields=True):
     idle_in_transaction_session_timeout, if one is set: a held session that the server ends is
     replaced before the next batch uses it, but one ended just as that batch starts fails it
     (503, and the client retries with its key)."""
-
-
-class SagaConfig(Struct, frozen=True, forbid_unknown_fields=True):
-    """Bounds of the cross-region transfer saga (docs/architecture.md). Every wait and retry is
-    finite: step 2 is retried with jittered backoff until deadline_ms, then cancelled; the cancel is
-    retried at the backoff cap until the destination answers (it must, for the hold to end)."""
-
-    deadline_ms: Annotated[int, Meta(ge=100, le=86_400_000)] = 30_000
-    """From the hold to the cancel: past it, the saga stops retrying step 2 and cancels it."""
-    step_timeout_ms: Annotated[int, Meta(ge=10, le=120_000)] = 3_000
-    """One call to the destination's ledger (several WAN round trips at most)."""
-    retry_backoff_base_ms: Annotated[int, Meta(ge=1, le=60_000)] = 50
-    retry_backoff_cap_ms: int = 2_000
-    lease_ms: Annotated[int, Meta(ge=100, le=600_000)] = 5_000
-    """How long a node owns a saga it drives; another node (or this one restarted) takes over
-    an unfinished saga once its lease has run out."""
-    recovery_interval_ms: Annotated[int, Meta(ge=10, le=600_000)] = 1_000
-    """How often a node looks for unfinished sagas whose lease ran out."""
-    recovery_batch_max: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    running_max: Annotated[int, Meta(ge=1, le=1_000_000)] = 4_096
-    """Sagas one node process drives at once; past it, new cross-region transfers get 503."""
-    wait_ms: Annotated[int, Meta(ge=0, le=120_000)] = 2_000
-    """How long a cross-region request waits for its saga to end before answering 202. Keep
-    it below the gateway's attempt_timeout_ms, or the gateway gives up on the answer first."""
-
-    def __post_init__(self) -> None:
-        if not self.retry_backoff_base_ms <= self.retry_backoff_cap_ms <= 600_000:
-            raise ConfigError(
-                f"saga.retry_backoff_cap_ms must be in [{self.retry_backoff_base_ms}, 600000], "
-                f"got {self.retry_backoff_cap_ms}"
-            )
 
 
 class DatabaseConfig(Struct, frozen=True, forbid_unknown_fields=True):

@@ -24,10 +24,6 @@ class InvariantViolation(LedgerError):
     """A money invariant failed. Never expected: the transaction that saw it is rolled back."""
 
 
-class MigrationError(LedgerError):
-    """The schema could not be brought to the version this code needs."""
-
-
 class RetryableDatabaseError(LedgerError):
     """A transaction lost a race (deadlock, serialization, duplicate key from a concurrent
     writer); running it again from the start is safe and is expected to succeed."""

@@ -17,11 +17,12 @@ from ledger_node.errors import ConfigError, LedgerError, map_database_error
 from ledger_node.invariants import ensure
 from ledger_node.migrations import apply_migrations, schema_is_current
 from ledger_node.operations import Flow, ResolvePending
-from ledger_node.saga import SagaDriver, new_owner_id
+from ledger_node.saga import SagaDriver
 from region_router.backends import build_directory
 from region_router.directory import Directory, RegionStatus
 from region_router.http_pool import HttpPool
 from region_router.router import RegionRouter, RouterConfig
+from runtime.sagas import new_owner_id
 from wire.ids import region_of
 from wire.service_auth import ServiceKeyring
 

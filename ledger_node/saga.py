@@ -15,10 +15,10 @@ What makes it safe:
 - The source voids only when the destination has durably said step 2 will never apply: refused,
   or cancelled by us past the deadline. An unknown outcome (timeout, cut link, 5xx) is retried,
   never guessed.
-- One node drives a saga at a time, by a lease in the saga's row; a crashed driver's lease runs
-  out and the recovery worker (on any node, or the same node restarted) resumes the saga. Two
-  drivers at once would still be safe (every call is idempotent and the destination decides
-  step 2 or its cancel exactly once), only wasteful.
+- One node drives a saga at a time, by a lease in the saga's row (runtime.sagas); a crashed
+  driver's lease runs out and the recovery worker (on any node, or the same node restarted)
+  resumes the saga. Two drivers at once would still be safe (every call is idempotent and the
+  destination decides step 2 or its cancel exactly once), only wasteful.
 - Every wait is bounded: each call by ``step_timeout_ms``, retries by jittered exponential
   backoff up to ``retry_backoff_cap_ms``, step 2's retries by the saga's deadline, the number of
   sagas driven at once by ``running_max``.
@@ -27,13 +27,8 @@ What makes it safe:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
-import os
-import random
-import signal
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,7 +39,6 @@ import msgspec
 
 from ledger_node import answers
 from ledger_node.batcher import Batcher
-from ledger_node.config import SagaConfig
 from ledger_node.errors import LedgerError
 from ledger_node.observability import (
     SAGA_OUTCOMES,
@@ -57,6 +51,7 @@ from ledger_node.observability import (
 from ledger_node.operations import Effect, FinishSaga, Flow
 from region_router.errors import RouterError
 from region_router.router import RegionRouter
+from runtime.sagas import DATABASE_ERRORS, CrashPoints, SagaConfig, SagaRunner, backoff_ms
 from wire.results import Result
 
 log = logging.getLogger("regiongate.ledger.saga")
@@ -97,17 +92,8 @@ ORDER BY next_attempt_at LIMIT $1
 
 _decode = msgspec.json.Decoder()
 
-# Fault injection for the crash tests: the process kills itself (SIGKILL, as kill -9 would) at
-# the named step boundary. Read once at start; production never sets it.
 CRASH_AT_ENV = "REGIONGATE_SAGA_CRASH_AT"
-CRASH_POINTS = frozenset({"hold", "answer", "finish"})
-_CRASH_AT = os.environ.get(CRASH_AT_ENV)
-
-
-def _crash_point(name: str) -> None:
-    if _CRASH_AT == name:
-        log.warning("fault injection: killing this process at step boundary %r", name)
-        os.kill(os.getpid(), signal.SIGKILL)
+CRASH_POINTS = CrashPoints(CRASH_AT_ENV, frozenset({"hold", "answer", "finish"}))
 
 
 class Verdict(enum.Enum):
@@ -125,16 +111,6 @@ class StepAnswer:
     detail: str | None
     """For NEVER, the reason kept on the saga; for UNKNOWN, what went wrong (last_error)."""
     credit_transfer_id: str | None = None
-
-
-def new_owner_id(region: str) -> str:
-    return f"{region}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-
-
-def backoff_ms(config: SagaConfig, attempt: int) -> float:
-    """Full jitter over an exponential cap (AWS architecture blog's "full jitter")."""
-    cap = min(config.retry_backoff_cap_ms, config.retry_backoff_base_ms * 2 ** min(attempt, 30))
-    return random.uniform(config.retry_backoff_base_ms / 2, cap)
 
 
 def step_path(saga_id: str, action: str) -> str:
@@ -161,6 +137,8 @@ def read_answer(status: int, body: bytes, cancel: bool) -> StepAnswer:
 
 
 class SagaDriver:
+    """Drives money sagas on the shared runner (runtime.sagas): this class knows the steps."""
+
     def __init__(
         self,
         *,
@@ -177,94 +155,37 @@ class SagaDriver:
         self._region = region
         self._config = config
         self.owner = owner
-        self._running: dict[str, asyncio.Task] = {}
-        self._recovery: asyncio.Task | None = None
-        SAGAS_RUNNING.set_function(lambda: len(self._running))
+        self.runner = SagaRunner(
+            name="saga",
+            config=config,
+            drive_one=self._drive,
+            due=self._due,
+            release=self._release,
+            after_pass=self._count_overdue,
+        )
+        self.has_room = self.runner.has_room
+        self.drive = self.runner.drive
+        self.wait = self.runner.wait
+        self.start = self.runner.start
+        self.stop = self.runner.stop
+        self.recover_due = self.runner.recover_due
+        SAGAS_RUNNING.set_function(lambda: self.runner.running)
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return self.runner.running
 
-    def has_room(self) -> bool:
-        return len(self._running) < self._config.running_max
-
-    def start(self) -> None:
-        self._recovery = asyncio.get_running_loop().create_task(
-            self._recover_loop(), name="saga-recovery"
-        )
-
-    async def stop(self) -> None:
-        """Stop driving; hand this node's sagas over at once (their leases end now)."""
-        tasks = [task for task in (self._recovery, *self._running.values()) if task]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            async with self._pool.acquire() as connection:
-                await connection.execute(RELEASE, self.owner)
-
-    def drive(self, saga_id: str, started: Mapping | None = None) -> asyncio.Task | None:
-        """Drive a saga in the background (once per process); None when at running_max.
-
-        started is the row of a saga this process has just started: the starting batch gave
-        it the lease, so driving it needs no claim (one database round trip fewer per saga).
-        The task's result is the saga's final fields when this process ended it, else None."""
-        task = self._running.get(saga_id)
-        if task is not None:
-            return task
-        if not self.has_room():
-            return None
-        task = asyncio.get_running_loop().create_task(
-            self._drive(saga_id, started), name=f"saga {saga_id}"
-        )
-        self._running[saga_id] = task
-        task.add_done_callback(lambda done: self._ended(saga_id, done))
-        return task
-
-    def _ended(self, saga_id: str, task: asyncio.Task) -> None:
-        self._running.pop(saga_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            # A bug, not a fault the saga expects: say so loudly. The saga stays held; its
-            # lease runs out and recovery drives it again (at most once per lease).
-            log.error("saga %s: driver failed", saga_id, exc_info=task.exception())
-
-    async def wait(
-        self, saga_id: str, timeout_s: float, started: Mapping | None = None
-    ) -> dict | None:
-        """Wait up to timeout_s for this process to end the saga (never cancels it); its final
-        fields if it ended here in time, else None (then the saga's row says where it is)."""
-        task = self.drive(saga_id, started)
-        if task is None or timeout_s <= 0:
-            return None
-        await asyncio.wait({task}, timeout=timeout_s)
-        if not task.done() or task.cancelled() or task.exception() is not None:
-            return None
-        return task.result()
-
-    async def recover_due(self) -> int:
-        """Resume unfinished sagas whose lease ran out; return how many were taken up."""
+    async def _due(self, limit: int) -> list[str]:
         async with self._pool.acquire() as connection:
-            rows = await connection.fetch(DUE, self._config.recovery_batch_max)
-        started = 0
-        for row in rows:
-            if row["id"] not in self._running and self.drive(row["id"]) is not None:
-                started += 1
-        return started
+            return [row["id"] for row in await connection.fetch(DUE, limit)]
 
-    async def _recover_loop(self) -> None:
-        interval_s = self._config.recovery_interval_ms / 1000
-        while True:
-            try:
-                resumed = await self.recover_due()
-                if resumed:
-                    log.info("resumed %d unfinished sagas", resumed)
-                async with self._pool.acquire() as connection:
-                    SAGAS_OVERDUE.set(await connection.fetchval(COUNT_OVERDUE, OVERDUE_GRACE_S))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("saga recovery pass failed: %s", exc)
-            await asyncio.sleep(interval_s)
+    async def _release(self) -> None:
+        async with self._pool.acquire() as connection:
+            await connection.execute(RELEASE, self.owner)
+
+    async def _count_overdue(self) -> None:
+        async with self._pool.acquire() as connection:
+            SAGAS_OVERDUE.set(await connection.fetchval(COUNT_OVERDUE, OVERDUE_GRACE_S))
 
     async def _drive(self, saga_id: str, started: Mapping | None) -> dict | None:
         saga = started
@@ -274,21 +195,21 @@ class SagaDriver:
                     saga = await connection.fetchrow(
                         CLAIM, saga_id, self.owner, self._config.lease_ms
                     )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("saga %s: cannot claim it now (%s); recovery will retry", saga_id, exc)
                 return None
         if saga is None:
             return None  # already ended, or another node holds its lease
         attempt = saga["attempts"]
         last_error = saga.get("last_error")
-        _crash_point("hold")
+        CRASH_POINTS.reached("hold")
         while True:
             cancel = datetime.now(UTC) >= saga["deadline_at"]
             answer = await self._call_step(saga, cancel)
             if answer.verdict is not Verdict.UNKNOWN:
-                _crash_point("answer")
+                CRASH_POINTS.reached("answer")
                 final = await self._finish(saga, answer)
-                _crash_point("finish")
+                CRASH_POINTS.reached("finish")
                 if final is not None:
                     # What the row says too: the caller shows the saga without reading it back.
                     final.update(attempts=attempt, last_error=last_error)
@@ -338,7 +259,7 @@ class SagaDriver:
                 status = await connection.execute(
                     RECORD_ATTEMPT, saga_id, self.owner, detail, delay_ms, self._config.lease_ms
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             # The database is away (a restart, say): keep driving on the lease we hold. If it
             # runs out meanwhile another node may drive the saga too, which is safe.
             log.warning("saga %s: cannot record attempt (%s)", saga_id, exc)
