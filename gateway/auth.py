@@ -11,7 +11,10 @@ Scopes (the ``scope`` claim, space separated, as RFC 8693):
 - ``wallet``: a player acting on its own accounts (the ``accounts`` claim lists them);
 - ``game:server``: a game server betting, winning and rolling back for the players of its
   operator (the ``operator`` claim);
-- ``admin``: operators' back office, which may create accounts for others.
+- ``admin``: operators' back office, which may create accounts and players for others.
+
+A player's token may also name its public id (the ``player`` claim): it may then change its
+own username.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class Principal:
     home_region: str | None = None
     """The client's configured home (the ``home_region`` claim): where its creations go when
     the request names no region."""
+    player: str | None = None
+    """For a player: its own public id (the ``player`` claim), whose username it may change."""
 
     def require(self, scope: Scope) -> None:
         if scope not in self.scopes:
@@ -239,6 +244,7 @@ def _principal(claims: dict) -> Principal:
         raise Unauthenticated(f"accounts claim must be a list of at most {ACCOUNTS_CLAIM_MAX}")
     operator = claims.get("operator")
     home_region = claims.get("home_region")
+    player = claims.get("player")
     return Principal(
         subject=str(claims["sub"]),
         client_id=str(claims.get("client_id") or claims.get("azp") or claims["sub"]),
@@ -246,4 +252,5 @@ def _principal(claims: dict) -> Principal:
         accounts=frozenset(str(a) for a in accounts),
         operator=str(operator) if operator is not None else None,
         home_region=home_region if isinstance(home_region, str) else None,
+        player=player if isinstance(player, str) else None,
     )

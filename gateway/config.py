@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct, field
 
+from identity.usernames import UsernameRules
 from region_router.consul_directory import ConsulSettings
 from runtime.config import check_metrics_port, config_from_dict, load_config
 from wire.errors import ConfigError
@@ -25,6 +26,10 @@ class RateLimitConfig(Struct, frozen=True, forbid_unknown_fields=True):
     per_account_burst: Burst = 100
     timeout_ms: Annotated[int, Meta(ge=1, le=5_000)] = 50
     """Longest the limiter may take; past it the request goes through (counted)."""
+    lookup_rate_per_s: RatePerSecond = 20.0
+    """Username lookups and availability checks per client: they are an enumeration surface,
+    so they have a bucket of their own, smaller than the client's."""
+    lookup_burst: Burst = 50
     key_prefix: str = "rg:rl:"
     """Redis key prefix; gateways that share limits share it."""
 
@@ -55,6 +60,11 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     operator_cache_size_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
     """Accounts whose operator (for game-server authorisation) is remembered."""
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    usernames: UsernameRules = field(default_factory=UsernameRules)
+    """The username rules, as the regions' nodes have them: a name they would refuse is
+    refused here, with its rule, before any hop."""
+    player_cache_size_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
+    """Players whose home region (which never changes) is remembered."""
 
     def __post_init__(self) -> None:
         check_metrics_port(self.metrics_port, self.workers)

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from wire.ids import REGION_PATTERN
-from wire.schemas import AccountIn, BetIn, PostIn, RollbackIn, StatusIn, TransferIn, WinIn
+from wire.schemas import (
+    AccountIn,
+    BetIn,
+    PlayerIn,
+    PostIn,
+    RollbackIn,
+    StatusIn,
+    TransferIn,
+    UsernameIn,
+    WinIn,
+)
 
 
 class AccountCreateIn(AccountIn, forbid_unknown_fields=True):
@@ -25,6 +35,56 @@ class AccountCreateIn(AccountIn, forbid_unknown_fields=True):
     """The account's home region. Without it: the client's home_region claim, else the
     directory's default region; never the gateway the request entered by."""
     operator: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+
+
+class ProfileOut(msgspec.Struct):
+    """A player's public profile: what any caller may see."""
+
+    id: str
+    username: str
+    display_name: str | None
+
+
+class ClaimOut(msgspec.Struct):
+    id: str
+    status: Literal["reserving", "confirming", "holding", "completed"]
+    username: str
+
+
+class PlayerOut(msgspec.Struct):
+    """A player's full record: for the back office, its operator's servers and itself."""
+
+    id: str
+    username: str | None
+    """Null only while the player is ``creating`` (a 202)."""
+    username_generated: bool
+    """A fallback was drawn for the player: ask it to choose a name."""
+    username_refusal: str | None
+    """Why the preferred name was not used: its rule, or username-taken / username-held."""
+    display_name: str | None
+    status: Literal["creating", "active"]
+    home_region: str
+    operator: str | None
+    accounts: dict[str, str]
+    """Currency -> wallet account id."""
+    version: int
+    created_at: str
+    claim: ClaimOut | None = None
+    """On a rename's answer: the claim that made (or is making) the new name the player's."""
+
+
+class HeldOut(ProfileOut):
+    """A name held for the player who had it: where it is now, and until when."""
+
+    held_until: str
+
+
+class AvailabilityOut(msgspec.Struct):
+    username: str
+    status: Literal["available", "taken", "held", "reserved", "invalid"]
+    canonical: str | None = None
+    rule: str | None = None
+    """For invalid and reserved: the rule the name breaks."""
 
 
 IDEMPOTENCY_KEY = {
@@ -62,6 +122,10 @@ PROBLEM_SCHEMA = {
         "field": {"type": "string"},
         "code": {"type": "string", "description": "The ledger's result code"},
         "region": {"type": "string", "description": "The region that is unavailable"},
+        "rule": {
+            "type": "string",
+            "description": "username-invalid, username-reserved: the rule the name breaks",
+        },
         "transfer": {
             "type": "object",
             "description": "A cross-region transfer that was compensated: the saga as "
@@ -84,6 +148,10 @@ class Route:
     ok: str = "200"
     accepted: bool = False
     """Also 202: a cross-region transfer still running, with a Location to poll."""
+    response: type | None = None
+    """The answer's schema, where the contract fixes it."""
+    redirect: type | None = None
+    """Also 307, with this body and a Location to follow."""
 
 
 ROUTES = (
@@ -119,6 +187,29 @@ ROUTES = (
     Route("post", "/v1/rollbacks",
           "Roll a bet back by its reference (before the bet: a tombstone)",
           "game:server, admin", RollbackIn, idempotent=True),
+    Route("post", "/v1/players",
+          "Create a player: its public id, its username and its wallet accounts, in one"
+          " idempotent call. A username that is missing, invalid, reserved, taken or held gets"
+          " a generated one (username_generated, username_refusal says why), unless"
+          " username_required. 202 while the username's claim runs on: poll Location.",
+          "admin, game:server (its own operator)", PlayerIn, idempotent=True, ok="201",
+          accepted=True, response=PlayerOut),
+    Route("get", "/v1/players/{player_id}",
+          "A player: the full record for the back office, its operator's servers and itself;"
+          " the public profile (id, username, display_name) for anyone else",
+          "any", response=PlayerOut),
+    Route("put", "/v1/players/{player_id}/username",
+          "Rename: the previous name is held for the player for a while (lookups of it"
+          " redirect here), then released. Rate-limited per player (rename-rate-limited).",
+          "admin, game:server (its operator's players), wallet (the token's own player)",
+          UsernameIn, idempotent=True, accepted=True, response=PlayerOut),
+    Route("get", "/v1/usernames/{username}",
+          "The player who has this username; for a name held after a rename, 307 to the"
+          " player. Rate-limited per client (lookup).", "any", response=ProfileOut,
+          redirect=HeldOut),
+    Route("get", "/v1/usernames/{username}/availability",
+          "Whether a username could be claimed now. Rate-limited per client (lookup).", "any",
+          response=AvailabilityOut),
 )  # fmt: skip
 PLAIN_ROUTES = {
     "/health/live": ("Liveness", {"200": {"description": "live"}}),
@@ -136,14 +227,22 @@ def _operation(route: Route, schemas: dict[type, dict]) -> dict:
         for part in route.path.split("/")
         if part.startswith("{")
     ]
+    answer = schemas[route.response] if route.response is not None else {}
     responses: dict = {
-        route.ok: {"description": "OK", "content": {"application/json": {"schema": {}}}}
+        route.ok: {"description": "OK", "content": {"application/json": {"schema": answer}}}
     }
     if route.accepted:
         responses["202"] = {
-            "description": "Accepted: a cross-region transfer still running; poll Location",
+            "description": "Accepted: still running (a cross-region transfer, a username's"
+            " claim); poll Location",
             "headers": {"Location": {"schema": {"type": "string"}}},
-            "content": {"application/json": {"schema": {}}},
+            "content": {"application/json": {"schema": answer}},
+        }
+    if route.redirect is not None:
+        responses["307"] = {
+            "description": "Temporary redirect: follow Location",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": schemas[route.redirect]}},
         }
     responses.update(dict.fromkeys(PROBLEM_STATUSES, PROBLEM))
     responses["default"] = PROBLEM
@@ -168,7 +267,11 @@ def _operation(route: Route, schemas: dict[type, dict]) -> dict:
 
 @functools.cache
 def openapi_document() -> dict:
-    bodies = list(dict.fromkeys(r.body for r in ROUTES if r.body is not None))
+    bodies = list(
+        dict.fromkeys(
+            kind for r in ROUTES for kind in (r.body, r.response, r.redirect) if kind is not None
+        )
+    )
     refs, components = msgspec.json.schema_components(
         bodies, ref_template="#/components/schemas/{name}"
     )

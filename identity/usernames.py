@@ -209,3 +209,18 @@ def fallback(rules: UsernameRules) -> Username:
     that a client can ask the player to choose)."""
     suffix = "".join(secrets.choice(FALLBACK_ALPHABET) for _ in range(FALLBACK_SUFFIX_LENGTH))
     return check(FALLBACK_PREFIX + suffix, rules)
+
+
+_NICKNAME = get_profile("NicknameCasePreserved")
+
+
+def display_name(raw: str, length_max: int) -> str:
+    """A display name by RFC 8266 (Nickname): spaces trimmed and collapsed, NFKC, controls and
+    unassigned code points refused. Not unique, and never compared: only shown."""
+    try:
+        name = _NICKNAME.enforce(raw)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"display_name: {str(exc.reason).split('/')[-1]}") from exc
+    if len(name) > length_max:
+        raise ValueError(f"display_name: at most {length_max} characters")
+    return name

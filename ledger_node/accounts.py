@@ -4,11 +4,13 @@ batcher; a status change takes the account's row lock, the same lock every batch
 
 from __future__ import annotations
 
+import hashlib
+
 import asyncpg
 
 from ledger_node import render
 from ledger_node.config import LedgerConfig
-from ledger_node.errors import ConfigError
+from ledger_node.errors import ConfigError, LedgerError
 from ledger_node.operations import ACCOUNT_STATUS_TRANSITIONS, AccountKind, AccountStatus
 from wire.ids import (
     clearing_account_id,
@@ -113,6 +115,30 @@ async def create_account(
     if row is None or bytes(row["request_hash"]) != request_hash:
         return Result.IDEMPOTENCY_CONFLICT, None, False
     return Result.OK, as_created(row), True
+
+
+async def open_player_account(
+    connection: asyncpg.Connection,
+    region: str,
+    player_id: str,
+    currency: str,
+    operator: str | None,
+) -> str:
+    """A player's wallet account, opened in the caller's transaction (identity's bind): keyed
+    by the player and currency, so it is opened once whatever retries."""
+    key = f"player:{player_id}:{currency}"
+    metadata = {"player_id": player_id, **({"operator": operator} if operator else {})}
+    result, account, _ = await create_account(
+        connection,
+        region=region,
+        currency=currency,
+        metadata=render.msgspec.json.encode(metadata).decode(),
+        idempotency_key=key,
+        request_hash=hashlib.sha256(key.encode()).digest(),
+    )
+    if result is not Result.OK:
+        raise LedgerError(f"opening {key}: {result.value}")
+    return account["id"]
 
 
 def as_created(row) -> dict:

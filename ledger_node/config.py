@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct, field
 
+from identity.config import IdentityConfig
 from ledger_node.errors import ConfigError
 from region_router.consul_directory import ConsulSettings
 from runtime.config import check_metrics_port, config_from_dict, load_config
@@ -100,6 +101,9 @@ class LedgerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     consul: ConsulSettings | None = None
     """Consul's directory (region_router.backends.build_directory)."""
     saga: SagaConfig = field(default_factory=SagaConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    """Players and usernames (identity/), served by this node from this database, with the
+    directory's slot map; off without a directory."""
     peer_key_ids: tuple[str, ...] = ()
     """Service key ids of other regions' ledgers. When set, saga steps are accepted only when
     signed with one of them (a gateway's key cannot credit an account out of a transit

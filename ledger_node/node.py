@@ -10,7 +10,9 @@ import logging
 
 import asyncpg
 
-from ledger_node.accounts import sync_reference_data
+from identity.migrations import IDENTITY_MIGRATIONS
+from identity.service import IdentityService
+from ledger_node.accounts import open_player_account, sync_reference_data
 from ledger_node.batcher import Batcher
 from ledger_node.config import LedgerConfig
 from ledger_node.errors import ConfigError, LedgerError, map_database_error
@@ -61,6 +63,7 @@ class LedgerNode:
         self.batch_pool: asyncpg.Pool | None = None
         self.batcher: Batcher | None = None
         self.sagas: SagaDriver | None = None
+        self.identity: IdentityService | None = None
         self._directory: Directory | None = None
         self._peer_pool: HttpPool | None = None
         self._expiry_task: asyncio.Task | None = None
@@ -107,6 +110,9 @@ class LedgerNode:
                 applied = await apply_migrations(connection)
                 if applied:
                     log.info("applied migrations %s", applied)
+                applied = await IDENTITY_MIGRATIONS.apply(connection)
+                if applied:
+                    log.info("applied identity migrations %s", applied)
                 await sync_reference_data(connection, self.config)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._close_pools()
@@ -162,6 +168,22 @@ class LedgerNode:
             owner=new_owner_id(self.config.region),
         )
         self.sagas.start()
+        self.identity = IdentityService(
+            config=self.config.identity,
+            region=self.config.region,
+            pool=self.pool,
+            router=router,
+            directory=self._directory,
+            owner=self.sagas.owner,
+            open_account=self._open_player_account,
+            peer_key_ids=self.config.peer_key_ids,
+        )
+        self.identity.start()
+
+    async def _open_player_account(self, connection, player_id, currency, operator) -> str:
+        return await open_player_account(
+            connection, self.config.region, player_id, currency, operator
+        )
 
     async def stop(self) -> None:
         if self.state is not NodeState.RUNNING:
@@ -171,6 +193,8 @@ class LedgerNode:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
+        if self.identity is not None:
+            await self.identity.stop()
         if self.sagas is not None:
             await self.sagas.stop()
         if self._peer_pool is not None:
@@ -207,7 +231,9 @@ class LedgerNode:
         try:
             async with asyncio.timeout(READINESS_TIMEOUT_S):
                 async with self.pool.acquire() as connection:
-                    if not await schema_is_current(connection):
+                    if not await schema_is_current(
+                        connection
+                    ) or not await IDENTITY_MIGRATIONS.is_current(connection):
                         return False, "schema migrations are not complete"
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return False, f"database unreachable: {type(exc).__name__}"

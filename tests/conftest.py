@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway, build_gateway_app
+from infra.local import even_slot_ranges
 from gateway.config import GatewayConfig, RateLimitConfig
 from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
 from infra.services import PostgresCluster, RedisServer, free_port
@@ -171,6 +172,7 @@ async def cluster(request, postgres, keyring, redis_server, tmp_path):
         [LedgerEndpoint(code, f"{code}-1", node.url) for code, node in regions.items()],
         {},
         default_region="us",
+        slot_ranges=even_slot_ranges(["eu", "us"]),
     )
     for node in regions.values():
         await node.start()

@@ -280,7 +280,9 @@ class OpenApiContract:
             return
         kind = content_type.split(";")[0].strip()
         assert kind in media, f"{method} {path} {status}: {kind} not in {sorted(media)}"
-        errors = [e.message for e in Draft202012Validator(media[kind]["schema"]).iter_errors(body)]
+        # The document's components travel with the schema, so that its $refs resolve.
+        schema = {**media[kind]["schema"], "components": self.document["components"]}
+        errors = [e.message for e in Draft202012Validator(schema).iter_errors(body)]
         assert not errors, f"{method} {path} {status}: {errors}"
 
 
@@ -309,7 +311,9 @@ class Cluster:
             async with self.session.get(self.gateways[region].make_url("/v1/openapi.json")) as r:
                 assert r.status == 200, await r.text()
                 self.contract = OpenApiContract(await r.json())
-        async with self.session.request(method, url, json=body, headers=all_headers) as response:
+        async with self.session.request(
+            method, url, json=body, headers=all_headers, allow_redirects=False
+        ) as response:
             payload = await response.json(content_type=None)
             self.contract.check(
                 method, path, response.status, response.headers.get("Content-Type", ""), payload
@@ -383,6 +387,7 @@ class SagaWorld:
         self.wan = None
 
     def start(self) -> None:
+        from infra.local import even_slot_ranges
         from infra.processes import LedgerProcess, write_ledger_config
         from infra.services import PostgresCluster
         from infra.wan import WanThread
@@ -434,6 +439,7 @@ class SagaWorld:
                     for code in self.regions
                 ],
                 {},
+                slot_ranges=even_slot_ranges(list(self.regions)),
             )
             config = write_ledger_config(
                 self.root / f"ledger-{region}.yaml",

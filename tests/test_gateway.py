@@ -16,6 +16,7 @@ import time
 import jwt
 import pytest
 
+from gateway import players
 from gateway.app import ROUTES
 from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER
 from tests.support import LIMIT_BURST, assert_eventually, region_status, unique
@@ -221,7 +222,7 @@ async def test_openapi_lists_exactly_the_routes(cluster):
         (method.upper(), path) for path, item in document["paths"].items() for method in item
     }
     served = set()
-    for method, path, _ in ROUTES:
+    for method, path, _ in ROUTES + players.ROUTES:
         if "{suffix:" in path:
             base = path.split("{suffix:")[0]
             served |= {(method, base + "/balance"), (method, base + "/transfers")}

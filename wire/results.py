@@ -113,6 +113,25 @@ DATABASE_UNAVAILABLE = Problem(
     503, "ledger-unavailable", "Ledger database unavailable; retry with the same idempotency key"
 )
 
+# Identity: players and usernames (docs/api.md, "Players and usernames").
+PLAYER_NOT_FOUND = Problem(404, "player-not-found", "Player not found", "player_id")
+USERNAME_NOT_FOUND = Problem(404, "username-not-found", "No player has this username", "username")
+USERNAME_TAKEN = Problem(
+    409, "username-taken", "This username, or one that looks like it, is taken", "username"
+)
+USERNAME_HELD = Problem(
+    409, "username-held", "This username is held for the player who had it until lately", "username"
+)
+USERNAME_INVALID = Problem(422, "username-invalid", "This username breaks a rule", "username")
+USERNAME_RESERVED = Problem(422, "username-reserved", "This username is reserved", "username")
+CLAIM_IN_PROGRESS = Problem(
+    409, "claim-in-progress", "Another username change of this player is still in progress"
+)
+RENAME_RATE_LIMITED = Problem(429, "rename-rate-limited", "Too many renames for this player")
+IDENTITY_UNAVAILABLE = Problem(
+    503, "identity-unavailable", "Identity is not available on this node; retry later"
+)
+
 _ACCOUNT_FROZEN = Problem(422, "account-frozen", "Account is frozen")
 _ACCOUNT_CLOSED = Problem(422, "account-closed", "Account is closed")
 _RESTRICTED = Problem(

@@ -98,6 +98,35 @@ class SagaStepIn(Struct, forbid_unknown_fields=True):
     currency: CurrencyCode
 
 
+RawUsername = Annotated[str, Meta(max_length=256)]
+"""A username as a client typed it: bounded here, judged by identity.usernames (whose refusals
+name their rule), never by a pattern that would hide which rule it broke."""
+Operator = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+
+
+class PlayerIn(Struct, forbid_unknown_fields=True):
+    """A player creation: its username (a generated one if missing or refused, unless
+    username_required), display name, operator and wallet accounts (one per currency)."""
+
+    username: RawUsername | None = None
+    username_required: bool = False
+    """Refuse the creation (nothing is written) rather than fall back to a generated name
+    when the username is invalid, reserved, taken or held."""
+    display_name: Annotated[str, Meta(max_length=256)] | None = None
+    """Shown to other players; free text (RFC 8266 Nickname), not unique."""
+    operator: Operator | None = None
+    currencies: Annotated[list[CurrencyCode], Meta(max_length=8)] = []
+    region: Annotated[str, Meta(pattern=REGION_PATTERN.pattern)] | None = None
+    """The player's home region (its wallet accounts live there). Without it: the client's
+    home_region claim, else the directory's default region; never the gateway it entered by."""
+
+
+class UsernameIn(Struct, forbid_unknown_fields=True):
+    """A rename: the player's new username (its previous one is held for it for a while)."""
+
+    username: RawUsername
+
+
 _FIELD_IN_MESSAGE = re.compile(r"at `\$\.?([A-Za-z0-9_.\[\]]*)`")
 
 
@@ -131,5 +160,7 @@ DECODERS = {
         WinIn,
         RollbackIn,
         SagaStepIn,
+        PlayerIn,
+        UsernameIn,
     )
 }

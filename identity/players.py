@@ -1,0 +1,383 @@
+"""The home's side: players, their claim sagas' rows, username history and events, each change
+in one transaction. The bind (a player takes the name its owner reserved) is the step that
+makes a name the player's; it is a conditional update of the saga's row, so it happens at most
+once, and never after the owner was told the claim was cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from wire.ids import ulid
+
+OPEN_STATUSES = ("reserving", "confirming", "holding")
+PLAYER_COLUMNS = (
+    "id, status, username, skeleton, claim_id, owner_region, username_generated, username_refusal, "
+    "display_name, "
+    "operator, currencies, version, created_at, updated_at"
+)
+SAGA_COLUMNS = (
+    "id, root_id, player_id, kind, username, skeleton, owner_region, generated, fallback, "
+    "refusal, previous_claim_id, previous_owner, held_until, status, attempts, last_error, "
+    "created_at, finished_at"
+)
+
+OpenAccount = Callable[[asyncpg.Connection, str, str, str | None], Awaitable[str]]
+"""(connection, player id, currency, operator) -> the wallet account's id, opened in the
+caller's transaction (the ledger provides it: identity never writes the ledger's tables)."""
+
+_encode = msgspec.json.Encoder().encode
+
+
+def new_claim_id() -> str:
+    return f"cl_{ulid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPlan:
+    """The name a claim asks for, decided before anything is written."""
+
+    username: str
+    skeleton: str
+    owner_region: str
+    generated: bool
+    """A fallback drawn for the player, flagged so that a client can ask it to choose."""
+    fallback: bool
+    """On refusal (taken, held), go on with a generated name instead of giving up."""
+    refusal: str | None = None
+    """Why the preferred name was not used (a rule, or username-taken), for the answer."""
+
+
+INSERT_PLAYER = f"""
+INSERT INTO identity.players (id, status, display_name, operator, currencies, creation_key,
+                              request_hash)
+VALUES ($1, 'creating', $2, $3, $4, $5, $6)
+ON CONFLICT (creation_key) DO NOTHING
+RETURNING {PLAYER_COLUMNS}
+"""
+INSERT_SAGA = f"""
+INSERT INTO identity.claim_sagas
+    (id, root_id, player_id, kind, username, skeleton, owner_region, generated, fallback,
+     refusal, request_key, request_hash, status, lease_owner, lease_until)
+VALUES ($1, coalesce($2, $1), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'reserving', $13,
+        CASE WHEN $13::text IS NULL THEN NULL
+             ELSE now() + $14 * interval '1 millisecond' END)
+RETURNING {SAGA_COLUMNS}
+"""
+PLAYER_BY_KEY = (
+    f"SELECT {PLAYER_COLUMNS}, request_hash FROM identity.players WHERE creation_key = $1"
+)
+PLAYER = f"SELECT {PLAYER_COLUMNS} FROM identity.players WHERE id = $1"
+PLAYER_FOR_UPDATE = PLAYER + " FOR UPDATE"
+ACCOUNTS = "SELECT currency, account_id FROM identity.player_accounts WHERE player_id = $1"
+SAGA = f"SELECT {SAGA_COLUMNS} FROM identity.claim_sagas WHERE id = $1"
+SAGA_BY_KEY = (
+    f"SELECT {SAGA_COLUMNS}, request_hash FROM identity.claim_sagas WHERE request_key = $1"
+)
+CHAIN_LATEST = f"""
+SELECT {SAGA_COLUMNS} FROM identity.claim_sagas WHERE root_id = $1
+ORDER BY created_at DESC, id DESC LIMIT 1
+"""
+FIRST_CREATE = f"""
+SELECT {SAGA_COLUMNS} FROM identity.claim_sagas
+WHERE player_id = $1 AND kind = 'create' AND status IN ('confirming', 'holding', 'completed')
+"""
+RENAMES_IN_WINDOW = """
+SELECT count(*), min(created_at) FROM identity.claim_sagas
+WHERE player_id = $1 AND kind = 'rename' AND id = root_id AND status <> 'refused'
+  AND created_at > now() - $2 * interval '1 second'
+"""
+ADVANCE = f"""
+UPDATE identity.claim_sagas SET status = $3, finished_at = CASE WHEN $3 = 'completed'
+    THEN now() END
+WHERE id = $1 AND status = $2
+RETURNING {SAGA_COLUMNS}
+"""
+BIND = f"""
+UPDATE identity.claim_sagas SET status = 'confirming'
+WHERE id = $1 AND status = 'reserving'
+RETURNING {SAGA_COLUMNS}
+"""
+REFUSE = f"""
+UPDATE identity.claim_sagas SET status = 'refused', refusal = $2, finished_at = now()
+WHERE id = $1 AND status = 'reserving'
+RETURNING {SAGA_COLUMNS}
+"""
+CANCEL = f"""
+UPDATE identity.claim_sagas SET status = 'cancelled', finished_at = now()
+WHERE id = $1 AND status = 'reserving'
+RETURNING {SAGA_COLUMNS}
+"""
+INSERT_EVENT = """
+INSERT INTO identity.events (id, type, aggregate_id, version, body) VALUES ($1, $2, $3, $4, $5)
+"""
+
+
+def player_view(row: Mapping, accounts: Mapping[str, str], region: str) -> dict:
+    """Everything about a player, for its home, the back office and the operator's servers."""
+    return {
+        "id": row["id"],
+        "username": row["username"],
+        "username_generated": row["username_generated"],
+        "username_refusal": row["username_refusal"],
+        "display_name": row["display_name"],
+        "status": row["status"],
+        "home_region": region,
+        "operator": row["operator"],
+        "accounts": dict(accounts),
+        "version": row["version"],
+        "created_at": _rfc3339(row["created_at"]),
+    }
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def read_player(connection: asyncpg.Connection, player_id: str) -> tuple[dict, dict] | None:
+    row = await connection.fetchrow(PLAYER, player_id)
+    if row is None:
+        return None
+    accounts = {r["currency"]: r["account_id"] for r in await connection.fetch(ACCOUNTS, player_id)}
+    return dict(row), accounts
+
+
+async def start_creation(
+    connection: asyncpg.Connection,
+    *,
+    player_id: str,
+    plan: ClaimPlan,
+    display_name: str | None,
+    operator: str | None,
+    currencies: list[str],
+    creation_key: str,
+    request_hash: bytes,
+    lease_owner: str,
+    lease_ms: int,
+) -> tuple[dict | None, dict | None]:
+    """(the new claim saga's row, None), or (None, the player an earlier call with this key
+    made, with its request hash) for a repeat."""
+    async with connection.transaction():
+        player = await connection.fetchrow(
+            INSERT_PLAYER,
+            player_id,
+            display_name,
+            operator,
+            currencies,
+            creation_key,
+            request_hash,
+        )
+        if player is None:
+            existing = await connection.fetchrow(PLAYER_BY_KEY, creation_key)
+            return None, dict(existing)
+        saga = await insert_saga(
+            connection,
+            player_id=player_id,
+            kind="create",
+            plan=plan,
+            lease_owner=lease_owner,
+            lease_ms=lease_ms,
+        )
+        return saga, None
+
+
+async def insert_saga(
+    connection: asyncpg.Connection,
+    *,
+    player_id: str,
+    kind: str,
+    plan: ClaimPlan,
+    lease_owner: str | None,
+    lease_ms: int,
+    root_id: str | None = None,
+    request_key: str | None = None,
+    request_hash: bytes | None = None,
+) -> dict:
+    row = await connection.fetchrow(
+        INSERT_SAGA,
+        new_claim_id(),
+        root_id,
+        player_id,
+        kind,
+        plan.username,
+        plan.skeleton,
+        plan.owner_region,
+        plan.generated,
+        plan.fallback,
+        plan.refusal,
+        request_key,
+        request_hash,
+        lease_owner,
+        lease_ms,
+    )
+    return dict(row)
+
+
+async def bind(
+    connection: asyncpg.Connection,
+    saga: Mapping,
+    *,
+    region: str,
+    held_for_s: int,
+    open_account: OpenAccount,
+) -> dict | None:
+    """The player takes the reserved name, in one transaction with its history, its event and
+    (for a creation) its wallet accounts. None if the saga is no longer reserving (the owner
+    had it cancelled: the cancel started its successor)."""
+    async with connection.transaction():
+        bound = await connection.fetchrow(BIND, saga["id"])
+        if bound is None:
+            return None
+        player = await connection.fetchrow(PLAYER_FOR_UPDATE, saga["player_id"])
+        version = player["version"] + 1
+        await connection.execute(
+            "INSERT INTO identity.username_history (player_id, claim_id, username, skeleton, "
+            "owner_region) VALUES ($1, $2, $3, $4, $5)",
+            saga["player_id"],
+            saga["id"],
+            saga["username"],
+            saga["skeleton"],
+            saga["owner_region"],
+        )
+        if saga["kind"] == "create":
+            for currency in player["currencies"]:
+                account_id = await open_account(
+                    connection, saga["player_id"], currency, player["operator"]
+                )
+                await connection.execute(
+                    "INSERT INTO identity.player_accounts (player_id, currency, account_id) "
+                    "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    saga["player_id"],
+                    currency,
+                    account_id,
+                )
+            event = ("player.created", {"username": saga["username"]})
+        else:
+            held_until = await connection.fetchval(
+                "SELECT now() + $1 * interval '1 second'", held_for_s
+            )
+            await connection.execute(
+                "UPDATE identity.username_history SET until = now(), held_until = $2 "
+                "WHERE claim_id = $1",
+                player["claim_id"],
+                held_until,
+            )
+            bound = await connection.fetchrow(
+                f"UPDATE identity.claim_sagas SET previous_claim_id = $2, previous_owner = $3, "
+                f"held_until = $4 WHERE id = $1 RETURNING {SAGA_COLUMNS}",
+                saga["id"],
+                player["claim_id"],
+                player["owner_region"],
+                held_until,
+            )
+            event = (
+                "player.username_changed",
+                {"username": saga["username"], "previous_username": player["username"]},
+            )
+        await connection.execute(
+            "UPDATE identity.players SET status = 'active', username = $2, skeleton = $3, "
+            "claim_id = $4, owner_region = $5, username_generated = $6, version = $7, "
+            "username_refusal = $8, updated_at = now() WHERE id = $1",
+            saga["player_id"],
+            saga["username"],
+            saga["skeleton"],
+            saga["id"],
+            saga["owner_region"],
+            saga["generated"],
+            version,
+            saga["refusal"],
+        )
+        type_, body = event
+        await connection.execute(
+            INSERT_EVENT,
+            f"ev_{ulid()}",
+            type_,
+            saga["player_id"],
+            version,
+            _encode({"player_id": saga["player_id"], "region": region, **body}).decode(),
+        )
+        return dict(bound)
+
+
+async def advance(connection: asyncpg.Connection, saga: Mapping, status: str) -> dict | None:
+    row = await connection.fetchrow(ADVANCE, saga["id"], saga["status"], status)
+    return dict(row) if row is not None else None
+
+
+async def refuse(
+    connection: asyncpg.Connection,
+    saga: Mapping,
+    refusal: str,
+    *,
+    fallback: Callable[[], ClaimPlan],
+    lease_owner: str,
+    lease_ms: int,
+) -> dict | None:
+    """End a claim its owner refused. A creation that may fall back goes on as a new claim of
+    a generated name (returned, leased to this driver); one that may not leaves its player
+    refused; a rename just ends (returns None)."""
+    async with connection.transaction():
+        refused = await connection.fetchrow(REFUSE, saga["id"], refusal)
+        if refused is None:
+            return None
+        if saga["kind"] != "create":
+            return None
+        if not saga["fallback"]:
+            await connection.execute(
+                "UPDATE identity.players SET status = 'refused', updated_at = now() "
+                "WHERE id = $1 AND status = 'creating'",
+                saga["player_id"],
+            )
+            return None
+        plan = fallback()
+        return await insert_saga(
+            connection,
+            player_id=saga["player_id"],
+            kind="create",
+            plan=ClaimPlan(
+                plan.username,
+                plan.skeleton,
+                plan.owner_region,
+                generated=True,
+                fallback=True,
+                refusal=saga["refusal"] or refusal,
+            ),
+            lease_owner=lease_owner,
+            lease_ms=lease_ms,
+            root_id=saga["root_id"],
+        )
+
+
+async def cancel(connection: asyncpg.Connection, claim_id: str) -> str:
+    """An owner asks whether a reservation it holds past its lease was bound: ``bound`` (it
+    confirms it) or ``cancelled`` (it releases it; this claim is then never bound, and goes on
+    as a new claim of the same name, which recovery drives)."""
+    async with connection.transaction():
+        cancelled = await connection.fetchrow(CANCEL, claim_id)
+        if cancelled is None:
+            status = await connection.fetchval(
+                "SELECT status FROM identity.claim_sagas WHERE id = $1", claim_id
+            )
+            return "bound" if status in ("confirming", "holding", "completed") else "cancelled"
+        await insert_saga(
+            connection,
+            player_id=cancelled["player_id"],
+            kind=cancelled["kind"],
+            plan=ClaimPlan(
+                cancelled["username"],
+                cancelled["skeleton"],
+                cancelled["owner_region"],
+                cancelled["generated"],
+                cancelled["fallback"],
+                cancelled["refusal"],
+            ),
+            lease_owner=None,
+            lease_ms=0,
+            root_id=cancelled["root_id"],
+        )
+        return "cancelled"
