@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway, build_gateway_app
-from infra.local import even_slot_ranges
 from gateway.config import GatewayConfig, RateLimitConfig
 from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_keys
+from infra.local import even_slot_ranges
 from infra.services import PostgresCluster, RedisServer, free_port
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.http_pool import HttpPool

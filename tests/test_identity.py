@@ -27,7 +27,7 @@ def name(prefix: str = "p") -> str:
 
 async def test_a_player_is_created_with_its_username_accounts_and_public_id(cluster):
     username = name("Alice")
-    status, headers, player = await create(
+    status, _, player = await create(
         cluster, username=username, display_name="  Alice  W ", currencies=["EUR"], region="us"
     )
     assert status == 201, player
