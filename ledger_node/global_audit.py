@@ -1,5 +1,5 @@
 """The audit across regions (``regiongate audit``): the money invariants that no single region
-can check on its own, read from every region's database.
+can check on its own, read from every region's database, and identity's (identity.audit).
 
 Checks, each with the rows that break it:
 
@@ -33,6 +33,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from identity.audit import PREFIX as IDENTITY_CHECK_PREFIX
+from identity.audit import IdentitySnapshot, check_identity, read_identity
 from ledger_node.audit import CheckResult, run_checks
 from ledger_node.observability import AUDIT_CHECKS, AUDIT_FAILED_CHECKS, AUDIT_LAST_RUN
 
@@ -67,6 +69,7 @@ class RegionSnapshot:
     transits: list[dict]
     double_credits: list[dict]
     checks: list[CheckResult]
+    identity: IdentitySnapshot
 
 
 async def read_region(dsn: str) -> RegionSnapshot:
@@ -79,9 +82,10 @@ async def read_region(dsn: str) -> RegionSnapshot:
                 [dict(row) for row in await connection.fetch(sql)]
                 for sql in (SAGAS, STEPS, TOTALS, TRANSITS, DOUBLE_CREDITS)
             ]
+            identity = await read_identity(connection)
     finally:
         await connection.close()
-    return RegionSnapshot(*parts, checks)
+    return RegionSnapshot(*parts, checks, identity)
 
 
 SAGA_CHECK_PREFIX = "sagas: "
@@ -99,7 +103,10 @@ async def audit_regions(
         raise ValueError(f"attempts must be in [1, 20], got {attempts}")
     for attempt in range(attempts):
         results = await _audit_once(dsns, grace_s)
-        skewed = any(not r.ok and r.name.startswith(SAGA_CHECK_PREFIX) for r in results)
+        skewed = any(
+            not r.ok and r.name.startswith((SAGA_CHECK_PREFIX, IDENTITY_CHECK_PREFIX))
+            for r in results
+        )
         if not skewed or attempt == attempts - 1:
             return results
         await asyncio.sleep(retry_interval_s)
@@ -115,6 +122,9 @@ async def _audit_once(dsns: dict[str, str], grace_s: float) -> list[CheckResult]
             results.append(CheckResult(f"{region}: {check.name}", check.violations))
     results.append(_conservation(snapshots))
     results.extend(_sagas(snapshots, now - timedelta(seconds=grace_s)))
+    identities = {region: snapshot.identity for region, snapshot in snapshots.items()}
+    for name, violations in check_identity(identities, now - timedelta(seconds=grace_s)):
+        results.append(CheckResult(name, violations))
     return results
 
 

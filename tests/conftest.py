@@ -153,26 +153,31 @@ def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "gateway_limits(**fields): the cluster's gateways' RateLimitConfig fields"
     )
+    config.addinivalue_line(
+        "markers", "cluster_regions(*codes): the cluster's regions (default eu, us)"
+    )
 
 
 @pytest.fixture
 async def cluster(request, postgres, keyring, redis_server, tmp_path):
     marker = request.node.get_closest_marker("gateway_limits")
     limit_overrides = marker.kwargs if marker is not None else {}
+    marker = request.node.get_closest_marker("cluster_regions")
+    codes = marker.args if marker is not None else ("eu", "us")
     regions = {}
     directory_file = tmp_path / "directory.yaml"
-    for code in ("eu", "us"):
+    for code in codes:
         dsn = postgres.create_database(unique(f"gw_{code}").replace("-", "_")[:40])
         regions[code] = RegionNode(
             code, dsn, keyring, directory_file=str(directory_file), saga=SAGA_TEST_CONFIG
         )
     write_directory_file(
         directory_file,
-        [Region("eu", RegionStatus.ACTIVE, ("us",)), Region("us", RegionStatus.ACTIVE, ("eu",))],
+        [Region(code, RegionStatus.ACTIVE, tuple(p for p in codes if p != code)) for code in codes],
         [LedgerEndpoint(code, f"{code}-1", node.url) for code, node in regions.items()],
         {},
         default_region="us",
-        slot_ranges=even_slot_ranges(["eu", "us"]),
+        slot_ranges=even_slot_ranges(list(codes)),
     )
     for node in regions.values():
         await node.start()
@@ -181,7 +186,7 @@ async def cluster(request, postgres, keyring, redis_server, tmp_path):
     service_keys.write_text(SERVICE_KEYS_TEXT)
     gateways = {}
     limiter_prefix = unique("rl") + ":"
-    for code in ("eu", "us"):
+    for code in codes:
         config = GatewayConfig(
             region=code,
             directory_file=str(directory_file),

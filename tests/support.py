@@ -287,7 +287,8 @@ class OpenApiContract:
 
 
 class Cluster:
-    """Two regions (eu, us), each a real ledger node and a gateway, for end-to-end tests."""
+    """Regions (eu and us, unless the test's cluster_regions marker names others), each a real
+    ledger node and a gateway, for end-to-end tests."""
 
     def __init__(self, regions, gateways, session, keys) -> None:
         self.regions = regions
@@ -319,6 +320,14 @@ class Cluster:
                 method, path, response.status, response.headers.get("Content-Type", ""), payload
             )
             return response.status, dict(response.headers), payload
+
+    async def audit(self, grace_s: float = 10.0) -> dict:
+        """Every cross-region check (money and identity); the failures, by check name."""
+        from ledger_node.global_audit import audit_regions
+
+        dsns = {code: node.dsn for code, node in self.regions.items()}
+        results = await audit_regions(dsns, grace_s=grace_s)
+        return {r.name: r.violations[:5] for r in results if not r.ok}
 
     async def transfer(
         self, gateway: str, debit: str, credit: str, amount: int, *, token=None, key=None
@@ -368,6 +377,15 @@ SAGA_TEST_CONFIG = {
 }
 
 
+# Identity's claims on the same fast clocks, with the shortest reservation lease the config
+# allows, so that an owner asks a crashed home about its reservations within the test.
+IDENTITY_TEST_CONFIG = {
+    "claim": {**SAGA_TEST_CONFIG, "deadline_ms": 600_000},
+    "reservation_lease_ms": 1_000,
+    "reaper_interval_ms": 100,
+}
+
+
 class SagaWorld:
     """Regions as separate ledger processes (so a test can kill -9 one), each reaching the
     others' ledgers only through a WAN link it can delay or cut. Each region sees the others
@@ -379,6 +397,7 @@ class SagaWorld:
         self.keys_text = keys_text
         self.regions = tuple(regions)
         self.saga = {**SAGA_TEST_CONFIG, **options.pop("saga", {})}
+        self.identity = {**IDENTITY_TEST_CONFIG, **options.pop("identity", {})}
         self.own_postgres = options.pop("own_postgres", False)
         self.one_way_delay_ms = options.pop("one_way_delay_ms", 0)
         self.clusters: dict = {}
@@ -451,6 +470,7 @@ class SagaWorld:
                 extra={
                     "directory_file": str(directory),
                     "saga": self.saga,
+                    "identity": self.identity,
                     "expiry_interval_ms": 100,
                     "request_timeout_ms": 5_000,
                     "peer_key_ids": ["test-peer"],

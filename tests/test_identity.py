@@ -4,7 +4,13 @@ PostgreSQL (the ``cluster`` fixture): creation, lookups, renames with held names
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 
+import asyncpg
+import pytest
+
+from identity.usernames import skeleton
 from tests.support import unique
 
 P = "urn:regiongate:problem:"
@@ -144,3 +150,122 @@ async def test_availability_names_the_rule(cluster):
     )
     got = [r[2]["status"] for r in results]
     assert got == [s for s in expected.values() for _ in ("eu", "us")], got
+
+
+def variants(base: str) -> list[str]:
+    """Names that look like base: the same letters in capitals, and with look-alike digits
+    and letter pairs (UTS #39 confusables: 0 for o, 1 for l, rn for m)."""
+    return [base, base.upper(), base.replace("o", "0"), base.replace("l", "1"),
+            base.replace("m", "rn")]  # fmt: skip
+
+
+async def claim_until_decided(cluster, gateway: str, username: str) -> tuple[int, dict]:
+    """A strict creation, retried with its key until it is decided (a 503 or a 202 says
+    nothing yet)."""
+    key = unique()
+    for _ in range(200):
+        status, _, body = await create(
+            cluster, gateway, key=key, username=username, username_required=True
+        )
+        if status in (201, 409, 422):
+            return status, body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{username} undecided: {status} {body}")
+
+
+@pytest.mark.cluster_regions("eu", "us", "ap")
+@pytest.mark.gateway_limits(per_client_rate_per_s=100_000, per_client_burst=100_000)
+async def test_contested_names_end_with_exactly_one_owner_each(cluster):
+    """1,000 concurrent claims of 100 names (and their look-alikes) through three regions'
+    gateways: one winner per skeleton, every other claim told username-taken."""
+    bases = [f"holm{unique('')[-6:]}{i:02d}".replace("-", "") for i in range(100)]
+    claims = [
+        (random.choice(variants(base)), random.choice(("eu", "us", "ap")), base)
+        for base in bases
+        for _ in range(10)
+    ]
+    random.shuffle(claims)
+    limit = asyncio.Semaphore(128)
+
+    async def claim(username, gateway):
+        async with limit:
+            return await claim_until_decided(cluster, gateway, username)
+
+    results = await asyncio.gather(*(claim(u, g) for u, g, _ in claims))
+    winners = collections.Counter()
+    for (username, _, base), (status, body) in zip(claims, results, strict=True):
+        if status == 201:
+            winners[base] += 1
+            assert skeleton(body["username"]) == skeleton(base)
+        else:
+            assert (status, body["type"]) == (409, P + "username-taken"), (username, body)
+    assert winners == dict.fromkeys(bases, 1)
+    assert await cluster.audit() == {}
+
+
+BAD_NAMES = [
+    ("", "empty"),
+    ("a" * 40, "too-long"),
+    ("p\u0430yp\u0430l", "mixed-script"),  # Cyrillic a inside Latin
+    ("zero\u200bwidth", "disallowed-character"),
+    ("evil\u202egnp", "disallowed-character"),
+    ("smile😀", "disallowed-character"),
+    ("1234567", "all-digits"),
+    ("admin", "reserved"),
+    (".dotfirst", "punctuation"),
+    ("nul\x00byte", "disallowed-character"),
+]
+
+
+async def identity_rows(cluster) -> tuple:
+    counts = []
+    for node in cluster.regions.values():
+        connection = await asyncpg.connect(node.dsn)
+        try:
+            counts.append(
+                await connection.fetchrow(
+                    "SELECT (SELECT count(*) FROM identity.players) AS players,"
+                    " (SELECT count(*) FROM identity.claims) AS claims,"
+                    " (SELECT count(*) FROM identity.claim_sagas) AS sagas,"
+                    " (SELECT count(*) FROM accounts) AS accounts"
+                )
+            )
+        finally:
+            await connection.close()
+    return tuple(tuple(row) for row in counts)
+
+
+async def test_bad_usernames_are_refused_by_rule_and_write_nothing(cluster):
+    digits = f"{random.randrange(10**8):08d}"
+    existing = "ay" + digits
+    _, _, player = await create(cluster, username=existing, region="eu")
+    before = await identity_rows(cluster)
+    homoglyph = "\u0430\u0443" + digits  # Cyrillic a and u: one script, the same look
+    cases = [*BAD_NAMES, (homoglyph, None)]
+    for raw, rule in cases:
+        status, _, problem = await create(
+            cluster, "us", username=raw, username_required=True, currencies=["EUR"]
+        )
+        expected = "username-reserved" if rule == "reserved" else "username-invalid"
+        if rule is None:  # a homoglyph of an existing name: taken
+            assert (status, problem["type"]) == (409, P + "username-taken"), (raw, problem)
+        else:
+            assert (status, problem["type"], problem["rule"]) == (422, P + expected, rule), raw
+            status, _, problem = await cluster.call(
+                "eu",
+                "PUT",
+                f"/v1/players/{player['id']}/username",
+                token=cluster.admin,
+                key=unique(),
+                body={"username": raw},
+            )
+            assert (status, problem.get("rule")) == (422, rule), (raw, problem)
+    # the strict homoglyph creation left a refused player row and its claim record behind:
+    # nothing anyone sees (no account, no username, no claim at the owner)
+    after = await identity_rows(cluster)
+    assert [(row[1], row[3]) for row in after] == [(row[1], row[3]) for row in before]
+    status, _, same = await cluster.call(
+        "us", "GET", f"/v1/players/{player['id']}", token=cluster.admin
+    )
+    assert same["username"] == existing and same["version"] == 1
+    assert await cluster.audit() == {}
