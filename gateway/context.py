@@ -129,10 +129,13 @@ class Gateway:
         if response.status != 200:
             raise ProblemError(IDENTITY_UNAVAILABLE, f"the id's owner answered {response.status}")
         home = response.json()["home_region"]
+        self.remember_home(player_id, home)
+        return home
+
+    def remember_home(self, player_id: str, home: str) -> None:
         self._player_homes[player_id] = home
         if len(self._player_homes) > self.config.player_cache_size_max:
             self._player_homes.popitem(last=False)
-        return home
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

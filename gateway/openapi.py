@@ -47,7 +47,7 @@ class ProfileOut(msgspec.Struct):
 
 class ClaimOut(msgspec.Struct):
     id: str
-    status: Literal["reserving", "confirming", "holding", "completed"]
+    status: Literal["reserving", "confirming", "registering", "holding", "completed"]
     username: str
 
 

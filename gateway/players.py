@@ -133,6 +133,10 @@ async def create_player(request: web.Request) -> web.Response:
         msgspec.to_builtins(forwarded),
         idempotency_key=key,
     )
+    if response.status in (201, 202):
+        # The entry gateway knows the new player's home at once; other gateways ask the owner
+        # of its id's slot, which records it right after the name is confirmed.
+        gateway.remember_home(response.json()["id"], region)
     return pass_through(response)
 
 

@@ -29,7 +29,7 @@ WHERE status = 'active'
 """
 OPEN_SAGAS = """
 SELECT id, player_id, status, previous_claim_id FROM identity.claim_sagas
-WHERE status IN ('reserving', 'confirming', 'holding')
+WHERE status IN ('reserving', 'confirming', 'registering', 'holding')
 """
 CLAIMS = """
 SELECT skeleton, claim_id, player_id, home_region, state, lease_until, held_until
@@ -141,9 +141,17 @@ def _public_ids(snapshots: dict[str, IdentitySnapshot]) -> list[dict]:
         for row in snapshot.public_ids:
             recorded[row["player_id"]].append((owner, row["home_region"]))
     violations = []
+    registering = {
+        saga["player_id"]
+        for snapshot in snapshots.values()
+        for saga in snapshot.open_sagas
+        if saga["status"] in ("reserving", "confirming", "registering")
+    }
     for home, snapshot in snapshots.items():
         for player in snapshot.players:
             entries = recorded.get(player["id"], [])
+            if not entries and player["id"] in registering:
+                continue  # its creation's claim records it next
             if len(entries) != 1 or entries[0][1] != home:
                 violations.append({"player": player["id"], "home": home, "recorded": entries})
     for player_id, entries in recorded.items():

@@ -15,7 +15,7 @@ import msgspec
 
 from wire.ids import ulid
 
-OPEN_STATUSES = ("reserving", "confirming", "holding")
+OPEN_STATUSES = ("reserving", "confirming", "registering", "holding")
 PLAYER_COLUMNS = (
     "id, status, username, skeleton, claim_id, owner_region, username_generated, username_refusal, "
     "display_name, "
@@ -85,7 +85,8 @@ ORDER BY created_at DESC, id DESC LIMIT 1
 """
 FIRST_CREATE = f"""
 SELECT {SAGA_COLUMNS} FROM identity.claim_sagas
-WHERE player_id = $1 AND kind = 'create' AND status IN ('confirming', 'holding', 'completed')
+WHERE player_id = $1 AND kind = 'create'
+  AND status IN ('confirming', 'registering', 'holding', 'completed')
 """
 RENAMES_IN_WINDOW = """
 SELECT count(*), min(created_at) FROM identity.claim_sagas
@@ -363,7 +364,11 @@ async def cancel(connection: asyncpg.Connection, claim_id: str) -> str:
             status = await connection.fetchval(
                 "SELECT status FROM identity.claim_sagas WHERE id = $1", claim_id
             )
-            return "bound" if status in ("confirming", "holding", "completed") else "cancelled"
+            return (
+                "bound"
+                if status in ("confirming", "registering", "holding", "completed")
+                else ("cancelled")
+            )
         await insert_saga(
             connection,
             player_id=cancelled["player_id"],

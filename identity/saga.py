@@ -1,12 +1,16 @@
 """The claim saga: a username becomes a player's in three steps, driven from the player's home.
 
-1. **reserve** at the owner of the name's slot (and, for a new player, record its public id at
-   the owner of the id's slot, in parallel): the owner's primary key on the skeleton refuses a
-   second claim of a look-alike name;
+1. **reserve** at the owner of the name's slot: the owner's primary key on the skeleton refuses
+   a second claim of a look-alike name;
 2. **bind** at home, in one local transaction: the player takes the name (and, when new, its
-   wallet accounts), with its history row and its event;
-3. **confirm** at the owner: the reservation becomes live; for a rename, then **hold** the
-   previous name at its owner for ``held_for_s``.
+   wallet accounts), with its history row and its event. The request that started the claim is
+   answered here: the reservation already keeps the name from anyone else;
+3. **confirm** at the owner: the reservation becomes live; then, for a new player, **register**
+   its public id at the owner of the id's slot (so any gateway can find its home), or, for a
+   rename, **hold** the previous name at its owner for ``held_for_s``.
+
+A creation whose name's slot this region owns thus answers without a WAN round trip; one whose
+owner is remote, after one.
 
 Why no crash or cut leaves two owners of a name or a player without one: the owner never
 gives a skeleton to two claims (primary key); the home binds a claim at most once (a
@@ -46,7 +50,7 @@ CRASH_POINTS = CrashPoints(CRASH_AT_ENV, frozenset({"reserved", "bound", "confir
 CLAIM = f"""
 UPDATE identity.claim_sagas
 SET lease_owner = $2, lease_until = now() + $3 * interval '1 millisecond'
-WHERE id = $1 AND status IN ('reserving', 'confirming', 'holding')
+WHERE id = $1 AND status IN ('reserving', 'confirming', 'registering', 'holding')
   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now())
 RETURNING {players.SAGA_COLUMNS}
 """
@@ -54,17 +58,18 @@ RECORD_ATTEMPT = """
 UPDATE identity.claim_sagas SET attempts = attempts + 1, last_error = $3,
        next_attempt_at = now() + $4 * interval '1 millisecond',
        lease_until = now() + ($4 + $5) * interval '1 millisecond'
-WHERE id = $1 AND status IN ('reserving', 'confirming', 'holding') AND lease_owner = $2
+WHERE id = $1 AND status IN ('reserving', 'confirming', 'registering', 'holding')
+  AND lease_owner = $2
 """
 DUE = """
 SELECT id FROM identity.claim_sagas
-WHERE status IN ('reserving', 'confirming', 'holding') AND next_attempt_at <= now()
+WHERE status IN ('reserving', 'confirming', 'registering', 'holding') AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
 ORDER BY next_attempt_at LIMIT $1
 """
 RELEASE = """
 UPDATE identity.claim_sagas SET lease_until = now()
-WHERE lease_owner = $1 AND status IN ('reserving', 'confirming', 'holding')
+WHERE lease_owner = $1 AND status IN ('reserving', 'confirming', 'registering', 'holding')
 """
 STEP_PATH = "/v1/identity-steps/{action}"
 _decode = msgspec.json.Decoder()
@@ -102,7 +107,29 @@ class ClaimDriver:
             due=self._due,
             release=self._release,
         )
+        self._bound: dict[str, asyncio.Future] = {}
+        """Root claim id -> what a request waiting for its player's name awaits."""
         CLAIMS_RUNNING.set_function(lambda: self.runner.running)
+
+    async def wait_bound(self, saga: Mapping, timeout_s: float) -> None:
+        """Drive a claim this process has just started, and wait up to timeout_s until its
+        player has a name: bound (the rest, confirm and record or hold, runs on behind the
+        answer: the owner's reservation already keeps the name from anyone else), or ended."""
+        task = self.runner.drive(saga["id"], saga)
+        if task is None or timeout_s <= 0:
+            return
+        root = saga["root_id"]
+        bound = self._bound.setdefault(root, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait({task, bound}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+        finally:
+            if self._bound.get(root) is bound:
+                del self._bound[root]
+
+    def _signal_bound(self, root_id: str) -> None:
+        waiter = self._bound.get(root_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def owner_of(self, key: str) -> str | None:
         """The region owning the identity slot of a skeleton or a public id."""
@@ -177,14 +204,32 @@ class ClaimDriver:
                 if state.get("state") not in ("live", "held"):
                     # The owner has no such claim: it can only have released it after this
                     # home said it was cancelled, which a bound claim never says. A bug.
-                    log.error(
-                        "claim %s: owner %s answered %s", saga["id"], saga["owner_region"], state
-                    )
+                    log.error("claim %s: owner answered %s", saga["id"], state)
                     raise Unknown(f"confirm: owner answered {state}")
                 CRASH_POINTS.reached("confirmed")
+                if saga["kind"] == "create":
+                    return await self._advance(saga, "registering")
                 return await self._advance(
                     saga, "holding" if saga["previous_claim_id"] else "completed"
                 )
+            if status == "registering":
+                id_owner = self.owner_of(saga["player_id"])
+                if id_owner is None:
+                    raise Unknown("the directory assigns no identity slots")
+                answer = await self._call(
+                    id_owner,
+                    "register",
+                    {"player_id": saga["player_id"], "home_region": self._region},
+                    lambda connection: claims.register_id(
+                        connection, saga["player_id"], self._region
+                    ),
+                )
+                if answer.get("registered") is not True:
+                    # Another region's player has this id: a 2**-65 event, never resolved by
+                    # retrying. Loud, and the claims-overdue alert follows.
+                    log.error("claim %s: public id %s is taken", saga["id"], saga["player_id"])
+                    raise Unknown(f"register: {answer}")
+                return await self._advance(saga, "completed")
             # holding
             await self._call(
                 saga["previous_owner"],
@@ -205,39 +250,20 @@ class ClaimDriver:
             player_id=saga["player_id"],
             home_region=self._region,
         )
-        calls = [
-            self._call(
-                saga["owner_region"],
-                "reserve",
-                {
-                    "claim_id": saga["id"],
-                    "username": saga["username"],
-                    "player_id": saga["player_id"],
-                    "home_region": self._region,
-                },
-                lambda connection: claims.reserve(
-                    connection, reservation, self._config.reservation_lease_ms
-                ),
-            )
-        ]
-        if saga["kind"] == "create":
-            id_owner = self.owner_of(saga["player_id"])
-            if id_owner is None:
-                raise Unknown("the directory assigns no identity slots")
-            calls.append(
-                self._call(
-                    id_owner,
-                    "register",
-                    {"player_id": saga["player_id"], "home_region": self._region},
-                    lambda connection: claims.register_id(
-                        connection, saga["player_id"], self._region
-                    ),
-                )
-            )
-        answers = await asyncio.gather(*calls)
-        if len(answers) > 1 and answers[1].get("registered") is not True:
-            raise Unknown(f"register: {answers[1]}")
-        outcome = answers[0].get("outcome")
+        answer = await self._call(
+            saga["owner_region"],
+            "reserve",
+            {
+                "claim_id": saga["id"],
+                "username": saga["username"],
+                "player_id": saga["player_id"],
+                "home_region": self._region,
+            },
+            lambda connection: claims.reserve(
+                connection, reservation, self._config.reservation_lease_ms
+            ),
+        )
+        outcome = answer.get("outcome")
         if outcome == ReserveOutcome.RESERVED:
             CRASH_POINTS.reached("reserved")
             async with self._pool.acquire() as connection:
@@ -249,6 +275,7 @@ class ClaimDriver:
                     open_account=self._open_account,
                 )
             if bound is not None:
+                self._signal_bound(saga["root_id"])
                 CRASH_POINTS.reached("bound")
             return bound
         if outcome in (ReserveOutcome.TAKEN, ReserveOutcome.HELD):
@@ -267,7 +294,7 @@ class ClaimDriver:
             async with self._pool.acquire() as connection:
                 row = await connection.fetchrow(players.SAGA, saga["id"])
             return dict(row) if row is not None and row["status"] == "refused" else None
-        raise Unknown(f"reserve: owner answered {answers[0]}")
+        raise Unknown(f"reserve: owner answered {answer}")
 
     async def _advance(self, saga: dict, status: str) -> dict | None:
         async with self._pool.acquire() as connection:

@@ -152,7 +152,7 @@ class IdentityService:
             if bytes(existing["request_hash"]) != body_hash:
                 raise ProblemError(PROBLEMS[Result.IDEMPOTENCY_CONFLICT])
             return await self._creation_answer(existing["id"], replayed=True)
-        await self.driver.runner.wait(saga["id"], self.config.claim.wait_ms / 1000, saga)
+        await self.driver.wait_bound(saga, self.config.claim.wait_ms / 1000)
         return await self._creation_answer(saga["player_id"], replayed=False)
 
     async def _creation_answer(self, player_id: str, *, replayed: bool) -> Answer:
@@ -234,7 +234,7 @@ class IdentityService:
                     raise ProblemError(CLAIM_IN_PROGRESS, retry_after_s=1) from exc
                 previous = await connection.fetchrow(players.SAGA_BY_KEY, request_key)
                 return await self._rename_answer(connection, previous["root_id"], replayed=True)
-        await self.driver.runner.wait(saga["id"], self.config.claim.wait_ms / 1000, saga)
+        await self.driver.wait_bound(saga, self.config.claim.wait_ms / 1000)
         async with self.pool.acquire() as connection:
             return await self._rename_answer(connection, saga["root_id"], replayed=False)
 

@@ -33,8 +33,9 @@ CREATE TABLE identity.player_accounts (
     PRIMARY KEY (player_id, currency)
 );
 
--- Home: the claim sagas (reserve at the owner, bind here, confirm at the owner, then hold the
--- previous name at its owner for a rename). The row is the saga's durable state.
+-- Home: the claim sagas (reserve at the owner, bind here, confirm at the owner, then record a
+-- new player's public id at the owner of its slot, or hold a renamed player's previous name at
+-- its owner). The row is the saga's durable state.
 CREATE TABLE identity.claim_sagas (
     id                  text PRIMARY KEY,
     root_id             text NOT NULL,  -- a refused or cancelled claim goes on as a new one
@@ -52,8 +53,8 @@ CREATE TABLE identity.claim_sagas (
     previous_owner      text,
     held_until          timestamptz,
     status              text NOT NULL CHECK (status IN
-                        ('reserving', 'confirming', 'holding', 'completed', 'refused',
-                         'cancelled')),
+                        ('reserving', 'confirming', 'registering', 'holding', 'completed',
+                         'refused', 'cancelled')),
     attempts            integer NOT NULL DEFAULT 0,
     last_error          text,
     next_attempt_at     timestamptz NOT NULL DEFAULT now(),
@@ -64,9 +65,9 @@ CREATE TABLE identity.claim_sagas (
 );
 -- One claim in flight per player: a rename waits for the previous claim to end.
 CREATE UNIQUE INDEX claim_sagas_one_open ON identity.claim_sagas (player_id)
-    WHERE status IN ('reserving', 'confirming', 'holding');
+    WHERE status IN ('reserving', 'confirming', 'registering', 'holding');
 CREATE INDEX claim_sagas_due ON identity.claim_sagas (next_attempt_at)
-    WHERE status IN ('reserving', 'confirming', 'holding');
+    WHERE status IN ('reserving', 'confirming', 'registering', 'holding');
 CREATE INDEX claim_sagas_renames ON identity.claim_sagas (player_id, created_at)
     WHERE kind = 'rename' AND id = root_id;
 CREATE INDEX claim_sagas_chain ON identity.claim_sagas (root_id, created_at);
