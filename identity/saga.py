@@ -116,8 +116,8 @@ class ClaimDriver:
         player has a name: bound (the rest, confirm and record or hold, runs on behind the
         answer: the owner's reservation already keeps the name from anyone else), or ended."""
         task = self.runner.drive(saga["id"], saga)
-        if task is None or timeout_s <= 0:
-            return
+        if task is None or timeout_s <= 0 or saga["status"] != "reserving":
+            return  # not driven here, or bound already (in one local transaction)
         root = saga["root_id"]
         bound = self._bound.setdefault(root, asyncio.get_running_loop().create_future())
         try:
@@ -207,11 +207,7 @@ class ClaimDriver:
                     log.error("claim %s: owner answered %s", saga["id"], state)
                     raise Unknown(f"confirm: owner answered {state}")
                 CRASH_POINTS.reached("confirmed")
-                if saga["kind"] == "create":
-                    return await self._advance(saga, "registering")
-                return await self._advance(
-                    saga, "holding" if saga["previous_claim_id"] else "completed"
-                )
+                return await self._advance(saga, self._after_confirm(saga))
             if status == "registering":
                 id_owner = self.owner_of(saga["player_id"])
                 if id_owner is None:
@@ -241,7 +237,58 @@ class ClaimDriver:
         finally:
             CLAIM_STEP_SECONDS.labels(status).observe(asyncio.get_running_loop().time() - started)
 
+    def _after_confirm(self, saga: Mapping) -> str:
+        if saga["kind"] == "create":
+            return "registering"
+        return "holding" if saga["previous_claim_id"] else "completed"
+
+    async def claim_locally(self, connection: asyncpg.Connection, saga: Mapping) -> dict | None:
+        """A claim whose name's slot this region owns, in one transaction: reserve, bind and
+        confirm together (and for a new player whose id's slot is here too, its record), so
+        no step can be lost between them. The saga's row after it; None when the name is
+        refused (the caller goes on with the refusal) or the claim was no longer reserving."""
+        async with connection.transaction():
+            outcome = await claims.reserve(
+                connection, self._reservation(saga), self._config.reservation_lease_ms
+            )
+            if outcome != ReserveOutcome.RESERVED:
+                return None
+            bound = await players.bind(
+                connection,
+                saga,
+                region=self._region,
+                held_for_s=self._config.held_for_s,
+                open_account=self._open_account,
+            )
+            if bound is None:
+                return None
+            await claims.confirm(connection, saga["id"])
+            following = self._after_confirm(bound)
+            if following == "registering" and self.owner_of(saga["player_id"]) == self._region:
+                if await claims.register_id(connection, saga["player_id"], self._region):
+                    following = "completed"
+            if following == "holding" and bound["previous_owner"] == self._region:
+                await claims.hold(connection, bound["previous_claim_id"], bound["held_until"])
+                following = "completed"
+            return await players.advance(connection, bound, following)
+
+    def _reservation(self, saga: Mapping) -> claims.Reservation:
+        return claims.Reservation(
+            claim_id=saga["id"],
+            username=saga["username"],
+            skeleton=saga["skeleton"],
+            slot=identity_slot(saga["skeleton"]),
+            player_id=saga["player_id"],
+            home_region=self._region,
+        )
+
     async def _reserve_and_bind(self, saga: dict) -> dict | None:
+        if saga["owner_region"] == self._region:
+            async with self._pool.acquire() as connection:
+                done = await self.claim_locally(connection, saga)
+            if done is not None:
+                self._signal_bound(saga["root_id"])
+                return done
         reservation = claims.Reservation(
             claim_id=saga["id"],
             username=saga["username"],

@@ -135,7 +135,7 @@ class IdentityService:
             )
         if not self.driver.runner.has_room():
             raise ProblemError(IDENTITY_UNAVAILABLE, "too many claims in flight", retry_after_s=1)
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire() as connection, connection.transaction():
             saga, existing = await players.start_creation(
                 connection,
                 player_id=new_player_id(),
@@ -148,6 +148,10 @@ class IdentityService:
                 lease_owner=self.driver.owner,
                 lease_ms=self.config.claim.lease_ms,
             )
+            if saga is not None and plan.owner_region == self.region:
+                # The name's slot is this region's: the whole claim commits with the player,
+                # in one transaction (a refused name goes on in the claim, as any other).
+                saga = await self.driver.claim_locally(connection, saga) or saga
         if existing is not None:
             if bytes(existing["request_hash"]) != body_hash:
                 raise ProblemError(PROBLEMS[Result.IDEMPOTENCY_CONFLICT])

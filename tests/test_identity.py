@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from identity.usernames import skeleton
-from tests.support import unique
+from tests.support import assert_eventually, unique
 
 P = "urn:regiongate:problem:"
 
@@ -55,10 +55,17 @@ async def test_a_player_is_created_with_its_username_accounts_and_public_id(clus
             gateway, "GET", f"/v1/usernames/{username.upper()}", token=cluster.admin
         )
         assert status == 200 and found["id"] == player["id"], found
-        status, _, read = await cluster.call(
-            gateway, "GET", f"/v1/players/{player['id']}", token=cluster.admin
-        )
-        assert status == 200 and read["username"] == player["username"]
+
+        # The entry gateway knows the player's home at once; another finds it at the owner of
+        # the id's slot, once the claim has recorded it there (right after the answer).
+        async def readable(gateway=gateway) -> bool:
+            status, _, read = await cluster.call(
+                gateway, "GET", f"/v1/players/{player['id']}", token=cluster.admin
+            )
+            assert status in (200, 404), read
+            return status == 200 and read["username"] == player["username"]
+
+        await assert_eventually(readable, timeout_s=5)
 
 
 async def test_a_creation_retried_through_another_gateway_makes_one_player(cluster):
