@@ -15,6 +15,8 @@ from datetime import datetime
 
 import asyncpg
 
+from identity.db import atomic
+
 
 class ReserveOutcome(enum.StrEnum):
     RESERVED = "reserved"
@@ -79,7 +81,7 @@ async def reserve(
     """Reserve a skeleton for a claim, in one transaction: a new skeleton is inserted; one this
     claim already has answers as before; one the same player holds (a past name, or an ended
     claim's reservation) is taken over; any other owner refuses it."""
-    async with connection.transaction():
+    async with atomic(connection):
         inserted = await connection.fetchval(
             INSERT_RESERVATION,
             claim.skeleton,

@@ -13,6 +13,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from identity.db import atomic
 from wire.ids import ulid
 
 OPEN_STATUSES = ("reserving", "confirming", "registering", "holding")
@@ -73,7 +74,6 @@ PLAYER_BY_KEY = (
     f"SELECT {PLAYER_COLUMNS}, request_hash FROM identity.players WHERE creation_key = $1"
 )
 PLAYER = f"SELECT {PLAYER_COLUMNS} FROM identity.players WHERE id = $1"
-PLAYER_FOR_UPDATE = PLAYER + " FOR UPDATE"
 ACCOUNTS = "SELECT currency, account_id FROM identity.player_accounts WHERE player_id = $1"
 SAGA = f"SELECT {SAGA_COLUMNS} FROM identity.claim_sagas WHERE id = $1"
 SAGA_BY_KEY = (
@@ -82,11 +82,6 @@ SAGA_BY_KEY = (
 CHAIN_LATEST = f"""
 SELECT {SAGA_COLUMNS} FROM identity.claim_sagas WHERE root_id = $1
 ORDER BY created_at DESC, id DESC LIMIT 1
-"""
-FIRST_CREATE = f"""
-SELECT {SAGA_COLUMNS} FROM identity.claim_sagas
-WHERE player_id = $1 AND kind = 'create'
-  AND status IN ('confirming', 'registering', 'holding', 'completed')
 """
 RENAMES_IN_WINDOW = """
 SELECT count(*), min(created_at) FROM identity.claim_sagas
@@ -99,11 +94,6 @@ UPDATE identity.claim_sagas SET status = $3, finished_at = CASE WHEN $3 = 'compl
 WHERE id = $1 AND status = $2
 RETURNING {SAGA_COLUMNS}
 """
-BIND = f"""
-UPDATE identity.claim_sagas SET status = 'confirming'
-WHERE id = $1 AND status = 'reserving'
-RETURNING {SAGA_COLUMNS}
-"""
 REFUSE = f"""
 UPDATE identity.claim_sagas SET status = 'refused', refusal = $2, finished_at = now()
 WHERE id = $1 AND status = 'reserving'
@@ -114,8 +104,18 @@ UPDATE identity.claim_sagas SET status = 'cancelled', finished_at = now()
 WHERE id = $1 AND status = 'reserving'
 RETURNING {SAGA_COLUMNS}
 """
-INSERT_EVENT = """
-INSERT INTO identity.events (id, type, aggregate_id, version, body) VALUES ($1, $2, $3, $4, $5)
+
+
+CREATION_ANSWER = f"""
+SELECT {PLAYER_COLUMNS},
+       (SELECT coalesce(jsonb_object_agg(currency, account_id), '{{}}')
+        FROM identity.player_accounts WHERE player_id = p.id) AS accounts,
+       (SELECT jsonb_build_object('username', username, 'generated', generated)
+        FROM identity.claim_sagas WHERE player_id = p.id AND kind = 'create'
+          AND status IN ('confirming', 'registering', 'holding', 'completed')) AS created,
+       (SELECT refusal FROM identity.claim_sagas WHERE player_id = p.id AND status = 'refused'
+        ORDER BY created_at DESC LIMIT 1) AS refusal
+FROM identity.players p WHERE id = $1
 """
 
 
@@ -163,7 +163,7 @@ async def start_creation(
 ) -> tuple[dict | None, dict | None]:
     """(the new claim saga's row, None), or (None, the player an earlier call with this key
     made, with its request hash) for a repeat."""
-    async with connection.transaction():
+    async with atomic(connection):
         player = await connection.fetchrow(
             INSERT_PLAYER,
             player_id,
@@ -219,6 +219,47 @@ async def insert_saga(
     return dict(row)
 
 
+TAKE_NAME = """
+WITH bound AS (
+    UPDATE identity.claim_sagas SET status = $10 WHERE id = $4 AND status = 'reserving'
+    RETURNING id
+), old AS (
+    SELECT p.id, p.username, p.claim_id, p.owner_region FROM identity.players p, bound
+    WHERE p.id = $1 FOR UPDATE OF p
+), taken AS (
+    UPDATE identity.players p
+    SET status = 'active', username = $2, skeleton = $3, claim_id = $4, owner_region = $5,
+        username_generated = $6, username_refusal = $7, version = p.version + 1,
+        updated_at = now()
+    FROM old WHERE p.id = old.id
+    RETURNING p.version, p.currencies, p.operator, old.username AS previous_username,
+              old.claim_id AS previous_claim_id, old.owner_region AS previous_owner
+), history AS (
+    INSERT INTO identity.username_history (player_id, claim_id, username, skeleton, owner_region)
+    SELECT $1, $4, $2, $3, $5 FROM taken
+), event AS (
+    INSERT INTO identity.events (id, type, aggregate_id, version, body)
+    SELECT $8, $9, $1, taken.version,
+           jsonb_build_object('player_id', $1::text, 'region', $11::text, 'username', $2::text)
+           || CASE WHEN taken.previous_username IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object('previous_username', taken.previous_username) END
+    FROM taken
+)
+SELECT * FROM taken
+"""
+HOLD_PREVIOUS = f"""
+WITH history AS (
+    UPDATE identity.username_history SET until = now(),
+           held_until = now() + $3 * interval '1 second'
+    WHERE claim_id = $2
+)
+UPDATE identity.claim_sagas SET previous_claim_id = $2, previous_owner = $4,
+       held_until = now() + $3 * interval '1 second'
+WHERE id = $1
+RETURNING {SAGA_COLUMNS}
+"""
+
+
 async def bind(
     connection: asyncpg.Connection,
     saga: Mapping,
@@ -226,29 +267,35 @@ async def bind(
     region: str,
     held_for_s: int,
     open_account: OpenAccount,
+    status_after: str = "confirming",
 ) -> dict | None:
     """The player takes the reserved name, in one transaction with its history, its event and
-    (for a creation) its wallet accounts. None if the saga is no longer reserving (the owner
-    had it cancelled: the cancel started its successor)."""
-    async with connection.transaction():
-        bound = await connection.fetchrow(BIND, saga["id"])
-        if bound is None:
-            return None
-        player = await connection.fetchrow(PLAYER_FOR_UPDATE, saga["player_id"])
-        version = player["version"] + 1
-        await connection.execute(
-            "INSERT INTO identity.username_history (player_id, claim_id, username, skeleton, "
-            "owner_region) VALUES ($1, $2, $3, $4, $5)",
+    (for a creation) its wallet accounts; the saga moves on to status_after. None if the saga
+    is no longer reserving (the owner had it cancelled: the cancel started its successor).
+
+    One statement takes the name, writes the history and the event; the wallet accounts and,
+    for a rename, the previous name's history follow in the same transaction."""
+    async with atomic(connection):
+        taken = await connection.fetchrow(
+            TAKE_NAME,
             saga["player_id"],
-            saga["id"],
             saga["username"],
             saga["skeleton"],
+            saga["id"],
             saga["owner_region"],
+            saga["generated"],
+            saga["refusal"],
+            f"ev_{ulid()}",
+            "player.created" if saga["kind"] == "create" else "player.username_changed",
+            status_after,
+            region,
         )
+        if taken is None:
+            return None
         if saga["kind"] == "create":
-            for currency in player["currencies"]:
+            for currency in taken["currencies"]:
                 account_id = await open_account(
-                    connection, saga["player_id"], currency, player["operator"]
+                    connection, saga["player_id"], currency, taken["operator"]
                 )
                 await connection.execute(
                     "INSERT INTO identity.player_accounts (player_id, currency, account_id) "
@@ -257,52 +304,15 @@ async def bind(
                     currency,
                     account_id,
                 )
-            event = ("player.created", {"username": saga["username"]})
-        else:
-            held_until = await connection.fetchval(
-                "SELECT now() + $1 * interval '1 second'", held_for_s
-            )
-            await connection.execute(
-                "UPDATE identity.username_history SET until = now(), held_until = $2 "
-                "WHERE claim_id = $1",
-                player["claim_id"],
-                held_until,
-            )
-            bound = await connection.fetchrow(
-                f"UPDATE identity.claim_sagas SET previous_claim_id = $2, previous_owner = $3, "
-                f"held_until = $4 WHERE id = $1 RETURNING {SAGA_COLUMNS}",
-                saga["id"],
-                player["claim_id"],
-                player["owner_region"],
-                held_until,
-            )
-            event = (
-                "player.username_changed",
-                {"username": saga["username"], "previous_username": player["username"]},
-            )
-        await connection.execute(
-            "UPDATE identity.players SET status = 'active', username = $2, skeleton = $3, "
-            "claim_id = $4, owner_region = $5, username_generated = $6, version = $7, "
-            "username_refusal = $8, updated_at = now() WHERE id = $1",
-            saga["player_id"],
-            saga["username"],
-            saga["skeleton"],
+            return {**saga, "status": status_after}
+        row = await connection.fetchrow(
+            HOLD_PREVIOUS,
             saga["id"],
-            saga["owner_region"],
-            saga["generated"],
-            version,
-            saga["refusal"],
+            taken["previous_claim_id"],
+            held_for_s,
+            taken["previous_owner"],
         )
-        type_, body = event
-        await connection.execute(
-            INSERT_EVENT,
-            f"ev_{ulid()}",
-            type_,
-            saga["player_id"],
-            version,
-            _encode({"player_id": saga["player_id"], "region": region, **body}).decode(),
-        )
-        return dict(bound)
+        return {**dict(row), "status": status_after}
 
 
 async def advance(connection: asyncpg.Connection, saga: Mapping, status: str) -> dict | None:
@@ -322,7 +332,7 @@ async def refuse(
     """End a claim its owner refused. A creation that may fall back goes on as a new claim of
     a generated name (returned, leased to this driver); one that may not leaves its player
     refused; a rename just ends (returns None)."""
-    async with connection.transaction():
+    async with atomic(connection):
         refused = await connection.fetchrow(REFUSE, saga["id"], refusal)
         if refused is None:
             return None
@@ -358,7 +368,7 @@ async def cancel(connection: asyncpg.Connection, claim_id: str) -> str:
     """An owner asks whether a reservation it holds past its lease was bound: ``bound`` (it
     confirms it) or ``cancelled`` (it releases it; this claim is then never bound, and goes on
     as a new claim of the same name, which recovery drives)."""
-    async with connection.transaction():
+    async with atomic(connection):
         cancelled = await connection.fetchrow(CANCEL, claim_id)
         if cancelled is None:
             status = await connection.fetchval(

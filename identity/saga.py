@@ -34,6 +34,7 @@ import msgspec
 from identity import claims, players
 from identity.claims import ReserveOutcome
 from identity.config import IdentityConfig
+from identity.db import atomic
 from identity.observability import CLAIM_OUTCOMES, CLAIM_STEP_SECONDS, CLAIMS_RUNNING
 from identity.usernames import Username, fallback
 from region_router.directory import Directory
@@ -247,26 +248,30 @@ class ClaimDriver:
         confirm together (and for a new player whose id's slot is here too, its record), so
         no step can be lost between them. The saga's row after it; None when the name is
         refused (the caller goes on with the refusal) or the claim was no longer reserving."""
-        async with connection.transaction():
+        async with atomic(connection):
             outcome = await claims.reserve(
                 connection, self._reservation(saga), self._config.reservation_lease_ms
             )
             if outcome != ReserveOutcome.RESERVED:
                 return None
+            await claims.confirm(connection, saga["id"])
+            following = self._after_confirm(saga)
+            if following == "registering" and self.owner_of(saga["player_id"]) == self._region:
+                if await claims.register_id(connection, saga["player_id"], self._region):
+                    following = "completed"
             bound = await players.bind(
                 connection,
                 saga,
                 region=self._region,
                 held_for_s=self._config.held_for_s,
                 open_account=self._open_account,
+                status_after=following if saga["kind"] == "create" else "confirming",
             )
             if bound is None:
                 return None
-            await claims.confirm(connection, saga["id"])
+            if bound["kind"] == "create":
+                return bound
             following = self._after_confirm(bound)
-            if following == "registering" and self.owner_of(saga["player_id"]) == self._region:
-                if await claims.register_id(connection, saga["player_id"], self._region):
-                    following = "completed"
             if following == "holding" and bound["previous_owner"] == self._region:
                 await claims.hold(connection, bound["previous_claim_id"], bound["held_until"])
                 following = "completed"

@@ -40,6 +40,7 @@ from wire.results import (
 
 log = logging.getLogger("regiongate.identity")
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 
 def refusal_problem(refusal: UsernameRefused) -> ProblemError:
@@ -161,24 +162,15 @@ class IdentityService:
 
     async def _creation_answer(self, player_id: str, *, replayed: bool) -> Answer:
         async with self.pool.acquire() as connection:
-            row, accounts = await players.read_player(connection, player_id)
-            created = await connection.fetchrow(players.FIRST_CREATE, player_id)
-            refused = await connection.fetchrow(
-                "SELECT refusal FROM identity.claim_sagas WHERE player_id = $1 "
-                "AND status = 'refused' ORDER BY created_at DESC LIMIT 1",
-                player_id,
-            )
+            row = await connection.fetchrow(players.CREATION_ANSWER, player_id)
         if row["status"] == "refused":
-            problem = (
-                USERNAME_HELD
-                if refused and refused["refusal"] == "username-held"
-                else (USERNAME_TAKEN)
-            )
-            raise ProblemError(problem, "nothing was created")
-        view = players.player_view(row, accounts, self.region)
+            held = row["refusal"] == "username-held"
+            raise ProblemError(USERNAME_HELD if held else USERNAME_TAKEN, "nothing was created")
+        view = players.player_view(row, _decode(row["accounts"]), self.region)
         if row["status"] == "creating":
             return Answer(202, view, replayed)
         # A replay answers what the creation answered: the name and version it had then.
+        created = _decode(row["created"])
         view.update(
             username=created["username"], version=1, username_generated=created["generated"]
         )
