@@ -317,8 +317,13 @@ def cmd_local_token(args) -> int:
         claims["operator"] = args.operator
     if args.home_region:
         claims["home_region"] = args.home_region
-    if args.scope == "wallet" and not claims.get("accounts"):
-        print("regiongate: a wallet token needs --accounts (the player's own)", file=sys.stderr)
+    if args.player:
+        claims["player"] = args.player
+    if args.scope == "wallet" and not claims.get("accounts") and not args.player:
+        print(
+            "regiongate: a wallet token needs --accounts or --player (the player's own)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.scope == "game:server" and not args.operator:
         print("regiongate: a game:server token needs --operator", file=sys.stderr)
@@ -424,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--accounts", help="comma-separated account ids (wallet: the player's)")
     token.add_argument("--operator", help="the operator a game server plays for")
     token.add_argument("--home-region", help="where this client's creations go by default")
+    token.add_argument("--player", help="a player's own public id (may rename itself)")
     token.add_argument("--subject", default="dev-client", help="the token's sub and client id")
     token.add_argument("--lifetime-s", type=int, default=3600)
     token.add_argument("--data-dir", default=".local", help="the running local cluster")

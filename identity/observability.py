@@ -22,3 +22,11 @@ REAPED = Counter(
     "Owner-side clean-ups: expired reservations confirmed or released, held names released",
     ["action"],
 )
+CLAIMS_OVERDUE = Gauge(
+    "regiongate_identity_claims_overdue",
+    "Claims of this home's players still unfinished a minute after they began",
+)
+RESERVATIONS_UNSETTLED = Gauge(
+    "regiongate_identity_reservations_unsettled",
+    "Reservations at this owner unconfirmed a minute past their lease (their home not answering)",
+)

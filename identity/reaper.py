@@ -14,7 +14,7 @@ import asyncpg
 
 from identity import claims
 from identity.config import IdentityConfig
-from identity.observability import REAPED
+from identity.observability import REAPED, RESERVATIONS_UNSETTLED
 from runtime.sagas import DATABASE_ERRORS
 
 log = logging.getLogger("regiongate.identity.reaper")
@@ -33,6 +33,10 @@ WHERE claim_id IN (
     SELECT claim_id FROM identity.claims WHERE state = 'reserved' AND lease_until < now()
     ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING claim_id, home_region
+"""
+UNSETTLED = """
+SELECT count(*) FROM identity.claims
+WHERE state = 'reserved' AND created_at < now() - ($1 + 60000) * interval '1 millisecond'
 """
 ASK_BACKOFF_BASE_MS = 500
 
@@ -78,6 +82,9 @@ class Reaper:
                 elif answer == "cancelled":
                     await connection.execute(claims.RELEASE_RESERVATION, row["claim_id"])
                     counts["released_reservation"] += 1
+            RESERVATIONS_UNSETTLED.set(
+                await connection.fetchval(UNSETTLED, self._config.reservation_lease_ms)
+            )
         for action, count in counts.items():
             if count:
                 REAPED.labels(action).inc(count)

@@ -35,7 +35,12 @@ from identity import claims, players
 from identity.claims import ReserveOutcome
 from identity.config import IdentityConfig
 from identity.db import atomic
-from identity.observability import CLAIM_OUTCOMES, CLAIM_STEP_SECONDS, CLAIMS_RUNNING
+from identity.observability import (
+    CLAIM_OUTCOMES,
+    CLAIM_STEP_SECONDS,
+    CLAIMS_OVERDUE,
+    CLAIMS_RUNNING,
+)
 from identity.usernames import Username, fallback
 from region_router.directory import Directory
 from region_router.errors import RouterError
@@ -72,6 +77,12 @@ RELEASE = """
 UPDATE identity.claim_sagas SET lease_until = now()
 WHERE lease_owner = $1 AND status IN ('reserving', 'confirming', 'registering', 'holding')
 """
+OVERDUE_AFTER_S = 60
+COUNT_OVERDUE = """
+SELECT count(*) FROM identity.claim_sagas
+WHERE status IN ('reserving', 'confirming', 'registering', 'holding')
+  AND created_at < now() - $1 * interval '1 second'
+"""
 STEP_PATH = "/v1/identity-steps/{action}"
 _decode = msgspec.json.Decoder()
 
@@ -107,6 +118,7 @@ class ClaimDriver:
             drive_one=self._drive,
             due=self._due,
             release=self._release,
+            after_pass=self._count_overdue,
         )
         self._bound: dict[str, asyncio.Future] = {}
         """Root claim id -> what a request waiting for its player's name awaits."""
@@ -153,6 +165,10 @@ class ClaimDriver:
     async def _due(self, limit: int) -> list[str]:
         async with self._pool.acquire() as connection:
             return [row["id"] for row in await connection.fetch(DUE, limit)]
+
+    async def _count_overdue(self) -> None:
+        async with self._pool.acquire() as connection:
+            CLAIMS_OVERDUE.set(await connection.fetchval(COUNT_OVERDUE, OVERDUE_AFTER_S))
 
     async def _release(self) -> None:
         async with self._pool.acquire() as connection:

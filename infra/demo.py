@@ -1,8 +1,9 @@
 """``regiongate local demo``: a short scripted scenario through different regions' gateways of
 the running local cluster: accounts in two regions, deposits, a bet and a win for an eu player
 placed through the us and ap gateways, a rollback, a rollback that arrives before its bet, a
-transfer between players of two regions (a saga), the same balance read from every gateway, and
-the audit across regions. It prints each step and what happened."""
+transfer between players of two regions (a saga), the same balance read from every gateway,
+players and usernames (a creation, a lookup from a third region, a look-alike name, a rename and
+its held name), and the audit across regions. It prints each step and what happened."""
 
 from __future__ import annotations
 
@@ -201,7 +202,59 @@ class Demo:
                 self.admin,
                 note="bob: 100.00, the bet rolled back, + 25.00 from alice = 125.00",
             )
+            await self.players(session, home, other, third)
         await self.audit()
+
+    async def players(self, session, home: str, other: str, third: str) -> None:
+        """Players and usernames: one created through another region's gateway, found from a
+        third, a look-alike name that gets a generated one, a rename and the held name."""
+        name = f"Carol{self.run_id[:6]}"
+        carol = await self.call(
+            session,
+            other,
+            "POST",
+            "/v1/players",
+            self.admin,
+            {"username": name, "currencies": ["EUR"], "region": home},
+            f"a player homed in {home}, with a username and an EUR wallet",
+        )
+        await self.call(
+            session, third, "GET", f"/v1/usernames/{name.upper()}", self.admin,
+            note="found by its name (any case) from a third region",
+        )  # fmt: skip
+        look_alike = await self.call(
+            session,
+            home,
+            "POST",
+            "/v1/players",
+            self.admin,
+            {"username": name.replace("o", "0"), "region": other},
+            "a look-alike name (0 for o): taken, so a generated one",
+        )
+        print(
+            f"      -> {look_alike.get('username')!r}, username_refusal "
+            f"{look_alike.get('username_refusal')!r}"
+        )
+        await self.call(
+            session,
+            third,
+            "PUT",
+            f"/v1/players/{carol['id']}/username",
+            self.admin,
+            {"username": f"carolyn{self.run_id[:6]}"},
+            "a rename: the old name is held for carol",
+        )
+        async with session.get(
+            self.gateways[home] + f"/v1/usernames/{name}",
+            headers={"Authorization": f"Bearer {self.admin}"},
+            ssl=self.ssl,
+            allow_redirects=False,
+        ) as response:
+            self.step += 1
+            print(
+                f"{self.step:>2}. via {home} gateway  GET  /v1/usernames/{name:33} -> "
+                f"{response.status} {response.headers.get('Location')}  the old name redirects"
+            )
 
     async def audit(self) -> None:
         from ledger_node.global_audit import audit_regions
