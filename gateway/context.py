@@ -4,6 +4,7 @@ the regions' nodes, rate limiter), built once per process, and the steps every h
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import logging
@@ -19,6 +20,7 @@ from gateway.observability import POOL_WAIT_SECONDS
 from gateway.ratelimit import Limit, RateLimiter, limiter_redis
 from region_router.backends import build_directory
 from region_router.directory import Directory
+from region_router.errors import RouterError
 from region_router.http_pool import HttpPool
 from region_router.ledger_client import LedgerResponse
 from region_router.router import RegionRouter, RouterConfig
@@ -124,13 +126,34 @@ class Gateway:
         response = await self.router.call_in_region(
             owner, "GET", f"/v1/identity/locate/{player_id}"
         )
-        if response.status == 404:
-            raise ProblemError(PLAYER_NOT_FOUND)
-        if response.status != 200:
+        if response.status == 200:
+            home = response.json()["home_region"]
+        elif response.status == 404:
+            # Not recorded there yet: a player created through another gateway a moment ago
+            # (its id is recorded right after its name is confirmed). Ask every region whether
+            # the player is its own, at once: one round trip, for this rare miss only.
+            home = await self._find_home(player_id)
+        else:
             raise ProblemError(IDENTITY_UNAVAILABLE, f"the id's owner answered {response.status}")
-        home = response.json()["home_region"]
+        if home is None:
+            raise ProblemError(PLAYER_NOT_FOUND)
         self.remember_home(player_id, home)
         return home
+
+    async def _find_home(self, player_id: str) -> str | None:
+        regions = list(self.directory.snapshot().regions)
+
+        async def ask(region: str) -> str | None:
+            try:
+                answer = await self.router.call_in_region(
+                    region, "GET", f"/v1/identity/players/{player_id}"
+                )
+            except (RouterError, TimeoutError):
+                return None
+            return region if answer.status == 200 else None
+
+        found = [home for home in await asyncio.gather(*map(ask, regions)) if home]
+        return found[0] if found else None
 
     def remember_home(self, player_id: str, home: str) -> None:
         self._player_homes[player_id] = home

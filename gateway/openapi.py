@@ -148,8 +148,8 @@ class Route:
     ok: str = "200"
     accepted: bool = False
     """Also 202: a cross-region transfer still running, with a Location to poll."""
-    response: type | None = None
-    """The answer's schema, where the contract fixes it."""
+    response: type | tuple[type, ...] | None = None
+    """The answer's schema, where the contract fixes it (one of several, for a tuple)."""
     redirect: type | None = None
     """Also 307, with this body and a Location to follow."""
 
@@ -197,7 +197,7 @@ ROUTES = (
     Route("get", "/v1/players/{player_id}",
           "A player: the full record for the back office, its operator's servers and itself;"
           " the public profile (id, username, display_name) for anyone else",
-          "any", response=PlayerOut),
+          "any", response=(PlayerOut, ProfileOut)),
     Route("put", "/v1/players/{player_id}/username",
           "Rename: the previous name is held for the player for a while (lookups of it"
           " redirect here), then released. Rate-limited per player (rename-rate-limited).",
@@ -205,8 +205,8 @@ ROUTES = (
           UsernameIn, idempotent=True, accepted=True, response=PlayerOut),
     Route("get", "/v1/usernames/{username}",
           "The player who has this username; for a name held after a rename, 307 to the"
-          " player. Rate-limited per client (lookup).", "any", response=ProfileOut,
-          redirect=HeldOut),
+          " player. Rate-limited per client (lookup).", "any",
+          response=(PlayerOut, ProfileOut), redirect=HeldOut),
     Route("get", "/v1/usernames/{username}/availability",
           "Whether a username could be claimed now. Rate-limited per client (lookup).", "any",
           response=AvailabilityOut),
@@ -227,7 +227,10 @@ def _operation(route: Route, schemas: dict[type, dict]) -> dict:
         for part in route.path.split("/")
         if part.startswith("{")
     ]
-    answer = schemas[route.response] if route.response is not None else {}
+    if isinstance(route.response, tuple):
+        answer = {"anyOf": [schemas[kind] for kind in route.response]}
+    else:
+        answer = schemas[route.response] if route.response is not None else {}
     responses: dict = {
         route.ok: {"description": "OK", "content": {"application/json": {"schema": answer}}}
     }
@@ -269,7 +272,14 @@ def _operation(route: Route, schemas: dict[type, dict]) -> dict:
 def openapi_document() -> dict:
     bodies = list(
         dict.fromkeys(
-            kind for r in ROUTES for kind in (r.body, r.response, r.redirect) if kind is not None
+            kind
+            for r in ROUTES
+            for kind in (
+                r.body,
+                *(r.response if isinstance(r.response, tuple) else (r.response,)),
+                r.redirect,
+            )
+            if kind is not None
         )
     )
     refs, components = msgspec.json.schema_components(

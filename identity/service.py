@@ -30,6 +30,7 @@ from wire.results import (
     PLAYER_NOT_FOUND,
     PROBLEMS,
     RENAME_RATE_LIMITED,
+    SLOT_NOT_OWNED,
     USERNAME_HELD,
     USERNAME_INVALID,
     USERNAME_RESERVED,
@@ -275,8 +276,7 @@ class IdentityService:
         owner = self._directory.snapshot().slot_owner(identity_slot(key))
         if owner != self.region:
             raise ProblemError(
-                PROBLEMS[Result.ACCOUNT_NOT_IN_REGION].at(field),
-                f"identity slot owned by {owner}, not {self.region}",
+                SLOT_NOT_OWNED, f"identity slot owned by {owner}, not {self.region}", field=field
             )
 
     async def lookup(self, username: str) -> dict | None:

@@ -276,3 +276,60 @@ async def test_bad_usernames_are_refused_by_rule_and_write_nothing(cluster):
     )
     assert same["username"] == existing and same["version"] == 1
     assert await cluster.audit() == {}
+
+
+async def test_who_sees_and_renames_a_player(cluster):
+    _, _, player = await create(cluster, username=name("erin"), operator="op-1", region="eu")
+    pid = player["id"]
+    stranger = cluster.keys.mint("someone", "wallet", accounts=["eu-x"])
+    own = cluster.keys.mint("erin", "wallet", accounts=["eu-x"], player=pid)
+    server = cluster.keys.mint("server-1", "game:server", operator="op-1")
+    other_server = cluster.keys.mint("server-2", "game:server", operator="op-2")
+    for token, full in ((stranger, False), (own, True), (server, True), (other_server, False)):
+        status, _, seen = await cluster.call("us", "GET", f"/v1/players/{pid}", token=token)
+        assert status == 200
+        assert ("accounts" in seen) is full, seen
+        if not full:
+            assert set(seen) == {"id", "username", "display_name"}
+    for token, allowed in ((stranger, False), (other_server, False), (own, True)):
+        status, _, answer = await cluster.call(
+            "eu",
+            "PUT",
+            f"/v1/players/{pid}/username",
+            token=token,
+            key=unique(),
+            body={"username": name("erin")},
+        )
+        assert (status == 200) is allowed, answer
+    status, _, answer = await create(cluster, token=other_server, operator="op-1")
+    assert status == 403, answer
+
+
+async def test_renames_are_rate_limited_per_player(cluster):
+    _, _, player = await create(cluster, username=name("frank"), region="us")
+    statuses = []
+    for _ in range(4):
+        status, headers, answer = await cluster.call(
+            "us",
+            "PUT",
+            f"/v1/players/{player['id']}/username",
+            token=cluster.admin,
+            key=unique(),
+            body={"username": name("frank")},
+        )
+        statuses.append(status)
+    assert statuses == [200, 200, 200, 429], statuses
+    assert answer["type"] == P + "rename-rate-limited" and int(headers["Retry-After"]) > 0
+
+
+@pytest.mark.gateway_limits(lookup_rate_per_s=0.01, lookup_burst=3)
+async def test_lookups_have_a_budget_of_their_own(cluster):
+    token = cluster.keys.mint(unique("prober"), "wallet", accounts=["eu-x"])
+    statuses = [
+        (await cluster.call("eu", "GET", f"/v1/usernames/{name()}/availability", token=token))[0]
+        for _ in range(5)
+    ]
+    assert statuses == [200, 200, 200, 429, 429], statuses
+    # the caller's other requests keep their own budget
+    status, _, _ = await cluster.call("eu", "GET", "/v1/players/pl_" + "0" * 26, token=token)
+    assert status == 404

@@ -128,6 +128,9 @@ CLAIM_IN_PROGRESS = Problem(
     409, "claim-in-progress", "Another username change of this player is still in progress"
 )
 RENAME_RATE_LIMITED = Problem(429, "rename-rate-limited", "Too many renames for this player")
+SLOT_NOT_OWNED = Problem(
+    421, "identity-slot-not-owned", "This region does not own the name's or id's identity slot"
+)
 IDENTITY_UNAVAILABLE = Problem(
     503, "identity-unavailable", "Identity is not available on this node; retry later"
 )
