@@ -61,10 +61,16 @@ def cmd_gateway_serve(args) -> int:
 
 
 def cmd_ledger_migrate(args) -> int:
+    """The node's schema: the ledger's migrations, then identity's (each with its record)."""
+    from identity.migrations import IDENTITY_MIGRATIONS
     from ledger_node.migrations import apply_migrations
 
-    applied = asyncio.run(_with_connection(_config(args.config), apply_migrations))
-    print(f"applied migrations: {applied or 'none (schema current)'}")
+    async def migrate(connection) -> tuple[list[int], list[int]]:
+        return await apply_migrations(connection), await IDENTITY_MIGRATIONS.apply(connection)
+
+    ledger, identity = asyncio.run(_with_connection(_config(args.config), migrate))
+    print(f"applied migrations: {ledger or 'none (schema current)'}")
+    print(f"applied identity migrations: {identity or 'none (schema current)'}")
     return EXIT_OK
 
 

@@ -74,9 +74,10 @@ class PlayerOut(msgspec.Struct):
 
 
 class HeldOut(ProfileOut):
-    """A name held for the player who had it: where it is now, and until when."""
+    """A name held for the player who had it: where it is now, and until when (null for a
+    moment after the rename, until the name's owner has recorded the hold)."""
 
-    held_until: str
+    held_until: str | None
 
 
 class AvailabilityOut(msgspec.Struct):

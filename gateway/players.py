@@ -197,10 +197,11 @@ async def lookup(request: web.Request) -> web.Response:
     claim = await _claim(request, name, raw)
     if claim is None or claim["state"] == "reserved":
         raise ProblemError(USERNAME_NOT_FOUND)
-    player = _shown(
-        principal, await _fetch_player(request, claim["player_id"], claim["home_region"])
-    )
-    if claim["state"] == "held":
+    found = await _fetch_player(request, claim["player_id"], claim["home_region"])
+    player = _shown(principal, found)
+    # A name its player has just left is held from the moment of the rename, though its
+    # owner learns it a moment later (the claim's last step): redirect already.
+    if claim["state"] == "held" or found["username"] != claim["username"]:
         return _json(
             {**player, "held_until": claim["held_until"]},
             307,

@@ -83,6 +83,10 @@ CHAIN_LATEST = f"""
 SELECT {SAGA_COLUMNS} FROM identity.claim_sagas WHERE root_id = $1
 ORDER BY created_at DESC, id DESC LIMIT 1
 """
+OPEN_CLAIM = """
+SELECT id FROM identity.claim_sagas
+WHERE player_id = $1 AND status IN ('reserving', 'confirming', 'registering', 'holding')
+"""
 RENAMES_IN_WINDOW = """
 SELECT count(*), min(created_at) FROM identity.claim_sagas
 WHERE player_id = $1 AND kind = 'rename' AND id = root_id AND status <> 'refused'

@@ -6,6 +6,7 @@ the ``open_account`` the ledger hands it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from wire.results import (
 )
 
 log = logging.getLogger("regiongate.identity")
+OPEN_CLAIM_POLL_S = 0.02
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -187,6 +189,7 @@ class IdentityService:
         plan = self.driver.plan(name, generated=False, fallback=False)
         if plan is None:
             raise ProblemError(IDENTITY_UNAVAILABLE, "the directory assigns no identity slots")
+        await self._await_open_claim(player_id)
         async with self.pool.acquire() as connection:
             previous = await connection.fetchrow(players.SAGA_BY_KEY, request_key)
             if previous is not None:
@@ -234,6 +237,23 @@ class IdentityService:
         await self.driver.wait_bound(saga, self.config.claim.wait_ms / 1000)
         async with self.pool.acquire() as connection:
             return await self._rename_answer(connection, saga["root_id"], replayed=False)
+
+    async def _await_open_claim(self, player_id: str) -> None:
+        """A player's previous claim finishes its last steps (confirm, record, hold) just after
+        its answer; a rename that follows at once waits for them, up to claim.wait_ms, rather
+        than answering claim-in-progress to a client that did nothing wrong."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.claim.wait_ms / 1000
+        while (remaining := deadline - loop.time()) > 0:
+            async with self.pool.acquire() as connection:
+                open_id = await connection.fetchval(players.OPEN_CLAIM, player_id)
+            if open_id is None:
+                return
+            task = self.driver.runner.drive(open_id)
+            if task is not None:
+                await asyncio.wait({task}, timeout=remaining)
+            else:
+                await asyncio.sleep(min(remaining, OPEN_CLAIM_POLL_S))
 
     async def _rename_answer(self, connection, root_id: str, *, replayed: bool) -> Answer:
         latest = await connection.fetchrow(players.CHAIN_LATEST, root_id)

@@ -118,14 +118,20 @@ async def test_a_rename_holds_the_old_name_for_its_player(cluster):
     status, headers, held = await cluster.call(
         "eu", "GET", f"/v1/usernames/{old}", token=cluster.admin
     )
-    assert status == 307 and headers["Location"] == f"/v1/players/{player['id']}"
+    assert status == 307 and headers["Location"] == f"/v1/players/{player['id']}", (old, new, held)
     assert held["username"] == new
+
+    # the old name's owner learns it is held in the claim's last step, just after the answer
+    async def held() -> bool:
+        _, _, availability = await cluster.call(
+            "us", "GET", f"/v1/usernames/{old}/availability", token=cluster.admin
+        )
+        assert availability["status"] in ("taken", "held"), availability
+        return availability["status"] == "held"
+
+    await assert_eventually(held, timeout_s=5)
     status, _, other = await create(cluster, username=old, username_required=True)
     assert status == 409 and other["type"] == P + "username-held"
-    status, _, availability = await cluster.call(
-        "us", "GET", f"/v1/usernames/{old}/availability", token=cluster.admin
-    )
-    assert availability["status"] == "held"
     # the player may take its old name back
     status, _, back = await cluster.call(
         "eu",
