@@ -248,6 +248,7 @@ async def identity_rows(cluster) -> tuple:
     return tuple(tuple(row) for row in counts)
 
 
+@pytest.mark.cluster_regions("eu", "us", "ap")
 async def test_bad_usernames_are_refused_by_rule_and_write_nothing(cluster):
     digits = f"{random.randrange(10**8):08d}"
     existing = "ay" + digits
