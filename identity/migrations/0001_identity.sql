@@ -68,8 +68,8 @@ CREATE UNIQUE INDEX claim_sagas_one_open ON identity.claim_sagas (player_id)
     WHERE status IN ('reserving', 'confirming', 'registering', 'holding');
 CREATE INDEX claim_sagas_due ON identity.claim_sagas (next_attempt_at)
     WHERE status IN ('reserving', 'confirming', 'registering', 'holding');
-CREATE INDEX claim_sagas_renames ON identity.claim_sagas (player_id, created_at)
-    WHERE kind = 'rename' AND id = root_id;
+-- A player's claims: its creation's answer, its renames in the rate window.
+CREATE INDEX claim_sagas_player ON identity.claim_sagas (player_id, created_at);
 CREATE INDEX claim_sagas_chain ON identity.claim_sagas (root_id, created_at);
 
 -- Home: every name a player has had, current (until IS NULL) and past.
