@@ -112,26 +112,39 @@ class UsernameRefused(ValueError):
 
 def check(raw: str, rules: UsernameRules) -> Username:
     """The name in canonical form with its skeleton, or UsernameRefused naming the rule."""
+    return _check(raw, rules, ascii_fast_path=True)
+
+
+def _check(raw: str, rules: UsernameRules, ascii_fast_path: bool) -> Username:
     if not isinstance(raw, str) or not raw:
         raise UsernameRefused(UsernameRule.EMPTY, "a username is required")
     if len(raw) > 4 * rules.length_max:  # bound the work before PRECIS sees it
         raise UsernameRefused(UsernameRule.TOO_LONG, f"at most {rules.length_max} characters")
-    try:
-        canonical = _PROFILE.enforce(raw)
-    except UnicodeEncodeError as exc:
-        reason = str(exc.reason).split("/")[-1].replace("_", " ")
-        rule = UsernameRule.EMPTY if "empty" in reason else UsernameRule.DISALLOWED_CHARACTER
-        raise UsernameRefused(rule, f"character not allowed in a username: {reason}") from exc
+    ascii_name = ascii_fast_path and raw.isascii() and raw.isprintable() and " " not in raw
+    if ascii_name:
+        # Printable ASCII without a space: PRECIS's IdentifierClass takes every such character
+        # (its ASCII7), its case mapping is lower(), its width mapping and NFC change nothing.
+        # The same canonical form, five times faster (the bulk migration checks every name).
+        canonical = raw.lower()
+    else:
+        try:
+            canonical = _PROFILE.enforce(raw)
+        except UnicodeEncodeError as exc:
+            reason = str(exc.reason).split("/")[-1].replace("_", " ")
+            rule = UsernameRule.EMPTY if "empty" in reason else UsernameRule.DISALLOWED_CHARACTER
+            raise UsernameRefused(rule, f"character not allowed in a username: {reason}") from exc
     if len(canonical) < rules.length_min:
         raise UsernameRefused(UsernameRule.TOO_SHORT, f"at least {rules.length_min} characters")
     if len(canonical) > rules.length_max:
         raise UsernameRefused(UsernameRule.TOO_LONG, f"at most {rules.length_max} characters")
     _check_punctuation(canonical, rules.punctuation)
-    if not _single_script(canonical):
+    if not ascii_name and not _single_script(canonical):  # ASCII: Latin, Common only
         raise UsernameRefused(UsernameRule.MIXED_SCRIPT, "a username uses one script")
     if all(unicodedata.category(c) == "Nd" for c in canonical):
         raise UsernameRefused(UsernameRule.ALL_DIGITS, "a username is not only digits")
-    name = Username(canonical, skeleton(canonical))
+    name = Username(
+        canonical, skeleton(canonical) if ascii_fast_path else _general_skeleton(canonical)
+    )
     if name.skeleton in _reserved_skeletons(rules.reserved):
         raise UsernameRefused(UsernameRule.RESERVED, "this name is reserved")
     return name
@@ -171,10 +184,9 @@ def skeleton(text: str) -> str:
     """UTS #39 section 4 (NFD, each character mapped to its confusable prototype, NFD), then
     case-folded and decomposed again: names are compared without case, and a prototype may be
     a capital letter."""
-    mapping = _confusables()
-    decomposed = unicodedata.normalize("NFD", text)
-    mapped = unicodedata.normalize("NFD", "".join(mapping.get(c, c) for c in decomposed))
-    return unicodedata.normalize("NFD", mapped.casefold())
+    if text.isascii():
+        return text.translate(_ascii_skeletons())  # the same, by one table lookup a character
+    return _general_skeleton(text)
 
 
 @functools.cache
@@ -196,6 +208,19 @@ def _confusables() -> dict[str, str]:
         if len(source) == 1:
             mapping[source] = target
     return mapping
+
+
+@functools.cache
+def _ascii_skeletons() -> dict[int, str]:
+    """Each ASCII character's skeleton by the general path (whose mapping may leave ASCII)."""
+    return {code: _general_skeleton(chr(code)) for code in range(128)}
+
+
+def _general_skeleton(text: str) -> str:
+    mapping = _confusables()
+    decomposed = unicodedata.normalize("NFD", text)
+    mapped = unicodedata.normalize("NFD", "".join(mapping.get(c, c) for c in decomposed))
+    return unicodedata.normalize("NFD", mapped.casefold())
 
 
 @functools.cache

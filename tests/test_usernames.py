@@ -143,3 +143,20 @@ def test_the_public_id_reveals_nothing_and_is_uniform():
 
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+@property_settings(300)
+@given(raw=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30))
+def test_the_ascii_fast_path_decides_as_precis_does(raw):
+    """Printable ASCII skips PRECIS, the script check and the general skeleton: the same
+    canonical form, skeleton or refused rule as the general path."""
+    from identity import usernames
+
+    def decide(fast: bool):
+        try:
+            return usernames._check(raw, RULES, ascii_fast_path=fast)
+        except UsernameRefused as exc:
+            return exc.rule
+
+    assert decide(True) == decide(False)
+    assert usernames.skeleton(raw) == usernames._general_skeleton(raw)
