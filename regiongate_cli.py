@@ -486,12 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--metrics-port", type=int, default=9400, help="with --watch-s")
     audit.add_argument("--metrics-host", default="127.0.0.1", help="with --watch-s")
     audit.set_defaults(handler=cmd_audit)
+
+    from infra.identity_commands import add_commands as add_identity_commands
+
+    add_identity_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gateway.errors import GatewayError
+    from identity.legacy.migrate import MigrationError
     from infra.errors import InfraError
     from ledger_node.errors import LedgerError
     from region_router.errors import RouterError
@@ -499,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (LedgerError, InfraError, GatewayError, RouterError, WireError) as exc:
+    except (LedgerError, InfraError, GatewayError, RouterError, WireError, MigrationError) as exc:
         print(f"regiongate: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:  # a service the command needs is down or unreachable: one line

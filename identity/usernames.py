@@ -228,6 +228,11 @@ def _reserved_skeletons(reserved: tuple[str, ...]) -> frozenset[str]:
     return frozenset(skeleton(_PROFILE.enforce(word)) for word in reserved)
 
 
+def reserved_skeletons(rules: UsernameRules) -> frozenset[str]:
+    """The skeletons no player's name may have."""
+    return _reserved_skeletons(rules.reserved)
+
+
 def fallback(rules: UsernameRules) -> Username:
     """A generated name for a player whose own was missing or refused: ``player`` and ten
     random letters, valid under any rules that allow 16 characters (the claim flags it, so

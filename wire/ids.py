@@ -128,7 +128,15 @@ def new_player_id() -> str:
     count (nothing about the player can be read from it or guessed), and every letter is
     uniform over the alphabet. A collision is a 2**-65 event across 2**32 players; the
     claim's UNIQUE constraint refuses one all the same."""
-    value = int.from_bytes(os.urandom(17), "big") >> 6  # 130 bits
+    return player_id_of(os.urandom(17))
+
+
+def player_id_of(random_bytes: bytes) -> str:
+    """The public id of 17 unpredictable bytes (the first 130 bits): from the CSPRNG for a new
+    player, from a keyed hash of its legacy id for a migrated one (identity.legacy)."""
+    if len(random_bytes) < 17:
+        raise ValueError("a public id needs 17 bytes")
+    value = int.from_bytes(random_bytes[:17], "big") >> 6  # 130 bits
     return PLAYER_ID_PREFIX + "".join(_CROCKFORD[(value >> s) & 31] for s in range(125, -1, -5))
 
 
