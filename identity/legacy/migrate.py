@@ -18,6 +18,7 @@ nothing. Memory is bounded by ``chunk_rows``: the export is streamed, the decisi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -42,7 +43,7 @@ CRASH_POINTS = CrashPoints(CRASH_AT_ENV, frozenset({"stage", "decide", "claims",
 STAGED_COLUMNS = [
     "run", "line", "legacy_id", "raw_username", "canonical", "skeleton", "rule", "repaired",
     "repaired_skeleton", "generated", "generated_skeleton", "player_id", "created_at",
-    "date_broken", "home_region",
+    "date_broken", "home_region", "slot", "id_slot",
 ]  # fmt: skip
 
 
@@ -260,17 +261,18 @@ async def _decide(work, target: Target, run: str, progress: Progress, phases) ->
                 await work.execute(statement)
         await work.execute("ANALYZE pending")
         digits = digit_skeletons()
-        for _ in range(ROUNDS_MAX):
+        for rounds in range(1, ROUNDS_MAX + 1):
             await work.execute(sql.ROUND, target.rules.length_max, digits, reserved)
             left = await work.fetchval("SELECT count(*) FROM pending WHERE final IS NULL")
             if not left:
+                log.info("decide: every name settled in %d rounds", rounds)
                 break
             first, second = sql.NEXT_ROUND.split(";")
             await work.execute(first)
             await work.execute(second, target.rules.length_max)
         else:
             raise MigrationError(f"{left} names still undecided after {ROUNDS_MAX} rounds")
-        await work.execute(sql.DECIDE)
+        await work.execute(sql.DECIDE, list(target.slot_owners))
         CRASH_POINTS.reached("decide")
         await work.execute("UPDATE migration.runs SET decided = true WHERE run = $1", run)
     progress.advance(staged_rows)
@@ -344,59 +346,67 @@ LOADS = {
 
 
 async def _load(work, target: Target, run: str, phase: str, column: str, progress, phases):
-    columns, types, insert, parameters = LOADS[phase]
+    """One phase, every region at once (each on its own connections), by chunks."""
     total = await work.fetchval("SELECT count(*) FROM migration.decisions WHERE run = $1", run)
     progress.start(phase, total)
-    chunks = 0
-    for region, dsn in sorted(target.dsns.items()):
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(
-                f"CREATE TEMP TABLE migration_chunk ({types}) ON COMMIT DELETE ROWS"
-            )
-            mark = await connection.fetchrow(
-                "SELECT last_key, rows FROM identity.migration_checkpoints"
-                " WHERE run = $1 AND phase = $2",
-                run,
-                phase,
-            )
-            last_key, done = (mark["last_key"], mark["rows"]) if mark else ("", 0)
-            progress.advance(done)
-            while True:
-                chunk = await work.fetch(
-                    f"SELECT {columns} FROM migration.decisions"
-                    f" WHERE run = $1 AND {column} = $2 AND legacy_id > $3"
-                    f" ORDER BY legacy_id LIMIT $4",
-                    run,
-                    region,
-                    last_key,
-                    target.chunk_rows,
-                )
-                if not chunk:
-                    break
-                last_key, done = chunk[-1]["legacy_id"], done + len(chunk)
-                async with connection.transaction():
-                    await connection.copy_records_to_table("migration_chunk", records=chunk)
-                    values = {"run": run, "prefix": claim_prefix(run), "region": region}
-                    await connection.execute(insert, *(values[name] for name in parameters))
-                    await connection.execute(
-                        "INSERT INTO identity.migration_checkpoints (run, phase, last_key, rows)"
-                        " VALUES ($1, $2, $3, $4) ON CONFLICT (run, phase) DO UPDATE"
-                        " SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows,"
-                        " updated_at = now()",
-                        run,
-                        phase,
-                        last_key,
-                        done,
-                    )
-                progress.advance(len(chunk))
-                chunks += 1
-                if chunks == 1 and phase in ("claims", "players"):
-                    CRASH_POINTS.reached(phase)
-        finally:
-            await connection.close()
+    await asyncio.gather(
+        *(_load_region(target, run, phase, column, region, progress) for region in target.dsns)
+    )
     phases.rates[phase] = progress.finish()
     phases.rows[phase] = total
+
+
+async def _load_region(target: Target, run: str, phase: str, column: str, region, progress):
+    columns, types, insert, parameters = LOADS[phase]
+    values = {"run": run, "prefix": claim_prefix(run), "region": region}
+    work = await asyncpg.connect(target.work_dsn)
+    connection = await asyncpg.connect(target.dsns[region])
+    try:
+        await connection.execute(
+            f"CREATE TEMP TABLE migration_chunk ({types}) ON COMMIT DELETE ROWS"
+        )
+        mark = await connection.fetchrow(
+            "SELECT last_key, rows FROM identity.migration_checkpoints"
+            " WHERE run = $1 AND phase = $2",
+            run,
+            phase,
+        )
+        last_key, done = (mark["last_key"], mark["rows"]) if mark else ("", 0)
+        progress.advance(done)
+        chunks = 0
+        while True:
+            chunk = await work.fetch(
+                f"SELECT {columns} FROM migration.decisions"
+                f" WHERE run = $1 AND {column} = $2 AND legacy_id > $3"
+                f" ORDER BY legacy_id LIMIT $4",
+                run,
+                region,
+                last_key,
+                target.chunk_rows,
+            )
+            if not chunk:
+                return
+            last_key, done = chunk[-1]["legacy_id"], done + len(chunk)
+            async with connection.transaction():
+                await connection.copy_records_to_table("migration_chunk", records=chunk)
+                await connection.execute(insert, *(values[name] for name in parameters))
+                await connection.execute(
+                    "INSERT INTO identity.migration_checkpoints (run, phase, last_key, rows)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (run, phase) DO UPDATE"
+                    " SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows,"
+                    " updated_at = now()",
+                    run,
+                    phase,
+                    last_key,
+                    done,
+                )
+            progress.advance(len(chunk))
+            chunks += 1
+            if chunks == 1 and phase in ("claims", "players"):
+                CRASH_POINTS.reached(phase)
+    finally:
+        await connection.close()
+        await work.close()
 
 
 async def _resolve_conflicts(work, target: Target, run: str) -> None:

@@ -22,7 +22,7 @@ from identity.usernames import (
     check,
     skeleton,
 )
-from wire.ids import player_id_of
+from wire.ids import identity_slot, player_id_of
 
 
 def repair(raw: str | None, rules: UsernameRules) -> Username | None:
@@ -75,6 +75,7 @@ def staged(run: str, row, rules: UsernameRules, secret: bytes) -> tuple:
         if exc.rule is not UsernameRule.RESERVED:
             repaired = repair(row.username, rules)
     generated = generated_name(secret, run, row.legacy_id)
+    player_id = public_id(secret, run, row.legacy_id)
     return (
         run,
         row.line,
@@ -87,10 +88,12 @@ def staged(run: str, row, rules: UsernameRules, secret: bytes) -> tuple:
         repaired.skeleton if repaired else None,
         generated.canonical,
         generated.skeleton,
-        public_id(secret, run, row.legacy_id),
+        player_id,
         row.created_at,
         row.date_broken,
         row.home_region,
+        identity_slot(skeleton_) if skeleton_ is not None else None,
+        identity_slot(player_id),
     )
 
 

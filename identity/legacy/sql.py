@@ -32,7 +32,8 @@ CREATE UNLOGGED TABLE IF NOT EXISTS migration.staged (
     run text NOT NULL, line bigint NOT NULL, legacy_id text NOT NULL, raw_username text,
     canonical text, skeleton text, rule text, repaired text, repaired_skeleton text,
     generated text NOT NULL, generated_skeleton text NOT NULL, player_id text NOT NULL,
-    created_at timestamptz, date_broken boolean NOT NULL, home_region text NOT NULL
+    created_at timestamptz, date_broken boolean NOT NULL, home_region text NOT NULL,
+    slot integer, id_slot integer NOT NULL
 );
 CREATE UNLOGGED TABLE IF NOT EXISTS migration.malformed (
     run text NOT NULL, line bigint NOT NULL, legacy_id text, reason text NOT NULL
@@ -112,7 +113,7 @@ SELECT legacy_id, created_at, base, base_skeleton, generated, generated_skeleton
        first_k + row_number() OVER (
            PARTITION BY base_skeleton ORDER BY created_at NULLS LAST, legacy_id) - 1 AS k,
        count(*) OVER (PARTITION BY base_skeleton) AS group_size,
-       NULL::text AS final, NULL::text AS final_skeleton
+       NULL::text AS final, NULL::text AS final_skeleton, NULL::integer AS final_slot
 FROM (
     SELECT legacy_id, created_at, canonical AS base, skeleton AS base_skeleton, 2 AS first_k,
            generated, generated_skeleton
@@ -142,7 +143,8 @@ WITH candidates AS (
     WHERE NOT EXISTS (SELECT 1 FROM taken t WHERE t.skeleton = c.skeleton)
       AND c.skeleton <> ALL($3::text[])
 ), chosen AS (
-    UPDATE pending p SET final = f.name, final_skeleton = f.skeleton
+    UPDATE pending p
+    SET final = f.name, final_skeleton = f.skeleton, final_slot = migration.slot(f.skeleton)
     FROM free f WHERE p.legacy_id = f.legacy_id AND f.rn = 1
     RETURNING f.skeleton
 )
@@ -163,20 +165,13 @@ INSERT INTO migration.decisions (
     run, legacy_id, line, player_id, home_region, username, skeleton, slot, owner_region,
     id_owner_region, outcome, rule, generated, raw_username, created_at, date_broken, spare,
     spare_skeleton)
-SELECT o.run, o.legacy_id, o.line, o.player_id, o.home_region, n.username, n.skeleton,
-       migration.slot(n.skeleton), owner.region, id_owner.region,
-       o.outcome, o.rule, o.outcome NOT IN ('kept', 'normalised'), o.raw_username,
-       o.created_at, o.date_broken, o.generated, o.generated_skeleton
+SELECT o.run, o.legacy_id, o.line, o.player_id, o.home_region,
+       coalesce(p.final, o.canonical), coalesce(p.final_skeleton, o.skeleton),
+       coalesce(p.final_slot, o.slot), ($1::text[])[coalesce(p.final_slot, o.slot) + 1],
+       ($1::text[])[o.id_slot + 1], o.outcome, o.rule, o.outcome NOT IN ('kept', 'normalised'),
+       o.raw_username, o.created_at, o.date_broken, o.generated, o.generated_skeleton
 FROM outcomes o
 LEFT JOIN pending p ON p.legacy_id = o.legacy_id
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN o.outcome IN ('kept', 'normalised') THEN o.canonical ELSE p.final END,
-           CASE WHEN o.outcome IN ('kept', 'normalised') THEN o.skeleton
-                ELSE p.final_skeleton END
-) AS n (username, skeleton)
-JOIN migration.slots owner ON owner.run = o.run AND owner.slot = migration.slot(n.skeleton)
-JOIN migration.slots id_owner
-    ON id_owner.run = o.run AND id_owner.slot = migration.slot(o.player_id)
 """
 """Every pending row has a final name by then: the last rounds number generated names, which
 are 16 characters and can always take a number."""
