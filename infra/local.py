@@ -298,6 +298,7 @@ class LocalCluster:
             "gateways": self.gateway_urls,
             "ledger_configs": {r: str(ledger.config_path) for r, ledger in self.ledgers.items()},
             "ledger_dsns": {r: c.dsn(f"ledger_{r}") for r, c in self.postgres.items()},
+            "directory_files": [str(self.directory_file(region)) for region in self.regions],
             "wan_one_way_delay_ms": self.wan_one_way_delay_ms,
             "ca_cert": str(ca_cert),
             "dev_private_key": str(dev_keys.private_key_file),

@@ -372,7 +372,7 @@ async def _load_region(target: Target, run: str, phase: str, column: str, region
             phase,
         )
         last_key, done = (mark["last_key"], mark["rows"]) if mark else ("", 0)
-        progress.advance(done)
+        progress.skip(done)
         chunks = 0
         while True:
             chunk = await work.fetch(

@@ -51,6 +51,13 @@ class Progress:
         else:
             log.info("%s: started%s", phase, f", {total} rows" if total is not None else "")
 
+    def skip(self, rows: int) -> None:
+        """Rows an earlier run already did: off the total, and out of this run's rate."""
+        if self._total is not None:
+            self._total -= rows
+            if self._rich is not None:
+                self._rich.update(self._task, total=self._total)
+
     def advance(self, rows: int) -> None:
         self._done += rows
         now = time.monotonic()
