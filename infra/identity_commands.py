@@ -1,4 +1,4 @@
-"""``regiongate identity migrate | verify | legacy-sample``: the legacy user migration's
+"""``regiongate identity migrate | sync | verify | legacy-sample``: the legacy user migration's
 commands. Where a run writes comes from the local cluster's state (``--data-dir``) or, for real
 regions, from ``--dsn REGION=DSN`` (repeated), ``--directory`` (the YAML directory with the
 slot map) and ``--work-dsn`` (where the run's staging and decisions live)."""
@@ -49,6 +49,12 @@ def add_commands(commands) -> None:
     run.add_argument("--chunk-rows", type=int, default=10_000)
     _target_arguments(run)
     run.set_defaults(handler=cmd_migrate)
+    changes = identity.add_parser(
+        "sync", help="apply the legacy system's later changes to a finished run, in order"
+    )
+    changes.add_argument("--changes", required=True, help="JSON lines: seq, op, legacy_id, ...")
+    _target_arguments(changes)
+    changes.set_defaults(handler=cmd_sync)
     check = identity.add_parser("verify", help="check a finished run against the regions")
     _target_arguments(check)
     check.set_defaults(handler=cmd_verify)
@@ -142,6 +148,15 @@ def cmd_migrate(args) -> int:
     print(summary(report))
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_sync(args) -> int:
+    from identity.legacy.sync import sync
+
+    target = _target(args)
+    outcomes = asyncio.run(sync(Path(args.changes), target, args.run))
+    print(json.dumps({"run": args.run, "applied": outcomes}))
     return EXIT_OK
 
 

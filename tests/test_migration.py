@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import random
 import signal
@@ -232,3 +233,57 @@ async def _decisions(work_dsn: str, run: str) -> set[tuple]:
     finally:
         await connection.close()
     return {tuple(row) for row in rows}
+
+
+def test_later_changes_apply_in_order_once_and_live_names_win(postgres, tmp_path):
+    small = World(postgres, tmp_path)
+    path = tmp_path / "small.csv"
+    write_sample(path, 3_000, seed=13)
+    run_migration(small, path, "s")
+
+    async def decided() -> list:
+        connection = await asyncpg.connect(small.dsns["eu"])
+        try:
+            return await connection.fetch(
+                "SELECT * FROM migration.decisions WHERE run = 's' AND outcome = 'kept'"
+                " ORDER BY legacy_id LIMIT 5"
+            )
+        finally:
+            await connection.close()
+
+    a, b, c, d, e = asyncio.run(decided())
+    changes = [
+        {"seq": 1, "op": "create", "legacy_id": "n1", "username": "zzfresh1", "country": "US"},
+        {"seq": 2, "op": "create", "legacy_id": "n2", "username": a["username"], "country": "JP"},
+        {"seq": 3, "op": "rename", "legacy_id": c["legacy_id"], "username": "zzrenamed9"},
+        {"seq": 4, "op": "rename", "legacy_id": d["legacy_id"], "username": b["username"]},
+        {"seq": 5, "op": "delete", "legacy_id": e["legacy_id"]},
+        {"seq": 6, "op": "create", "legacy_id": "n1", "username": "other1", "country": "US"},
+    ]
+    change_file = tmp_path / "changes.jsonl"
+    change_file.write_text("".join(json.dumps(change) + "\n" for change in changes))
+    first = small.cli("sync", "--run", "s", "--changes", str(change_file))
+    assert first.returncode == 0, first.stderr[-2000:]
+    applied = json.loads(first.stdout)["applied"]
+    assert applied == {
+        "created-kept": 1,
+        "created-lost-to-live": 1,
+        "renamed": 1,
+        "rename-lost": 1,
+        "deleted": 1,
+        "create-known": 1,
+    }, applied
+    again = small.cli("sync", "--run", "s", "--changes", str(change_file))
+    assert json.loads(again.stdout)["applied"] == {}
+    players = {row[1]: row for row in asyncio.run(small.players("s"))}
+    assert players["n1"][3] == "zzfresh1"
+    taken_name = players["n2"][3]  # the next free number: another user may have the first
+    assert taken_name.startswith(a["username"]) and taken_name[len(a["username"]) :].isdigit()
+    assert players[c["legacy_id"]][3] == "zzrenamed9"
+    assert players[d["legacy_id"]][3] == d["username"]
+    verified = small.cli("verify", "--run", "s")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    from ledger_node.global_audit import audit_regions
+
+    results = asyncio.run(audit_regions(small.dsns))
+    assert {r.name: r.violations[:3] for r in results if not r.ok} == {}

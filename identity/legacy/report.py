@@ -55,16 +55,24 @@ async def build_report(work_dsn: str, run: str) -> dict:
             )
         ]
         decided = sum(by_outcome.values())
+        from_changes = await work.fetchval(
+            "SELECT count(*) FROM migration.decisions WHERE run = $1 AND line < 0", run
+        )
+        deleted = await work.fetchval(
+            "SELECT count(*) FROM migration.decisions WHERE run = $1 AND deleted", run
+        )
         broken_dates = await work.fetchval(
             "SELECT count(*) FROM migration.decisions WHERE run = $1 AND date_broken", run
         )
     finally:
         await work.close()
-    duplicates = state["staged_rows"] - decided if state["decided"] else None
+    duplicates = state["staged_rows"] - (decided - from_changes) if state["decided"] else None
     return {
         "run": run,
         "rows_read": state["staged_rows"] + state["malformed_rows"],
         "players": decided,
+        "created_by_changes": from_changes,
+        "deleted_by_changes": deleted,
         "duplicate_rows": duplicates,
         "malformed_rows": state["malformed_rows"],
         "by_outcome": by_outcome,
@@ -108,10 +116,13 @@ async def verify(target: Target, run: str) -> list[tuple[str, list]]:
             try:
                 await _verify_region(work, connection, run, region, prefix, problems)
                 held = await connection.fetchval(
-                    "SELECT count(*) FROM identity.players WHERE legacy_run = $1", run
+                    "SELECT count(*) FROM identity.players WHERE legacy_run = $1"
+                    " AND status = 'active'",
+                    run,
                 )
                 expected = await work.fetchval(
-                    "SELECT count(*) FROM migration.decisions WHERE run = $1 AND home_region = $2",
+                    "SELECT count(*) FROM migration.decisions WHERE run = $1"
+                    " AND home_region = $2 AND NOT deleted",
                     run,
                     region,
                 )
@@ -123,7 +134,10 @@ async def verify(target: Target, run: str) -> list[tuple[str, list]]:
                 await connection.close()
         if (
             report["rows_read"]
-            != report["players"] + (report["duplicate_rows"] or 0) + report["malformed_rows"]
+            != report["players"]
+            - report["created_by_changes"]
+            + (report["duplicate_rows"] or 0)
+            + report["malformed_rows"]
         ):
             problems["counts"].append({"report": "outcomes do not add up to the rows read"})
     finally:
@@ -148,8 +162,9 @@ async def _verify_region(work, connection, run, region, prefix, problems) -> Non
         (
             "claims",
             "owner_region",
-            "SELECT substr(claim_id, length($1) + 1) AS legacy_id, player_id, username"
-            " FROM identity.claims WHERE claim_id = ANY(SELECT $1 || unnest($2::text[]))",
+            "SELECT d.legacy_id, c.player_id, c.username FROM identity.claims c"
+            " JOIN unnest($2::text[], $3::text[]) AS d (legacy_id, claim_id)"
+            " ON c.claim_id = d.claim_id WHERE $1::text IS NOT NULL",
         ),
         (
             "ids",
@@ -162,8 +177,8 @@ async def _verify_region(work, connection, run, region, prefix, problems) -> Non
         last = ""
         while True:
             chunk = await work.fetch(
-                f"SELECT legacy_id, player_id, username FROM migration.decisions"
-                f" WHERE run = $1 AND {column} = $2 AND legacy_id > $3"
+                f"SELECT legacy_id, player_id, username, claim_id FROM migration.decisions"
+                f" WHERE run = $1 AND {column} = $2 AND legacy_id > $3 AND NOT deleted"
                 f" ORDER BY legacy_id LIMIT $4",
                 run,
                 region,
@@ -175,7 +190,10 @@ async def _verify_region(work, connection, run, region, prefix, problems) -> Non
             last = chunk[-1]["legacy_id"]
             keys = [r["player_id"] if name == "ids" else r["legacy_id"] for r in chunk]
             first = run if name == "players" else prefix
-            found = await connection.fetch(query, first, keys)
+            if name == "claims":
+                found = await connection.fetch(query, first, keys, [r["claim_id"] for r in chunk])
+            else:
+                found = await connection.fetch(query, first, keys)
             if name == "ids":
                 present = {r["player_id"] for r in found}
                 missing = [r["player_id"] for r in chunk if r["player_id"] not in present]

@@ -52,7 +52,13 @@ CREATE TABLE IF NOT EXISTS migration.decisions (
     outcome text NOT NULL, rule text, generated boolean NOT NULL,
     raw_username text, created_at timestamptz, date_broken boolean NOT NULL,
     spare text NOT NULL, spare_skeleton text NOT NULL,
+    claim_id text NOT NULL, deleted boolean NOT NULL DEFAULT false,
     PRIMARY KEY (run, legacy_id)
+);
+CREATE TABLE IF NOT EXISTS migration.changes (
+    run text NOT NULL, seq bigint NOT NULL, op text NOT NULL, legacy_id text,
+    outcome text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run, seq)
 );
 CREATE INDEX IF NOT EXISTS decisions_owner ON migration.decisions (run, owner_region, legacy_id);
 CREATE INDEX IF NOT EXISTS decisions_home ON migration.decisions (run, home_region, legacy_id);
@@ -164,12 +170,13 @@ DECIDE = """
 INSERT INTO migration.decisions (
     run, legacy_id, line, player_id, home_region, username, skeleton, slot, owner_region,
     id_owner_region, outcome, rule, generated, raw_username, created_at, date_broken, spare,
-    spare_skeleton)
+    spare_skeleton, claim_id)
 SELECT o.run, o.legacy_id, o.line, o.player_id, o.home_region,
        coalesce(p.final, o.canonical), coalesce(p.final_skeleton, o.skeleton),
        coalesce(p.final_slot, o.slot), ($1::text[])[coalesce(p.final_slot, o.slot) + 1],
        ($1::text[])[o.id_slot + 1], o.outcome, o.rule, o.outcome NOT IN ('kept', 'normalised'),
-       o.raw_username, o.created_at, o.date_broken, o.generated, o.generated_skeleton
+       o.raw_username, o.created_at, o.date_broken, o.generated, o.generated_skeleton,
+       'mg:' || o.run || ':' || o.legacy_id
 FROM outcomes o
 LEFT JOIN pending p ON p.legacy_id = o.legacy_id
 """
