@@ -287,3 +287,20 @@ def test_later_changes_apply_in_order_once_and_live_names_win(postgres, tmp_path
 
     results = asyncio.run(audit_regions(small.dsns))
     assert {r.name: r.violations[:3] for r in results if not r.ok} == {}
+
+
+def test_the_benchmark_runs_small():
+    """bench_migration end to end on 2,000 rows: its last line is the JSON the docs describe
+    (figures are read there, never asserted)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_migration", "--rows", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"migration_rows_per_s", "copy_rows_per_s", "ratio", "phases_rows_per_s",
+            "hours_for_300m_rows", "peak_rss_mib"} <= set(figures)  # fmt: skip
+    assert figures["players"] > 1900
