@@ -304,3 +304,29 @@ def test_the_benchmark_runs_small():
     assert {"migration_rows_per_s", "copy_rows_per_s", "ratio", "phases_rows_per_s",
             "hours_for_300m_rows", "peak_rss_mib"} <= set(figures)  # fmt: skip
     assert figures["players"] > 1900
+
+
+def test_an_export_can_be_a_query_on_the_legacy_database(postgres, tmp_path):
+    fresh = World(postgres, tmp_path)
+    path = tmp_path / "legacy.csv"
+    write_sample(path, 1_000, seed=17)
+    legacy_dsn = postgres.create_database(unique("legacy_src").replace("-", "_")[:40])
+
+    async def load() -> None:
+        connection = await asyncpg.connect(legacy_dsn)
+        try:
+            await connection.execute(
+                "CREATE TABLE users (legacy_id text, username text, created_at text,"
+                " country text, region text, email text)"
+            )
+            await connection.copy_to_table("users", source=path, format="csv", header=True)
+        finally:
+            await connection.close()
+
+    asyncio.run(load())
+    result = fresh.cli(
+        "migrate", "--source-dsn", legacy_dsn, "--run", "q", "--dry-run",
+        "--query", "SELECT * FROM users ORDER BY legacy_id, email",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("run q.dry: 1000 rows read"), result.stdout
