@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import csv
 import json
 import os
 import random
@@ -330,3 +331,24 @@ def test_an_export_can_be_a_query_on_the_legacy_database(postgres, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("run q.dry: 1000 rows read"), result.stdout
+
+
+def test_a_name_whose_numbers_are_all_taken_falls_back_to_generated_names(world, tmp_path):
+    """A twin whose next forty numbered forms are other users' names: the numbers run out
+    of rounds and it takes its generated name (found at 10 million rows, where popular names
+    have thousands of numbered neighbours)."""
+    path = tmp_path / "dense.csv"
+    rows = [("legacy_id", "username", "created_at", "country")]
+    rows += [(f"a{k:06d}", f"dense{k}", "2010-01-01", "DE") for k in range(2, 42)]
+    rows += [("b1", "dense", "2009-01-01", "DE"), ("b2", "Dense", "2012-01-01", "DE")]
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    target = world.target()
+    asyncio.run(
+        migrate(lambda skip: read_file(path, target.homes, skip), target, "dense", dry_run=True)
+    )
+    decided = {row[0]: row for row in asyncio.run(_decisions(world.dsns["eu"], "dense"))}
+    asyncio.run(discard(world.dsns["eu"], "dense"))
+    assert len(decided) == 42 and len({row[1] for row in decided.values()}) == 42
+    assert decided["b1"][1] == "dense"
+    assert decided["b2"][1].startswith("player") and decided["b2"][2] == "lost-to-older"

@@ -38,6 +38,8 @@ log = logging.getLogger("regiongate.identity.migrate")
 
 RUN_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,39}$")
 ROUNDS_MAX = 64
+ROUNDS_NUMBERED = 16
+"""Rounds of numbers a name tries before the rest of its twins take generated names."""
 CRASH_AT_ENV = "REGIONGATE_MIGRATION_CRASH_AT"
 CRASH_POINTS = CrashPoints(CRASH_AT_ENV, frozenset({"stage", "decide", "claims", "players"}))
 STAGED_COLUMNS = [
@@ -270,6 +272,10 @@ async def _decide(work, target: Target, run: str, progress: Progress, phases) ->
             first, second = sql.NEXT_ROUND.split(";")
             await work.execute(first)
             await work.execute(second, target.rules.length_max)
+            if rounds == ROUNDS_NUMBERED:
+                # Numbers this far apart are all taken (a name with thousands of numbered
+                # twins): the rows still without one take their generated names instead.
+                await work.execute(sql.GIVE_UP_NUMBERS)
         else:
             raise MigrationError(f"{left} names still undecided after {ROUNDS_MAX} rounds")
         await work.execute(sql.DECIDE, list(target.slot_owners))

@@ -166,6 +166,11 @@ WHERE final IS NULL AND base <> generated AND length(base) + length(k::text) > $
 """
 """The next number past the group's; a name too long to take one is generated instead."""
 
+GIVE_UP_NUMBERS = """
+UPDATE pending SET base = generated, base_skeleton = generated_skeleton, k = 1, group_size = 1
+WHERE final IS NULL AND base <> generated
+"""
+
 DECIDE = """
 INSERT INTO migration.decisions (
     run, legacy_id, line, player_id, home_region, username, skeleton, slot, owner_region,
