@@ -216,7 +216,10 @@ class ClaimDriver:
                 return await self._reserve_and_bind(saga)
             if status == "confirming":
                 state = await self._call(
-                    saga["owner_region"], "confirm", {"claim_id": saga["id"]}, claims.confirm
+                    saga["owner_region"],
+                    "confirm",
+                    {"claim_id": saga["id"]},
+                    lambda connection: claims.confirm(connection, saga["id"]),
                 )
                 if state.get("state") not in ("live", "held"):
                     # The owner has no such claim: it can only have released it after this
@@ -248,7 +251,9 @@ class ClaimDriver:
                 saga["previous_owner"],
                 "hold",
                 {"claim_id": saga["previous_claim_id"], "held_until": saga["held_until"]},
-                claims.hold,
+                lambda connection: claims.hold(
+                    connection, saga["previous_claim_id"], saga["held_until"]
+                ),
             )
             return await self._advance(saga, "completed")
         finally:
@@ -310,14 +315,7 @@ class ClaimDriver:
             if done is not None:
                 self._signal_bound(saga["root_id"])
                 return done
-        reservation = claims.Reservation(
-            claim_id=saga["id"],
-            username=saga["username"],
-            skeleton=saga["skeleton"],
-            slot=identity_slot(saga["skeleton"]),
-            player_id=saga["player_id"],
-            home_region=self._region,
-        )
+        reservation = self._reservation(saga)
         answer = await self._call(
             saga["owner_region"],
             "reserve",
@@ -369,19 +367,12 @@ class ClaimDriver:
             return await players.advance(connection, saga, status)
 
     async def _call(self, region: str, action: str, body: dict, local) -> dict:
-        """One step at an owner: in this process's database when this region owns the slot
-        (no HTTP hop), else over the router, signed, with the claim id as idempotency key."""
+        """One step at an owner: ``local(connection)`` in this process's database when this
+        region owns the slot (no HTTP hop), else ``body`` over the router, signed, with the
+        claim id as idempotency key; the same answer either way (step_answer)."""
         if region == self._region:
             async with self._pool.acquire() as connection:
-                if action == "hold":
-                    await local(connection, body["claim_id"], body["held_until"])
-                    return {"state": "held"}
-                result = (
-                    await local(connection, body["claim_id"])
-                    if action == "confirm"
-                    else (await local(connection))
-                )
-            return step_answer(action, result)
+                return step_answer(action, await local(connection))
         wire_body = dict(body)
         if isinstance(wire_body.get("held_until"), datetime):
             wire_body["held_until"] = wire_body["held_until"].isoformat()
