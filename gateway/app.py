@@ -29,6 +29,7 @@ from gateway.auth import Principal, Scope
 from gateway.context import (
     GATEWAY,
     Gateway,
+    creation_region,
     json_body,
     ledger_key,
     pass_through,
@@ -114,20 +115,11 @@ async def create_account(request: web.Request) -> web.Response:
     await gateway.limiter.check(principal.client_id)
     key = ledger_key(request, principal)
     created: AccountCreateIn = decode(ACCOUNT_CREATE, await request.read())
-    snapshot = gateway.directory.snapshot()
-    region = created.region or principal.home_region or snapshot.default_region
+    region = creation_region(gateway, principal, created.region, "account")
     metadata = dict(created.metadata or {})
     if created.operator is not None:
         metadata["operator"] = created.operator
     body = {"currency": created.currency, "metadata": metadata or None}
-    if region is None:
-        raise ProblemError(
-            VALIDATION_FAILED,
-            "name the account's region: the directory sets no default_region",
-            field="region",
-        )
-    if region not in snapshot.regions:
-        raise ProblemError(VALIDATION_FAILED, "unknown region", field="region")
     response = await gateway.router.call_in_region(
         region,
         "POST",

@@ -164,6 +164,23 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
+def creation_region(gateway: Gateway, principal: Principal, requested: str | None, what: str):
+    """Where an account or a player is created: the request's region, else the client's
+    configured home, else the directory's one default region; never the gateway it entered
+    by, so a retry through any gateway reaches the same key (docs/decisions/0001)."""
+    snapshot = gateway.directory.snapshot()
+    region = requested or principal.home_region or snapshot.default_region
+    if region is None:
+        raise ProblemError(
+            VALIDATION_FAILED,
+            f"name the {what}'s region: the directory sets no default_region",
+            field="region",
+        )
+    if region not in snapshot.regions:
+        raise ProblemError(VALIDATION_FAILED, "unknown region", field="region")
+    return region
+
+
 def principal_of(request: web.Request) -> Principal:
     try:
         principal = request.app[GATEWAY].authenticator.authenticate(

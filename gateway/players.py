@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.auth import Principal, Scope
-from gateway.context import GATEWAY, ledger_key, pass_through, principal_of
+from gateway.context import GATEWAY, creation_region, ledger_key, pass_through, principal_of
 from gateway.errors import Forbidden
 from identity.usernames import Username, UsernameRefused, UsernameRule, check
 from wire.ids import PLAYER_ID_PATTERN, identity_slot
@@ -31,7 +31,6 @@ from wire.results import (
     USERNAME_INVALID,
     USERNAME_NOT_FOUND,
     USERNAME_RESERVED,
-    VALIDATION_FAILED,
 )
 from wire.schemas import DECODERS, PlayerIn, UsernameIn, decode
 
@@ -115,16 +114,7 @@ async def create_player(request: web.Request) -> web.Response:
         operator = principal.operator
     if body.username_required:
         _check(request, body.username or "")  # refused here, before any hop
-    snapshot = gateway.directory.snapshot()
-    region = body.region or principal.home_region or snapshot.default_region
-    if region is None:
-        raise ProblemError(
-            VALIDATION_FAILED,
-            "name the player's region: the directory sets no default_region",
-            field="region",
-        )
-    if region not in snapshot.regions:
-        raise ProblemError(VALIDATION_FAILED, "unknown region", field="region")
+    region = creation_region(gateway, principal, body.region, "player")
     forwarded = msgspec.structs.replace(body, operator=operator, region=None)
     response = await gateway.router.call_in_region(
         region,
