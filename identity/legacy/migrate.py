@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from identity.db import atomic
 from identity.legacy import sql
 from identity.legacy.names import digit_skeletons, staged
 from identity.legacy.progress import Progress
 from identity.legacy.source import HomeRules, Malformed
 from identity.usernames import UsernameRules, reserved_skeletons
 from runtime.sagas import CrashPoints
-from wire.ids import IDENTITY_SLOTS
+from wire.ids import IDENTITY_SLOTS, identity_slot
 
 log = logging.getLogger("regiongate.identity.migrate")
 
@@ -295,11 +296,11 @@ LOADS = {
             INSERT INTO identity.claims
                 (skeleton, username, slot, claim_id, player_id, home_region, state)
             SELECT skeleton, username, slot, $2 || legacy_id, player_id, home_region, 'live'
-            FROM migration_chunk
+            FROM migration_claims
             ON CONFLICT DO NOTHING
             RETURNING claim_id
         ), lost AS (
-            SELECT m.legacy_id, m.skeleton FROM migration_chunk m
+            SELECT m.legacy_id, m.skeleton FROM migration_claims m
             WHERE NOT EXISTS (SELECT 1 FROM inserted i WHERE i.claim_id = $2 || m.legacy_id)
               AND NOT EXISTS (
                   SELECT 1 FROM identity.claims c WHERE c.claim_id = $2 || m.legacy_id)
@@ -314,7 +315,7 @@ LOADS = {
         "legacy_id text, player_id text, home_region text",
         """
         INSERT INTO identity.public_ids (player_id, home_region)
-        SELECT player_id, home_region FROM migration_chunk
+        SELECT player_id, home_region FROM migration_ids
         ON CONFLICT DO NOTHING
         """,
         (),
@@ -330,7 +331,7 @@ LOADS = {
                  username_refusal, version, legacy_run, legacy_id)
             SELECT player_id, 'active', username, skeleton, $2 || legacy_id, owner_region,
                    generated, CASE WHEN generated THEN outcome END, 1, $1, legacy_id
-            FROM migration_chunk
+            FROM migration_players
             ON CONFLICT DO NOTHING
             RETURNING id, username, skeleton, claim_id, owner_region
         ), history AS (
@@ -362,15 +363,78 @@ async def _load(work, target: Target, run: str, phase: str, column: str, progres
     phases.rows[phase] = total
 
 
-async def _load_region(target: Target, run: str, phase: str, column: str, region, progress):
-    columns, types, insert, parameters = LOADS[phase]
+async def load_rows(connection, phase: str, rows, run: str, region: str) -> None:
+    """Load rows of decisions (LOADS[phase]'s columns) into a region, in the caller's
+    transaction or one of its own: the chunked load and the sync's one-row changes alike."""
+    _, types, insert, parameters = LOADS[phase]
     values = {"run": run, "prefix": claim_prefix(run), "region": region}
+    await connection.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS migration_{phase} ({types}) ON COMMIT DELETE ROWS"
+    )
+    async with atomic(connection):
+        await connection.copy_records_to_table(f"migration_{phase}", records=rows)
+        await connection.execute(insert, *(values[name] for name in parameters))
+
+
+class Connections:
+    """One connection per region for a run of single-row writes (the sync, the conflicts),
+    opened when first needed and closed together."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._open: dict[str, asyncpg.Connection] = {}
+
+    async def __call__(self, region: str) -> asyncpg.Connection:
+        if region not in self._open:
+            self._open[region] = await asyncpg.connect(self._target.dsns[region])
+        return self._open[region]
+
+    async def close(self) -> None:
+        for connection in self._open.values():
+            await connection.close()
+        self._open.clear()
+
+
+def numbered(name: str, skeleton: str, length_max: int, limit: int = 1000):
+    """The name, then name2, name3, ... (each with its skeleton) while they fit."""
+    table = str.maketrans("0123456789", digit_skeletons())
+    yield name, skeleton
+    for number in range(2, limit):
+        suffix = str(number)
+        if len(name) + len(suffix) <= length_max:
+            yield name + suffix, skeleton + suffix.translate(table)
+
+
+async def claim_name(
+    regions: Connections,
+    target: Target,
+    skeleton: str,
+    name: str,
+    claim_id: str,
+    player_id: str,
+    home: str,
+) -> tuple[str, int] | None:
+    """Claim a name at its owner for one user: (owner, slot) if it is (now) this claim's,
+    None if someone else has it."""
+    slot = identity_slot(skeleton)
+    owner = target.slot_owners[slot]
+    connection = await regions(owner)
+    holder = await connection.fetchval(
+        "INSERT INTO identity.claims"
+        " (skeleton, username, slot, claim_id, player_id, home_region, state)"
+        " VALUES ($1, $2, $3, $4, $5, $6, 'live') ON CONFLICT DO NOTHING RETURNING claim_id",
+        skeleton, name, slot, claim_id, player_id, home,
+    ) or await connection.fetchval(
+        "SELECT claim_id FROM identity.claims WHERE skeleton = $1", skeleton
+    )  # fmt: skip
+    return (owner, slot) if holder == claim_id else None
+
+
+async def _load_region(target: Target, run: str, phase: str, column: str, region, progress):
+    columns = LOADS[phase][0]
     work = await asyncpg.connect(target.work_dsn)
     connection = await asyncpg.connect(target.dsns[region])
     try:
-        await connection.execute(
-            f"CREATE TEMP TABLE migration_chunk ({types}) ON COMMIT DELETE ROWS"
-        )
         mark = await connection.fetchrow(
             "SELECT last_key, rows FROM identity.migration_checkpoints"
             " WHERE run = $1 AND phase = $2",
@@ -394,8 +458,7 @@ async def _load_region(target: Target, run: str, phase: str, column: str, region
                 return
             last_key, done = chunk[-1]["legacy_id"], done + len(chunk)
             async with connection.transaction():
-                await connection.copy_records_to_table("migration_chunk", records=chunk)
-                await connection.execute(insert, *(values[name] for name in parameters))
+                await load_rows(connection, phase, chunk, run, region)
                 await connection.execute(
                     "INSERT INTO identity.migration_checkpoints (run, phase, last_key, rows)"
                     " VALUES ($1, $2, $3, $4) ON CONFLICT (run, phase) DO UPDATE"
@@ -418,58 +481,38 @@ async def _load_region(target: Target, run: str, phase: str, column: str, region
 async def _resolve_conflicts(work, target: Target, run: str) -> None:
     """Users whose decided name a live player claimed after the decision get their generated
     name (numbered if that too is taken), in an order that a rerun repeats."""
-    prefix = claim_prefix(run)
-    for region in sorted(target.dsns):
-        connection = await asyncpg.connect(target.dsns[region])
-        try:
+    regions = Connections(target)
+    try:
+        for region in sorted(target.dsns):
+            connection = await regions(region)
             lost = await connection.fetch(
                 "SELECT legacy_id FROM identity.migration_conflicts WHERE run = $1"
                 " ORDER BY legacy_id",
                 run,
             )
             for record in lost:
-                await _give_spare(work, target, run, record["legacy_id"], prefix)
+                await _give_spare(work, regions, target, run, record["legacy_id"])
                 await connection.execute(
                     "DELETE FROM identity.migration_conflicts WHERE run = $1 AND legacy_id = $2",
                     run,
                     record["legacy_id"],
                 )
-        finally:
-            await connection.close()
+    finally:
+        await regions.close()
 
 
-async def _give_spare(work, target: Target, run: str, legacy_id: str, prefix: str) -> None:
+async def _give_spare(work, regions: Connections, target: Target, run: str, legacy_id: str):
     decision = await work.fetchrow(
         "SELECT * FROM migration.decisions WHERE run = $1 AND legacy_id = $2", run, legacy_id
     )
-    digits = digit_skeletons()
-    for number in range(1, 1000):
-        suffix = "" if number == 1 else str(number)
-        name = decision["spare"] + suffix
-        skeleton = decision["spare_skeleton"] + suffix.translate(
-            str.maketrans("0123456789", digits)
-        )
-        slot = await work.fetchval("SELECT migration.slot($1)", skeleton)
-        owner = target.slot_owners[slot]
-        connection = await asyncpg.connect(target.dsns[owner])
-        try:
-            holder = await connection.fetchval(
-                "INSERT INTO identity.claims"
-                " (skeleton, username, slot, claim_id, player_id, home_region, state)"
-                " VALUES ($1, $2, $3, $4, $5, $6, 'live') ON CONFLICT DO NOTHING"
-                " RETURNING claim_id",
-                skeleton,
-                name,
-                slot,
-                prefix + legacy_id,
-                decision["player_id"],
-                decision["home_region"],
-            ) or await connection.fetchval(
-                "SELECT claim_id FROM identity.claims WHERE skeleton = $1", skeleton
-            )
-        finally:
-            await connection.close()
-        if holder == prefix + legacy_id:
+    names = numbered(decision["spare"], decision["spare_skeleton"], target.rules.length_max)
+    for name, skeleton in names:
+        taken = await claim_name(
+            regions, target, skeleton, name, decision["claim_id"], decision["player_id"],
+            decision["home_region"],
+        )  # fmt: skip
+        if taken is not None:
+            owner, slot = taken
             await work.execute(
                 "UPDATE migration.decisions SET username = $3, skeleton = $4, slot = $5,"
                 " owner_region = $6, outcome = 'lost-to-live', generated = true"

@@ -24,13 +24,22 @@ from pathlib import Path
 
 import asyncpg
 
-from identity.legacy.migrate import MigrationError, Target, claim_prefix
-from identity.legacy.names import digit_skeletons, staged
+from identity.config import IdentityConfig
+from identity.legacy.migrate import (
+    Connections,
+    MigrationError,
+    Target,
+    claim_name,
+    claim_prefix,
+    load_rows,
+    numbered,
+)
+from identity.legacy.names import staged
 from identity.legacy.source import LegacyRow, Malformed, parse
 from identity.usernames import UsernameRefused, check
-from wire.ids import identity_slot
 
-HELD_FOR_S = 30 * 86_400
+HELD_FOR_S = IdentityConfig().held_for_s
+"""A legacy rename holds the old name as long as a live rename does (by default)."""
 NUMBERS_MAX = 50
 
 
@@ -71,6 +80,7 @@ def read_changes(path: Path, target: Target) -> Iterator[Change | Malformed]:
 async def sync(path: Path, target: Target, run: str) -> dict[str, int]:
     """Apply the file's changes after the last one recorded; the outcomes counted."""
     work = await asyncpg.connect(target.work_dsn)
+    regions = Connections(target)
     try:
         finished = await work.fetchval("SELECT finished FROM migration.runs WHERE run = $1", run)
         if not finished:
@@ -90,7 +100,7 @@ async def sync(path: Path, target: Target, run: str) -> dict[str, int]:
             if change.seq <= last:
                 continue
             applier = {"create": _create, "rename": _rename, "delete": _delete}[change.op]
-            outcome = await applier(work, target, run, change)
+            outcome = await applier(work, regions, target, run, change)
             await work.execute(
                 "INSERT INTO migration.changes (run, seq, op, legacy_id, outcome)"
                 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -103,6 +113,7 @@ async def sync(path: Path, target: Target, run: str) -> dict[str, int]:
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
         return outcomes
     finally:
+        await regions.close()
         await work.close()
 
 
@@ -112,69 +123,35 @@ async def _decision(work, run: str, legacy_id: str):
     )
 
 
-async def _take(target: Target, skeleton: str, name: str, claim_id: str, player_id, home):
-    """Claim a name for a user at its owner: (owner, slot) if it is (now) this claim's."""
-    slot = identity_slot(skeleton)
-    owner = target.slot_owners[slot]
-    connection = await asyncpg.connect(target.dsns[owner])
-    try:
-        holder = await connection.fetchval(
-            "INSERT INTO identity.claims"
-            " (skeleton, username, slot, claim_id, player_id, home_region, state)"
-            " VALUES ($1, $2, $3, $4, $5, $6, 'live') ON CONFLICT DO NOTHING RETURNING claim_id",
-            skeleton,
-            name,
-            slot,
-            claim_id,
-            player_id,
-            home,
-        ) or await connection.fetchval(
-            "SELECT claim_id FROM identity.claims WHERE skeleton = $1", skeleton
-        )
-    finally:
-        await connection.close()
-    return (owner, slot) if holder == claim_id else None
-
-
-def _numbered(name: str, skeleton: str, limit: int) -> Iterator[tuple[str, str]]:
-    table = str.maketrans("0123456789", digit_skeletons())
-    yield name, skeleton
-    for number in range(2, NUMBERS_MAX):
-        suffix = str(number)
-        if len(name) + len(suffix) <= limit:
-            yield name + suffix, skeleton + suffix.translate(table)
-
-
-async def _create(work, target: Target, run: str, change: Change) -> str:
+async def _create(work, regions: Connections, target: Target, run: str, change: Change) -> str:
     if await _decision(work, run, change.legacy_id) is not None:
         return "create-known"
     values = staged(run, change.row, target.rules, target.secret)
     (_, _, legacy_id, raw, canonical, skeleton, rule, repaired, repaired_skeleton, generated,
      generated_skeleton, player_id, created_at, date_broken, home, _, id_slot) = values  # fmt: skip
-    choices: list[tuple[str, str, str]] = []
     limit = target.rules.length_max
+    choices: list[tuple[str, str, str]] = []
     if canonical is not None:
         first = "kept" if canonical == raw else "normalised"
-        for index, (name, skel) in enumerate(_numbered(canonical, skeleton, limit)):
+        for index, (name, skel) in enumerate(numbered(canonical, skeleton, limit, NUMBERS_MAX)):
             choices.append((name, skel, first if index == 0 else "lost-to-live"))
     elif repaired is not None:
-        choices += [
-            (n, s, "invalid-repaired") for n, s in _numbered(repaired, repaired_skeleton, limit)
-        ]
-    outcome_when_generated = (
+        names = numbered(repaired, repaired_skeleton, limit, NUMBERS_MAX)
+        choices += [(name, skel, "invalid-repaired") for name, skel in names]
+    when_generated = (
         "missing" if rule == "empty" else "reserved" if rule == "reserved" else
         "invalid-generated" if rule else "lost-to-live"
     )  # fmt: skip
-    choices += [
-        (n, s, outcome_when_generated) for n, s in _numbered(generated, generated_skeleton, limit)
-    ]
+    names = numbered(generated, generated_skeleton, limit, NUMBERS_MAX)
+    choices += [(name, skel, when_generated) for name, skel in names]
     claim_id = claim_prefix(run) + legacy_id
     for name, skel, outcome in choices:
-        taken = await _take(target, skel, name, claim_id, player_id, home)
+        taken = await claim_name(regions, target, skel, name, claim_id, player_id, home)
         if taken is None:
             continue
         owner, slot = taken
         id_owner = target.slot_owners[id_slot]
+        replaced = outcome not in ("kept", "normalised")
         await work.execute(
             "INSERT INTO migration.decisions (run, legacy_id, line, player_id, home_region,"
             " username, skeleton, slot, owner_region, id_owner_region, outcome, rule, generated,"
@@ -182,50 +159,20 @@ async def _create(work, target: Target, run: str, change: Change) -> str:
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
             " $17, $18, $19) ON CONFLICT DO NOTHING",
             run, legacy_id, -change.seq, player_id, home, name, skel, slot, owner, id_owner,
-            outcome, rule, outcome not in ("kept", "normalised"), raw, created_at, date_broken,
-            generated, generated_skeleton, claim_id,
+            outcome, rule, replaced, raw, created_at, date_broken, generated, generated_skeleton,
+            claim_id,
         )  # fmt: skip
-        await _write(target.dsns[id_owner],
-                     "INSERT INTO identity.public_ids (player_id, home_region) VALUES ($1, $2)"
-                     " ON CONFLICT DO NOTHING", player_id, home)  # fmt: skip
-        await _write(
-            target.dsns[home],
-            """
-            WITH players AS (
-                INSERT INTO identity.players
-                    (id, status, username, skeleton, claim_id, owner_region, username_generated,
-                     username_refusal, version, legacy_run, legacy_id)
-                VALUES ($1, 'active', $2, $3, $4, $5, $6, $7, 1, $8, $9)
-                ON CONFLICT DO NOTHING
-                RETURNING id, username, skeleton, claim_id, owner_region
-            ), history AS (
-                INSERT INTO identity.username_history
-                    (player_id, claim_id, username, skeleton, owner_region)
-                SELECT id, claim_id, username, skeleton, owner_region FROM players
-                ON CONFLICT DO NOTHING
-            )
-            INSERT INTO identity.events (id, type, aggregate_id, version, body)
-            SELECT 'evm_' || substr(id, 4), 'player.created', id, 1,
-                   jsonb_build_object('player_id', id, 'region', $10::text,
-                                      'username', username, 'migrated', true)
-            FROM players ON CONFLICT DO NOTHING
-            """,
-            player_id, name, skel, claim_id, owner, outcome not in ("kept", "normalised"),
-            None if outcome in ("kept", "normalised") else outcome, run, legacy_id, home,
-        )  # fmt: skip
+        # The same loads as the migration's chunks, one row each.
+        await load_rows(
+            await regions(id_owner), "ids", [(legacy_id, player_id, home)], run, id_owner
+        )
+        player = (legacy_id, player_id, name, skel, owner, replaced, outcome)
+        await load_rows(await regions(home), "players", [player], run, home)
         return f"created-{outcome}"
     raise MigrationError(f"no free name for new legacy user {legacy_id}")
 
 
-async def _write(dsn: str, query: str, *args) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(query, *args)
-    finally:
-        await connection.close()
-
-
-async def _rename(work, target: Target, run: str, change: Change) -> str:
+async def _rename(work, regions: Connections, target: Target, run: str, change: Change) -> str:
     decision = await _decision(work, run, change.legacy_id)
     if decision is None or decision["deleted"]:
         return "rename-unknown"
@@ -237,54 +184,51 @@ async def _rename(work, target: Target, run: str, change: Change) -> str:
         return "rename-same"
     claim_id = f"{claim_prefix(run)}{change.legacy_id}#{change.seq}"
     player_id, home, old = decision["player_id"], decision["home_region"], decision["claim_id"]
-    taken = await _take(target, name.skeleton, name.canonical, claim_id, player_id, home)
+    taken = await claim_name(
+        regions, target, name.skeleton, name.canonical, claim_id, player_id, home
+    )
     if taken is None:
         return "rename-lost"  # regiongate's claim of that name wins
     owner, slot = taken
-    connection = await asyncpg.connect(target.dsns[home])
-    try:
-        async with connection.transaction():
-            renamed = await connection.fetchval(
-                "UPDATE identity.players SET username = $3, skeleton = $4, claim_id = $5,"
-                " owner_region = $6, username_generated = false, username_refusal = NULL,"
-                " version = version + 1, updated_at = now()"
-                " WHERE id = $1 AND claim_id = $2 AND status = 'active' RETURNING version",
-                player_id, old, name.canonical, name.skeleton, claim_id, owner,
-            )  # fmt: skip
-            current = await connection.fetchval(
-                "SELECT claim_id FROM identity.players WHERE id = $1", player_id
+    connection = await regions(home)
+    async with connection.transaction():
+        renamed = await connection.fetchval(
+            "UPDATE identity.players SET username = $3, skeleton = $4, claim_id = $5,"
+            " owner_region = $6, username_generated = false, username_refusal = NULL,"
+            " version = version + 1, updated_at = now()"
+            " WHERE id = $1 AND claim_id = $2 AND status = 'active' RETURNING version",
+            player_id, old, name.canonical, name.skeleton, claim_id, owner,
+        )  # fmt: skip
+        current = await connection.fetchval(
+            "SELECT claim_id FROM identity.players WHERE id = $1", player_id
+        )
+        if renamed is not None:
+            await connection.execute(
+                "UPDATE identity.username_history SET until = now(),"
+                " held_until = now() + $2 * interval '1 second' WHERE claim_id = $1",
+                old,
+                HELD_FOR_S,
             )
-            if renamed is not None:
-                await connection.execute(
-                    "UPDATE identity.username_history SET until = now(),"
-                    " held_until = now() + $2 * interval '1 second' WHERE claim_id = $1",
-                    old,
-                    HELD_FOR_S,
-                )
-                await connection.execute(
-                    "INSERT INTO identity.username_history"
-                    " (player_id, claim_id, username, skeleton, owner_region)"
-                    " VALUES ($1, $2, $3, $4, $5)",
-                    player_id, claim_id, name.canonical, name.skeleton, owner,
-                )  # fmt: skip
-                await connection.execute(
-                    "INSERT INTO identity.events (id, type, aggregate_id, version, body)"
-                    " VALUES ($1, 'player.username_changed', $2, $3, jsonb_build_object("
-                    "'player_id', $2::text, 'region', $4::text, 'username', $5::text,"
-                    " 'previous_username', $6::text, 'migrated', true))",
-                    f"evm_{player_id[3:]}_{change.seq}", player_id, renamed, home,
-                    name.canonical, decision["username"],
-                )  # fmt: skip
-    finally:
-        await connection.close()
+            await connection.execute(
+                "INSERT INTO identity.username_history"
+                " (player_id, claim_id, username, skeleton, owner_region)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                player_id, claim_id, name.canonical, name.skeleton, owner,
+            )  # fmt: skip
+            await connection.execute(
+                "INSERT INTO identity.events (id, type, aggregate_id, version, body)"
+                " VALUES ($1, 'player.username_changed', $2, $3, jsonb_build_object("
+                "'player_id', $2::text, 'region', $4::text, 'username', $5::text,"
+                " 'previous_username', $6::text, 'migrated', true))",
+                f"evm_{player_id[3:]}_{change.seq}", player_id, renamed, home,
+                name.canonical, decision["username"],
+            )  # fmt: skip
     if renamed is None and current != claim_id:
         # The player renamed itself in regiongate since: its own choice is newer. Release ours.
-        await _write(
-            target.dsns[owner], "DELETE FROM identity.claims WHERE claim_id = $1", claim_id
-        )
+        release = "DELETE FROM identity.claims WHERE claim_id = $1"
+        await (await regions(owner)).execute(release, claim_id)
         return "rename-superseded"
-    await _write(
-        target.dsns[decision["owner_region"]],
+    await (await regions(decision["owner_region"])).execute(
         "UPDATE identity.claims SET state = 'held', held_until = now() + $2 * interval '1 second'"
         " WHERE claim_id = $1 AND state = 'live'",
         old,
@@ -298,18 +242,28 @@ async def _rename(work, target: Target, run: str, change: Change) -> str:
     return "renamed"
 
 
-async def _delete(work, target: Target, run: str, change: Change) -> str:
+async def _delete(work, regions: Connections, target: Target, run: str, change: Change) -> str:
     decision = await _decision(work, run, change.legacy_id)
     if decision is None:
         return "delete-unknown"
-    await _write(
-        target.dsns[decision["home_region"]],
-        "UPDATE identity.players SET status = 'closed', version = version + 1,"
-        " updated_at = now() WHERE id = $1 AND status = 'active'",
+    await (await regions(decision["home_region"])).execute(
+        """
+        WITH closed AS (
+            UPDATE identity.players SET status = 'closed', version = version + 1,
+                   updated_at = now()
+            WHERE id = $1 AND status = 'active'
+            RETURNING id, version
+        )
+        INSERT INTO identity.events (id, type, aggregate_id, version, body)
+        SELECT 'evm_' || substr(id, 4) || '_' || $2::text, 'player.closed', id, version,
+               jsonb_build_object('player_id', id, 'region', $3::text, 'migrated', true)
+        FROM closed
+        """,
         decision["player_id"],
+        str(change.seq),
+        decision["home_region"],
     )
-    await _write(
-        target.dsns[decision["owner_region"]],
+    await (await regions(decision["owner_region"])).execute(
         "DELETE FROM identity.claims WHERE claim_id = $1 AND player_id = $2",
         decision["claim_id"],
         decision["player_id"],
