@@ -407,6 +407,14 @@ def even_slot_ranges(regions: list[str]) -> tuple[SlotRange, ...]:
     )
 
 
+def even_slot_owners(regions: list[str]) -> tuple[str, ...]:
+    """The region owning each identity slot under even_slot_ranges (as a directory's
+    snapshot holds them: slot_owners)."""
+    return tuple(
+        span.region for span in even_slot_ranges(regions) for _ in range(span.first, span.last + 1)
+    )
+
+
 def cli_command() -> str:
     """The regiongate command as this process was started (``.venv/bin/regiongate`` under
     ``./dev up``), so the hints it prints work when pasted as they are."""

@@ -36,7 +36,7 @@ import uvloop
 
 from identity.usernames import UsernameRules, check
 from infra.devkeys import ensure_dev_keys
-from infra.local import LocalCluster, even_slot_ranges
+from infra.local import LocalCluster, even_slot_owners
 from ledger_node.global_audit import audit_regions
 from loadtests.cpustats import CpuMeter
 from loadtests.httpload import LoadResult, bearer_post, median, run_load
@@ -55,15 +55,7 @@ UNLIMITED = {
 RULES = UsernameRules()
 
 
-def _owners() -> list[str]:
-    owners = [""] * 1024
-    for span in even_slot_ranges(REGIONS):
-        for slot in range(span.first, span.last + 1):
-            owners[slot] = span.region
-    return owners
-
-
-def name_owned_by(region: str, stem: str, owners: list[str]) -> str:
+def name_owned_by(region: str, stem: str, owners: tuple[str, ...]) -> str:
     """The first of stem, stem + 'a', stem + 'b', ... whose slot the region owns (about two
     tries: the slots are split evenly)."""
     for suffix in ("", *"abcdefghjkmnpqrstuvwxyz"):
@@ -113,7 +105,7 @@ async def insert_floor(dsn: str, clients: int, seconds: float, warmup_s: float) 
 
 async def measure(args, cluster: LocalCluster, token: str) -> list[dict]:
     port = int(cluster.gateway_urls["eu"].rsplit(":", 1)[1])
-    owners = _owners()
+    owners = even_slot_owners(REGIONS)
     encode = msgspec.json.encode
     run = uuid.uuid4().hex[:6]
 

@@ -38,10 +38,9 @@ from identity.legacy.source import HomeRules, read_file
 from identity.migrations import IDENTITY_MIGRATIONS
 from identity.usernames import UsernameRules
 from infra.identity_commands import DEFAULT_COUNTRIES
-from infra.local import even_slot_ranges
+from infra.local import even_slot_owners
 from infra.services import PostgresCluster, free_port
 from ledger_node.migrations import apply_migrations
-from wire.ids import IDENTITY_SLOTS
 
 REGIONS = ("eu", "us", "ap")
 TARGET_ROWS = 300_000_000
@@ -86,13 +85,10 @@ async def _copy_floor(dsn: str, path: Path) -> float:
 
 
 def _target(dsns: dict[str, str], chunk_rows: int) -> Target:
-    owners = [""] * IDENTITY_SLOTS
-    for span in even_slot_ranges(list(REGIONS)):
-        owners[span.first : span.last + 1] = [span.region] * (span.last - span.first + 1)
     countries = {code: region for region, codes in DEFAULT_COUNTRIES.items() for code in codes}
     return Target(
         dsns,
-        tuple(owners),
+        even_slot_owners(list(REGIONS)),
         dsns["eu"],
         UsernameRules(),
         b"bench-migration-secret-not-a-real-one",

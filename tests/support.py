@@ -386,6 +386,29 @@ IDENTITY_TEST_CONFIG = {
 }
 
 
+def node_ready(client):
+    """For assert_eventually: the node behind a signed client answers ready (past the pool's
+    connections to a process that was killed)."""
+    from region_router.http_pool import UpstreamConnectionError
+
+    async def check() -> bool:
+        try:
+            return (await client.get("/health/ready")).status == 200
+        except (UpstreamConnectionError, TimeoutError):
+            return False
+
+    return check
+
+
+def process_dead(world, region: str):
+    """For assert_eventually: the world's ledger process of a region has exited."""
+
+    async def check() -> bool:
+        return not world.ledgers[region].alive()
+
+    return check
+
+
 class SagaWorld:
     """Regions as separate ledger processes (so a test can kill -9 one), each reaching the
     others' ledgers only through a WAN link it can delay or cut. Each region sees the others

@@ -12,10 +12,17 @@ import pytest
 
 from identity.saga import CRASH_AT_ENV
 from identity.usernames import UsernameRules, check
-from infra.local import even_slot_ranges
+from infra.local import even_slot_owners
 from region_router.http_pool import UpstreamConnectionError
 from region_router.ledger_client import LedgerClient
-from tests.support import SERVICE_KEYS_TEXT, SagaWorld, assert_eventually, unique
+from tests.support import (
+    SERVICE_KEYS_TEXT,
+    SagaWorld,
+    assert_eventually,
+    node_ready,
+    process_dead,
+    unique,
+)
 from wire.ids import identity_slot
 
 REGIONS = ("eu", "us", "ap")
@@ -36,36 +43,17 @@ def world(postgres, tmp_path_factory):
 async def clients(world, keyring, ledger_pool):
     clients = world.clients(keyring.signing_key, ledger_pool)
     for client in clients.values():
-        await assert_eventually(_ready(client))
+        await assert_eventually(node_ready(client))
     return clients
 
 
 def owned_by(region: str, prefix: str = "fault") -> str:
     """A fresh username whose slot the region owns."""
-    owners = {}
-    for span in even_slot_ranges(list(REGIONS)):
-        owners.update(dict.fromkeys(range(span.first, span.last + 1), span.region))
+    owners = even_slot_owners(list(REGIONS))
     while True:
         name = f"{prefix}{unique('')[-8:]}".replace("-", "")
         if owners[identity_slot(check(name, RULES).skeleton)] == region:
             return name
-
-
-def _ready(client: LedgerClient):
-    async def check_ready() -> bool:
-        try:
-            return (await client.get("/health/ready")).status == 200
-        except (UpstreamConnectionError, TimeoutError):
-            return False
-
-    return check_ready
-
-
-def _dead(world: SagaWorld, region: str):
-    async def check_dead() -> bool:
-        return not world.ledgers[region].alive()
-
-    return check_dead
 
 
 async def create(client: LedgerClient, username: str, key: str):
@@ -106,7 +94,7 @@ async def test_kill_the_home_between_reserve_and_confirm(world, clients, point):
     key = unique("home")
     world.kill("eu")
     world.restart("eu", env={CRASH_AT_ENV: point})
-    await assert_eventually(_ready(clients["eu"]))
+    await assert_eventually(node_ready(clients["eu"]))
     try:
         response = await create(clients["eu"], username, key)
     except (UpstreamConnectionError, TimeoutError):
@@ -114,10 +102,10 @@ async def test_kill_the_home_between_reserve_and_confirm(world, clients, point):
     else:
         # The answer comes at the bind; the confirm, and the crash after it, come after.
         assert point == "confirmed" and response.status == 201, (point, response.status)
-    await assert_eventually(_dead(world, "eu"), timeout_s=10)
+    await assert_eventually(process_dead(world, "eu"), timeout_s=10)
     await asyncio.sleep(1.5)  # past the owner's reservation lease: its reaper asks a dead home
     world.restart("eu")
-    await assert_eventually(_ready(clients["eu"]))
+    await assert_eventually(node_ready(clients["eu"]))
     player = await wait_active(clients["eu"], username, key)
     assert player["username"] == username and player["username_generated"] is False
     assert set(player["accounts"]) == {"EUR"}
@@ -135,7 +123,7 @@ async def test_kill_the_owner_with_claims_in_flight(world, clients):
     await asyncio.gather(*requests, return_exceptions=True)
     await asyncio.sleep(1.0)
     world.restart("ap")
-    await assert_eventually(_ready(clients["ap"]))
+    await assert_eventually(node_ready(clients["ap"]))
     for region, (name, key) in zip(("eu", "us") * 10, names, strict=True):
         player = await wait_active(clients[region], name, key)
         assert player["username"] == name

@@ -26,12 +26,12 @@ from identity.legacy.source import HomeRules, read_file
 from identity.migrations import IDENTITY_MIGRATIONS
 from identity.usernames import UsernameRefused, UsernameRules, check
 from infra.identity_commands import DEFAULT_COUNTRIES
-from infra.local import even_slot_ranges
+from infra.local import even_slot_owners, even_slot_ranges
 from ledger_node.migrations import apply_migrations
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.yaml_directory import write_directory_file
 from tests.support import unique
-from wire.ids import IDENTITY_SLOTS, PLAYER_ID_PATTERN
+from wire.ids import PLAYER_ID_PATTERN
 
 REGIONS = ("eu", "us", "ap")
 SECRET = b"test-migration-secret-0123456789"
@@ -57,10 +57,7 @@ class World:
             default_region="eu",
             slot_ranges=slots,
         )
-        owners = [""] * IDENTITY_SLOTS
-        for span in slots:
-            owners[span.first : span.last + 1] = [span.region] * (span.last - span.first + 1)
-        self.slot_owners = tuple(owners)
+        self.slot_owners = even_slot_owners(list(REGIONS))
         countries = {c: r for r, codes in DEFAULT_COUNTRIES.items() for c in codes}
         self.homes = HomeRules(frozenset(REGIONS), countries, "eu")
 

@@ -20,6 +20,8 @@ from tests.support import (
     balance,
     fund,
     new_player,
+    node_ready,
+    process_dead,
     unique,
 )
 
@@ -82,10 +84,10 @@ async def test_kill_the_orchestrator_at_a_step_boundary(world, clients, point, d
     key = unique("fault")
     world.kill("eu")
     world.restart("eu", env={CRASH_AT_ENV: point})
-    await assert_eventually(_answers(clients["eu"]))  # past the pool's stale connections
+    await assert_eventually(node_ready(clients["eu"]))  # past the pool's stale connections
     with pytest.raises((UpstreamConnectionError, TimeoutError)):
         await clients["eu"].post("/v1/sagas", body, idempotency_key=key, timeout_s=10)
-    await assert_eventually(_dead(world, "eu"), timeout_s=10)
+    await assert_eventually(process_dead(world, "eu"), timeout_s=10)
     world.restart("eu")
 
     final = await _final(clients["eu"], body, key)
@@ -99,23 +101,6 @@ async def test_kill_the_orchestrator_at_a_step_boundary(world, clients, point, d
     assert payee_balance["posted"] == moved
     failures = await world.audit()
     assert not failures, failures
-
-
-def _answers(client: LedgerClient):
-    async def check() -> bool:
-        try:
-            return (await client.get("/health/ready")).status == 200
-        except UpstreamConnectionError:
-            return False
-
-    return check
-
-
-def _dead(world: SagaWorld, region: str):
-    async def check() -> bool:
-        return not world.ledgers[region].alive()
-
-    return check
 
 
 async def test_a_lost_reply_is_found_applied_by_the_cancel(world, clients):
