@@ -32,7 +32,7 @@ OpenAccount = Callable[[asyncpg.Connection, str, str, str | None], Awaitable[str
 """(connection, player id, currency, operator) -> the wallet account's id, opened in the
 caller's transaction (the ledger provides it: identity never writes the ledger's tables)."""
 
-_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(dict[str, str]).decode
 
 
 def new_claim_id() -> str:
@@ -74,7 +74,6 @@ PLAYER_BY_KEY = (
     f"SELECT {PLAYER_COLUMNS}, request_hash FROM identity.players WHERE creation_key = $1"
 )
 PLAYER = f"SELECT {PLAYER_COLUMNS} FROM identity.players WHERE id = $1"
-ACCOUNTS = "SELECT currency, account_id FROM identity.player_accounts WHERE player_id = $1"
 SAGA = f"SELECT {SAGA_COLUMNS} FROM identity.claim_sagas WHERE id = $1"
 SAGA_BY_KEY = (
     f"SELECT {SAGA_COLUMNS}, request_hash FROM identity.claim_sagas WHERE request_key = $1"
@@ -110,10 +109,14 @@ RETURNING {SAGA_COLUMNS}
 """
 
 
+_ACCOUNTS_OF_P = """(SELECT coalesce(jsonb_object_agg(currency, account_id), '{}')
+        FROM identity.player_accounts WHERE player_id = p.id) AS accounts"""
+PLAYER_VIEW = f"""
+SELECT {PLAYER_COLUMNS}, {_ACCOUNTS_OF_P} FROM identity.players p WHERE id = $1
+"""
+"""A player with its accounts, in one round trip (every read of a player takes it)."""
 CREATION_ANSWER = f"""
-SELECT {PLAYER_COLUMNS},
-       (SELECT coalesce(jsonb_object_agg(currency, account_id), '{{}}')
-        FROM identity.player_accounts WHERE player_id = p.id) AS accounts,
+SELECT {PLAYER_COLUMNS}, {_ACCOUNTS_OF_P},
        (SELECT jsonb_build_object('username', username, 'generated', generated)
         FROM identity.claim_sagas WHERE player_id = p.id AND kind = 'create'
           AND status IN ('confirming', 'registering', 'holding', 'completed')) AS created,
@@ -145,11 +148,10 @@ def _rfc3339(moment: datetime) -> str:
 
 
 async def read_player(connection: asyncpg.Connection, player_id: str) -> tuple[dict, dict] | None:
-    row = await connection.fetchrow(PLAYER, player_id)
+    row = await connection.fetchrow(PLAYER_VIEW, player_id)
     if row is None:
         return None
-    accounts = {r["currency"]: r["account_id"] for r in await connection.fetch(ACCOUNTS, player_id)}
-    return dict(row), accounts
+    return dict(row), _decode(row["accounts"])
 
 
 async def start_creation(
