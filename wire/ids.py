@@ -4,6 +4,7 @@ with 80 random bits, so they cannot be guessed or collide."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import os
@@ -122,6 +123,9 @@ PLAYER_ID_PREFIX = "pl_"
 PLAYER_ID_PATTERN = re.compile(r"^pl_[0-9a-hjkmnp-tv-z]{26}$")
 
 
+_B32 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
+
+
 def new_player_id() -> str:
     """A player's public id: ``pl_`` and 26 Crockford letters of 130 random bits from the
     operating system's CSPRNG. Unlike an account id it carries no time, no region and no
@@ -136,8 +140,9 @@ def player_id_of(random_bytes: bytes) -> str:
     player, from a keyed hash of its legacy id for a migrated one (identity.legacy)."""
     if len(random_bytes) < 17:
         raise ValueError("a public id needs 17 bytes")
-    value = int.from_bytes(random_bytes[:17], "big") >> 6  # 130 bits
-    return PLAYER_ID_PREFIX + "".join(_CROCKFORD[(value >> s) & 31] for s in range(125, -1, -5))
+    # Base32's first 26 letters are the first 130 bits, five at a time (RFC 4648), spelled in
+    # Crockford's alphabet.
+    return PLAYER_ID_PREFIX + base64.b32encode(random_bytes[:17])[:26].decode().translate(_B32)
 
 
 IDENTITY_SLOTS = 1024

@@ -11,7 +11,8 @@
 5. **ids**: each owner of id slots records its players' homes;
 6. **players**: each home region gets its players, their history rows and their events.
 
-Every load is ``INSERT ... ON CONFLICT DO NOTHING`` behind a checkpoint kept with it, so a
+Every load is ``INSERT ... ON CONFLICT DO NOTHING`` behind a checkpoint kept with it (a
+player's history row and event follow only the player rows the statement inserted), so a
 ``kill -9`` anywhere and a rerun give what one run gives; a rerun of a finished run writes
 nothing. Memory is bounded by ``chunk_rows``: the export is streamed, the decision is SQL.
 """
@@ -338,14 +339,12 @@ LOADS = {
             INSERT INTO identity.username_history
                 (player_id, claim_id, username, skeleton, owner_region)
             SELECT id, claim_id, username, skeleton, owner_region FROM players
-            ON CONFLICT DO NOTHING
         )
         INSERT INTO identity.events (id, type, aggregate_id, version, body)
         SELECT 'evm_' || substr(id, 4), 'player.created', id, 1,
                jsonb_build_object('player_id', id, 'region', $3::text, 'username', username,
                                   'migrated', true)
         FROM players
-        ON CONFLICT DO NOTHING
         """,
         ("run", "prefix", "region"),
     ),

@@ -6,7 +6,6 @@ can be traced back to the legacy id without the secret)."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import unicodedata
@@ -46,16 +45,16 @@ def repair(raw: str | None, rules: UsernameRules) -> Username | None:
 
 
 def _digest(secret: bytes, purpose: str, run: str, legacy_id: str) -> bytes:
-    return hmac.new(secret, f"{purpose}:{run}:{legacy_id}".encode(), hashlib.sha256).digest()
+    return hmac.digest(secret, f"{purpose}:{run}:{legacy_id}".encode(), "sha256")
+
+
+_LETTER_OF_BYTE = bytes(ord(FALLBACK_ALPHABET[b % len(FALLBACK_ALPHABET)]) for b in range(256))
 
 
 def generated_name(secret: bytes, run: str, legacy_id: str) -> Username:
     """``player`` and ten letters, as the live path's fallback, drawn by a keyed hash."""
     digest = _digest(secret, "name", run, legacy_id)
-    letters = "".join(
-        FALLBACK_ALPHABET[digest[i] % len(FALLBACK_ALPHABET)] for i in range(FALLBACK_SUFFIX_LENGTH)
-    )
-    name = FALLBACK_PREFIX + letters
+    name = FALLBACK_PREFIX + digest[:FALLBACK_SUFFIX_LENGTH].translate(_LETTER_OF_BYTE).decode()
     return Username(name, skeleton(name))
 
 
