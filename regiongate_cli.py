@@ -487,9 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--metrics-host", default="127.0.0.1", help="with --watch-s")
     audit.set_defaults(handler=cmd_audit)
 
+    from infra.events_commands import add_commands as add_events_commands
     from infra.identity_commands import add_commands as add_identity_commands
 
     add_identity_commands(commands)
+    add_events_commands(commands)
     return parser
 
 

@@ -90,6 +90,7 @@ class LocalCluster:
     gateway_urls: dict[str, str] = field(default_factory=dict)
     gateway_ports: dict[str, int] = field(default_factory=dict)
     redis: RedisServer | None = None
+    events_redis: RedisServer | None = None
     wan_one_way_delay_ms: float | None = None
     """With a value, every link between two regions goes through a WAN proxy (infra.wan) that
     adds this one-way delay; None connects regions directly."""
@@ -140,6 +141,8 @@ class LocalCluster:
         try:
             self.redis = RedisServer(self.root / "redis", free_port())
             self.redis.start()
+            self.events_redis = RedisServer(self.root / "redis-events", free_port(), durable=True)
+            self.events_redis.start()
             self.ledger_ports = {
                 region: (DEFAULT_LEDGER_PORTS.get(region) if self.fixed_ports else None)
                 or free_port(also_free_at=(METRICS_PORT_OFFSET,))
@@ -177,6 +180,10 @@ class LocalCluster:
                 "directory_file": str(self.directory_file(region)),
                 "peer_key_ids": [PEER_KEY_ID],
                 **self.ledger_extra,
+                "events": {
+                    "redis_url": self.events_redis.url,
+                    **self.ledger_extra.get("events", {}),
+                },
             },
         )
         ledger = LedgerProcess(
@@ -299,6 +306,7 @@ class LocalCluster:
             "ledger_configs": {r: str(ledger.config_path) for r, ledger in self.ledgers.items()},
             "ledger_dsns": {r: c.dsn(f"ledger_{r}") for r, c in self.postgres.items()},
             "directory_files": [str(self.directory_file(region)) for region in self.regions],
+            "events_redis": self.events_redis.url,
             "wan_one_way_delay_ms": self.wan_one_way_delay_ms,
             "ca_cert": str(ca_cert),
             "dev_private_key": str(dev_keys.private_key_file),
@@ -369,6 +377,8 @@ class LocalCluster:
             cluster.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.events_redis is not None:
+            self.events_redis.stop()
         if self._lock_handle is not None:
             self._lock_handle.close()  # releases the lock
             self._lock_handle = None
@@ -379,6 +389,7 @@ class LocalCluster:
             "gateways": self.gateway_urls,
             "tls_ca": str(self.secrets_dir / "tls" / "dev-ca.pem"),
             "redis": self.redis.url if self.redis else None,
+            "events_redis": self.events_redis.url if self.events_redis else None,
             "directory_files": [str(self.directory_file(region)) for region in self.regions],
             "wan_one_way_delay_ms": self.wan_one_way_delay_ms,
             "prometheus": self.prometheus.url if self.prometheus is not None else None,

@@ -321,11 +321,14 @@ class PostgresCluster:
 
 @dataclass
 class RedisServer:
-    """A Redis server on 127.0.0.1:port with its files in data_dir."""
+    """A Redis server on 127.0.0.1:port with its files in data_dir. A durable one (the event
+    streams') appends every write to its log and fsyncs it before answering, so a kill -9
+    loses nothing it acknowledged; the rate limiter's keeps nothing on disk."""
 
     data_dir: Path
     port: int
     process: subprocess.Popen | None = None
+    durable: bool = False
 
     @property
     def url(self) -> str:
@@ -349,8 +352,11 @@ class RedisServer:
                 str(self.data_dir),
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(
+                    ["--appendonly", "yes", "--appendfsync", "always"]
+                    if self.durable
+                    else ["--appendonly", "no"]
+                ),
                 "--protected-mode",
                 "yes",
                 "--logfile",

@@ -64,6 +64,19 @@ async def sync_reference_data(connection: asyncpg.Connection, config: LedgerConf
         )
 
 
+def account_event(event_type: str, source: str) -> str:
+    """The outbox row of an account's change, its data written with it (docs/events.md), for
+    the accounts the CTE source returns."""
+    return (
+        "INSERT INTO outbox (family, type, ref, aggregate_id, version, body)"
+        f" SELECT 'account', '{event_type}', id, id, version, jsonb_build_object("
+        "'account_id', id, 'region', region, 'currency', currency, 'kind', kind,"
+        " 'status', status, 'metadata', metadata, 'created_at',"
+        """ to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))"""
+        f" FROM {source}"
+    )
+
+
 def account_dict(row) -> dict:
     posted = row["credits_posted"] - row["debits_posted"]
     return {
@@ -96,9 +109,11 @@ async def create_account(
 ) -> tuple[Result, dict | None, bool]:
     """(result, account, replayed). The idempotency key lives on the account row itself."""
     row = await connection.fetchrow(
-        f"INSERT INTO accounts (id, region, currency, kind, idempotency_key, request_hash, "
-        f"metadata) VALUES ($1, $2, $3, 'player', $4, $5, $6::jsonb) "
-        f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {ACCOUNT_COLUMNS}",
+        f"WITH created AS (INSERT INTO accounts (id, region, currency, kind, idempotency_key,"
+        f" request_hash, metadata) VALUES ($1, $2, $3, 'player', $4, $5, $6::jsonb)"
+        f" ON CONFLICT (idempotency_key) DO NOTHING RETURNING {ACCOUNT_COLUMNS}),"
+        f" event AS ({account_event('account.created', 'created')})"
+        f" SELECT * FROM created",
         new_account_id(region),
         region,
         currency,
@@ -179,8 +194,10 @@ async def set_status(
         ):
             return Result.ACCOUNT_HAS_BALANCE, None
         row = await connection.fetchrow(
-            f"UPDATE accounts SET status = $2, version = version + 1 WHERE id = $1 "
-            f"RETURNING {ACCOUNT_COLUMNS}",
+            f"WITH changed AS (UPDATE accounts SET status = $2, version = version + 1"
+            f" WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}),"
+            f" event AS ({account_event('account.status_changed', 'changed')})"
+            f" SELECT * FROM changed",
             account_id,
             status,
         )

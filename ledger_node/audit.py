@@ -55,6 +55,21 @@ CHECKS: dict[str, str] = {
            OR (t.pending_id IS NOT NULL AND NOT EXISTS (
                    SELECT 1 FROM transfers p WHERE p.id = t.pending_id AND p.flow = 'pending'))
     """,
+    # The outbox keeps published rows for a while (events.retain_s); the check covers every
+    # transfer since its oldest kept row, or since it began (docs/events.md).
+    "every transfer since the outbox's horizon has exactly one event": """
+        WITH horizon AS (
+            SELECT greatest(started_at, coalesce(cleaned_through, started_at)) AS t
+            FROM outbox_relay WHERE name = 'relay'
+        )
+        SELECT t.id, count(o.seq) AS events FROM transfers t
+        LEFT JOIN outbox o ON o.family = 'transfer' AND o.ref = t.id
+        WHERE t.created_at > (SELECT t FROM horizon)
+        GROUP BY t.id HAVING count(o.seq) <> 1
+        UNION ALL
+        SELECT o.ref, 0 FROM outbox o
+        WHERE o.family = 'transfer' AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.id = o.ref)
+    """,
     "every resolved hold has exactly one resolution, every open hold none": """
         SELECT p.id, p.status, count(r.id) AS resolutions
         FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id

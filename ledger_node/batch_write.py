@@ -52,7 +52,7 @@ _WRITE_PARTS: tuple[tuple[str, str, int, str], ...] = (
       AS r(id, kind, flow, status, pending_id, debit_account_id, credit_account_id, amount,
            currency, timeout_at, reference, round_id, metadata, dpa, ddpa, dcpa, dva, cpa, cdpa,
            ccpa, cva)
-    RETURNING debit_account_id, credit_account_id, pending_id
+    RETURNING id, flow, debit_account_id, credit_account_id, pending_id, debit_version_after
 """,
         41,
         "transfers",
@@ -147,7 +147,7 @@ _WRITE_PARTS: tuple[tuple[str, str, int, str], ...] = (
                                               credit_transfer_id text, reason text)
     WHERE s.id = f.id AND s.status = 'held'
       AND s.id = ANY (ARRAY(SELECT x.id FROM json_to_recordset($39::json) AS x(id text)))
-    RETURNING 1
+    RETURNING s.id, s.status
 """,
         47,
         "finished sagas",
@@ -170,12 +170,41 @@ _WRITE_PARTS: tuple[tuple[str, str, int, str], ...] = (
 )
 # The bits of the first three parts, which the reference check below relies on.
 _NEW_TRANSFERS, _CHANGED_ACCOUNTS, _RESOLVED_PENDINGS = 1, 2, 4
+_FINISHED_SAGAS = 1 << 6
 ensure(
     [name for name, _, _, _ in _WRITE_PARTS[:3]]
     == ["new_transfers", "changed_accounts", "resolved_pendings"],
     "the write's first parts are its transfers, accounts and holds",
 )
 ALL_WRITE_PARTS = (1 << len(_WRITE_PARTS)) - 1
+OUTBOX = 1 << len(_WRITE_PARTS)
+"""Not a table of its own among the parts: the bit that adds the outbox's rows for the batch's
+new transfers and finished sagas (docs/events.md), one row each, from those parts' RETURNING."""
+
+# A transfer's event type, by its flow.
+_TRANSFER_EVENT = (
+    "'transfer.' || CASE flow WHEN 'single' THEN 'posted' WHEN 'pending' THEN 'pending'"
+    " WHEN 'post' THEN 'posted_from_pending' WHEN 'void' THEN 'voided' ELSE 'expired' END"
+)
+
+
+def _outbox_cte(parts: int) -> str:
+    sources = []
+    if parts & _NEW_TRANSFERS:
+        sources.append(
+            f"SELECT 'transfer', {_TRANSFER_EVENT}, id, debit_account_id, debit_version_after"
+            " FROM new_transfers"
+        )
+    if parts & _FINISHED_SAGAS:
+        sources.append("SELECT 'saga', 'saga.' || status, id, id, 1 FROM finished_sagas")
+    ensure(bool(sources), "the outbox bit with neither transfers nor finished sagas")
+    union = "\n    UNION ALL ".join(sources)
+    return (
+        "new_events AS (\n    INSERT INTO outbox (family, type, ref, aggregate_id, version,"
+        f" created_at)\n    SELECT e.*, $1::timestamptz FROM (\n    {union}) AS e\n"
+        "    RETURNING 1\n)"
+    )
+
 
 _WRITE_TYPES = (
     ["timestamptz"]
@@ -201,9 +230,16 @@ def write_sql(parts: int) -> str:
     0005): each new transfer names two accounts this statement updates, and a resolution the
     hold it resolves. write_parts includes the accounts with any transfer and the holds with any
     resolution, so that check always has what it compares against."""
-    ensure(0 < parts <= ALL_WRITE_PARTS, f"no such set of write parts: {parts}")
+    ensure(
+        0 < parts & ALL_WRITE_PARTS and parts <= ALL_WRITE_PARTS | OUTBOX,
+        f"no such set of write parts: {parts}",
+    )
     chosen = [part for bit, part in enumerate(_WRITE_PARTS) if parts & (1 << bit)]
     ctes = ",\n".join(f"{name} AS (\n{body.strip(chr(10))}\n)" for name, body, _, _ in chosen)
+    if parts & OUTBOX:
+        # Its rows are those of the parts it reads, inserted without a conflict clause: no
+        # count of its own to check.
+        ctes += ",\n" + _outbox_cte(parts)
     checks = [
         f"regiongate_expect((SELECT count(*) FROM {name}), ${param}::bigint, '{label}')"
         for name, _, param, label in chosen
@@ -226,7 +262,7 @@ def write_sql(parts: int) -> str:
 
 
 def write_statement_name(parts: int) -> str:
-    return f"regiongate_write_{parts:02x}"
+    return f"regiongate_write_{parts:03x}"
 
 
 def prepare_write(parts: int) -> str:
@@ -406,34 +442,41 @@ WRITE_ARGUMENTS = len(_WRITE_TYPES)
 COUNT_ARGUMENTS = 8
 
 
-def write_parts(state: BatchState, arguments: list) -> int:
-    """The parts a batch's write needs: those with rows, the accounts with any transfer, and the
-    holds with any transfer that names one."""
+def write_parts(state: BatchState, arguments: list, outbox: bool = True) -> int:
+    """The parts a batch's write needs: those with rows, the accounts with any transfer, the
+    holds with any transfer that names one, and (outbox) the events of its transfers and
+    finished sagas."""
     counts = arguments[-COUNT_ARGUMENTS:]
     parts = sum(1 << bit for bit, count in enumerate(counts) if count)
     if parts & _NEW_TRANSFERS:
         parts |= _CHANGED_ACCOUNTS
         if any(row.pending_id is not None for row in state.rows):
             parts |= _RESOLVED_PENDINGS
+    if outbox and parts & (_NEW_TRANSFERS | _FINISHED_SAGAS):
+        parts |= OUTBOX
     return parts
 
 
-def write_statement(state: BatchState, parts: int | None = None) -> tuple[int, str]:
+def write_statement(
+    state: BatchState, parts: int | None = None, outbox: bool = True
+) -> tuple[int, str]:
     """The parts of this batch's write (or those given), and the EXECUTE of the statement
     prepared for them, every argument quoted."""
     arguments = write_arguments(state)
     ensure(len(arguments) == WRITE_ARGUMENTS, f"the write takes {WRITE_ARGUMENTS} arguments")
     if parts is None:
-        parts = write_parts(state, arguments)
+        parts = write_parts(state, arguments, outbox)
     literals = [sql_literal(arguments[0].isoformat())]
     literals.extend(sql_literal(value) for value in arguments[1:-COUNT_ARGUMENTS])
     literals.extend(str(int(count)) for count in arguments[-COUNT_ARGUMENTS:])
     return parts, f"EXECUTE {write_statement_name(parts)}({', '.join(literals)})"
 
 
-def write_and_commit_message(state: BatchState, parts: int | None = None) -> tuple[int, str]:
+def write_and_commit_message(
+    state: BatchState, parts: int | None = None, outbox: bool = True
+) -> tuple[int, str]:
     """The write, COMMIT, and the next batch's BEGIN: one message, with the write's parts."""
-    parts, statement = write_statement(state, parts)
+    parts, statement = write_statement(state, parts, outbox)
     return parts, f"{statement}; {COMMIT_AND_BEGIN}"
 
 

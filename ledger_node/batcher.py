@@ -86,8 +86,11 @@ class BatchStats:
 
 
 class Batcher:
-    def __init__(self, *, pool: asyncpg.Pool, region: str, config: BatchConfig) -> None:
+    def __init__(
+        self, *, pool: asyncpg.Pool, region: str, config: BatchConfig, outbox: bool = True
+    ) -> None:
         self._pool = pool
+        self._outbox = outbox
         self._region = region
         self._config = config
         self._queue: collections.deque[Submission] = collections.deque()
@@ -309,7 +312,7 @@ class Batcher:
         if batch_write.has_writes(state):
             # The statement checks its own row counts (regiongate_expect); on any error the
             # server skips the COMMIT that follows it in the message, and _execute rolls back.
-            parts, message = batch_write.write_and_commit_message(state)
+            parts, message = batch_write.write_and_commit_message(state, outbox=self._outbox)
             prepared = (connection.get_server_pid(), parts)
             if prepared not in self._prepared:
                 # Once per session and shape of write; a prepared statement outlives the

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct, field
 
+from events.config import EventsConfig
 from identity.config import IdentityConfig
 from ledger_node.errors import ConfigError
 from region_router.consul_directory import ConsulSettings
@@ -102,6 +103,7 @@ class LedgerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     """Consul's directory (region_router.backends.build_directory)."""
     saga: SagaConfig = field(default_factory=SagaConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     """Players and usernames (identity/), served by this node from this database, with the
     directory's slot map; off without a directory."""
     peer_key_ids: tuple[str, ...] = ()

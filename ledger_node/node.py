@@ -10,6 +10,7 @@ import logging
 
 import asyncpg
 
+from events.relay import Relay
 from identity.migrations import IDENTITY_MIGRATIONS
 from identity.service import IdentityService
 from ledger_node.accounts import open_player_account, sync_reference_data
@@ -64,6 +65,7 @@ class LedgerNode:
         self.batcher: Batcher | None = None
         self.sagas: SagaDriver | None = None
         self.identity: IdentityService | None = None
+        self.relay: Relay | None = None
         self._directory: Directory | None = None
         self._peer_pool: HttpPool | None = None
         self._expiry_task: asyncio.Task | None = None
@@ -118,9 +120,21 @@ class LedgerNode:
             await self._close_pools()
             raise map_database_error(exc) from exc
         self.batcher = Batcher(
-            pool=self.batch_pool, region=self.config.region, config=self.config.batch
+            pool=self.batch_pool,
+            region=self.config.region,
+            config=self.config.batch,
+            outbox=self.config.events.outbox,
         )
         self.batcher.start()
+        events = self.config.events
+        if events.redis_url and events.relay:
+            self.relay = Relay(
+                self.config.database.dsn,
+                self.config.database.password(),
+                self.config.region,
+                events,
+            )
+            self.relay.start()
         if self.config.directory_file or self.config.consul:
             try:
                 await self._start_sagas()
@@ -203,6 +217,8 @@ class LedgerNode:
             await self._directory.stop()
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         await self._close_pools()
         self.state = NodeState.STOPPED
 

@@ -249,9 +249,12 @@ async def test_every_shape_of_the_write_prepares(plans_dsn):
                 continue
             await connection.execute(batch_write.prepare_write(parts))
             shapes += 1
+            if parts & (1 | 1 << 6):  # transfers or finished sagas: with their events too
+                await connection.execute(batch_write.prepare_write(parts | batch_write.OUTBOX))
+                shapes += 1
         prepared = await connection.fetchval(
             "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'regiongate_write_%'"
         )
     finally:
         await connection.close()
-    assert prepared == shapes == 2**8 - 1 - 2**6
+    assert prepared == shapes == 2 * (2**8 - 1 - 2**6) - 2**6 + 1
