@@ -5,7 +5,29 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Struct, field
+
+
+class WebhooksConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    """Deliveries to operators' endpoints (events.webhooks): signed per Standard Webhooks."""
+
+    enabled: bool = True
+    retry_schedule_s: Annotated[
+        tuple[Annotated[int, Meta(ge=1, le=86_400)], ...], Meta(min_length=1, max_length=30)
+    ] = (5, 30, 120, 600, 1_800, 3_600, 7_200, 14_400, 28_800, 43_200, 86_400)
+    """Waits before each retry (jittered by up to a fifth): after the last, the delivery is
+    given up (failed) and the account's later events go on."""
+    disable_after_s: Annotated[int, Meta(ge=1, le=30 * 86_400)] = 5 * 86_400
+    """An endpoint whose deliveries have all failed this long is disabled, with an event."""
+    timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 10_000
+    concurrency: Annotated[int, Meta(ge=1, le=1_000)] = 16
+    """Deliveries in flight at once, over every endpoint."""
+    window: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    """Pending deliveries of an endpoint looked at per round, oldest first."""
+    poll_interval_ms: Annotated[int, Meta(ge=1, le=60_000)] = 100
+    endpoints_max: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    ca_file: str | None = None
+    """Extra certificate authorities an endpoint's TLS may chain to (tests, private PKI)."""
 
 
 class EventsConfig(Struct, frozen=True, forbid_unknown_fields=True):
@@ -33,3 +55,4 @@ class EventsConfig(Struct, frozen=True, forbid_unknown_fields=True):
     """Past this length (a consumer group that stopped reading), the relay stops publishing
     rather than trim what a group has not read: the events wait in the outbox."""
     trim_interval_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 5.0
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)

@@ -69,7 +69,13 @@ SOURCES: dict[str, str] = {
         " created_at, id FROM identity.events"
     ),
 }
-AGGREGATE_TYPES = {"transfer": "account", "saga": "saga", "account": "account", "player": "player"}
+AGGREGATE_TYPES = {
+    "transfer": "account",
+    "saga": "saga",
+    "account": "account",
+    "player": "player",
+    "webhook": "webhook_endpoint",
+}
 # A batch: the rows of the transactions that committed between the two snapshots (prev's
 # in-progress ones, and those that began after it), found by the xid index. $1 cur, $2 prev.
 _IN_BATCH = (

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-FAMILIES = ("transfer", "saga", "account", "player")
+FAMILIES = ("transfer", "saga", "account", "player", "webhook")
 STREAM_PREFIX = "regiongate:events"
 DEAD_LETTER_SUFFIX = ":dead"
 

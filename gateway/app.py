@@ -24,7 +24,7 @@ import msgspec
 from aiohttp import web
 from opentelemetry import trace
 
-from gateway import players
+from gateway import players, webhooks
 from gateway.auth import Principal, Scope
 from gateway.context import (
     GATEWAY,
@@ -289,6 +289,6 @@ def build_gateway_app(gateway: Gateway) -> web.Application:
         await gateway.stop()
 
     app.cleanup_ctx.append(lifecycle)
-    for method, path, handler in ROUTES + players.ROUTES:
+    for method, path, handler in ROUTES + players.ROUTES + webhooks.ROUTES:
         app.router.add_route(method, path, handler)
     return app

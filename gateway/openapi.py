@@ -80,6 +80,46 @@ class HeldOut(ProfileOut):
     held_until: str | None
 
 
+class WebhookEndpointIn(msgspec.Struct, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=9, max_length=2048, pattern="^https://")]
+    """https only; a delivery never follows a redirect."""
+    event_types: Annotated[list[str], Meta(min_length=1, max_length=64)]
+    """Event types (docs/events.md), ``family.*`` or ``*``."""
+
+
+class WebhookEndpointOut(msgspec.Struct):
+    id: str
+    url: str
+    event_types: list[str]
+    status: Literal["enabled", "disabled"]
+    failing_since: str | None
+    """Since when every delivery failed (null once one succeeds)."""
+    disabled_reason: str | None
+    version: int
+    created_at: str
+    updated_at: str
+    secret: str | None = None
+    """On creation and on a rotation only: the whsec_ key deliveries are signed with (after a
+    rotation, with the previous one too until the next)."""
+
+
+class WebhookEndpointsOut(msgspec.Struct):
+    endpoints: list[WebhookEndpointOut]
+
+
+class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
+    from_: Annotated[str, Meta(pattern="^[0-9]{1,20}(-[0-9]{1,20})?$")] = msgspec.field(name="from")
+    """A stream cursor, as ``regiongate events tail`` prints it."""
+    limit: Annotated[int, Meta(ge=1, le=10_000)] = 1_000
+
+
+class ReplayOut(msgspec.Struct):
+    endpoint_id: str
+    replayed: int
+    next_cursors: dict[str, str]
+    """Per stream that had more: where to replay from next."""
+
+
 class AvailabilityOut(msgspec.Struct):
     username: str
     status: Literal["available", "taken", "held", "reserved", "invalid"]
@@ -212,6 +252,35 @@ ROUTES = (
           "Whether a username could be claimed now. Rate-limited per client (lookup).", "any",
           response=AvailabilityOut),
 )  # fmt: skip
+REGION_QUERY = (
+    {
+        "name": "region",
+        "in": "query",
+        "required": False,
+        "description": "the endpoint's region (default: the gateway's)",
+        "schema": {"type": "string", "pattern": REGION_PATTERN.pattern},
+    },
+)
+WEBHOOK_ROUTES = (
+    Route("post", "/v1/webhook-endpoints",
+          "Register an endpoint for a region's events, signed per Standard Webhooks; the"
+          " answer holds its secret, shown once", "admin", WebhookEndpointIn, ok="201",
+          response=WebhookEndpointOut, query=REGION_QUERY),
+    Route("get", "/v1/webhook-endpoints", "A region's endpoints", "admin",
+          response=WebhookEndpointsOut, query=REGION_QUERY),
+    Route("get", "/v1/webhook-endpoints/{endpoint_id}", "One endpoint", "admin",
+          response=WebhookEndpointOut, query=REGION_QUERY),
+    Route("post", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+          "A new secret; deliveries are signed with it and the previous one until the next"
+          " rotation", "admin", response=WebhookEndpointOut, query=REGION_QUERY),
+    Route("post", "/v1/webhook-endpoints/{endpoint_id}/enable",
+          "Enable an endpoint disabled after failing; its waiting deliveries go out",
+          "admin", response=WebhookEndpointOut, query=REGION_QUERY),
+    Route("post", "/v1/webhook-endpoints/{endpoint_id}/replay",
+          "Deliver again the endpoint's events from a stream cursor on", "admin", ReplayIn,
+          response=ReplayOut, query=REGION_QUERY),
+)  # fmt: skip
+ROUTES = ROUTES + WEBHOOK_ROUTES
 PLAIN_ROUTES = {
     "/health/live": ("Liveness", {"200": {"description": "live"}}),
     "/health/ready": (

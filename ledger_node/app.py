@@ -10,6 +10,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from events.api import add_routes as add_webhook_routes
 from identity.api import add_routes as add_identity_routes
 from ledger_node import accounts, reads
 from ledger_node.http_errors import translate
@@ -330,4 +331,5 @@ def build_app(node: LedgerNode, *, manage_node: bool = True) -> web.Application:
     app.router.add_post("/v1/wins", bet_or_win)
     app.router.add_post("/v1/rollbacks", rollback)
     add_identity_routes(app, lambda: node.identity)
+    add_webhook_routes(app, node.webhooks_context)
     return app

@@ -10,7 +10,9 @@ import logging
 
 import asyncpg
 
+from events.api import WebhooksContext
 from events.relay import Relay
+from events.webhooks import Webhooks
 from identity.migrations import IDENTITY_MIGRATIONS
 from identity.service import IdentityService
 from ledger_node.accounts import open_player_account, sync_reference_data
@@ -66,6 +68,7 @@ class LedgerNode:
         self.sagas: SagaDriver | None = None
         self.identity: IdentityService | None = None
         self.relay: Relay | None = None
+        self.webhooks: Webhooks | None = None
         self._directory: Directory | None = None
         self._peer_pool: HttpPool | None = None
         self._expiry_task: asyncio.Task | None = None
@@ -135,6 +138,14 @@ class LedgerNode:
                 events,
             )
             self.relay.start()
+        if events.redis_url and events.webhooks.enabled:
+            self.webhooks = Webhooks(
+                self.config.database.dsn,
+                self.config.database.password(),
+                self.config.region,
+                events,
+            )
+            self.webhooks.start()
         if self.config.directory_file or self.config.consul:
             try:
                 await self._start_sagas()
@@ -219,6 +230,8 @@ class LedgerNode:
             await self.batcher.stop()
         if self.relay is not None:
             await self.relay.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self._close_pools()
         self.state = NodeState.STOPPED
 
@@ -226,6 +239,14 @@ class LedgerNode:
         for pool in (self.batch_pool, self.pool):
             if pool is not None:
                 await pool.close()
+
+    def webhooks_context(self) -> WebhooksContext | None:
+        """What the webhook routes need: none until the node runs."""
+        if self.pool is None:
+            return None
+        return WebhooksContext(
+            self.pool, self.config.events.webhooks, self.config.region, self.webhooks
+        )
 
     def home_region(self, account_id: str) -> str | None:
         """An account's home region: the directory's re-home override first, else its id."""

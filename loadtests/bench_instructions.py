@@ -22,7 +22,9 @@ once (its start, its catalog caches, the first plans) cancels out. The last line
 object: ``ledger_instructions_per_transfer``, ``ledger_hot_instructions_per_transfer``,
 ``pgbench_instructions_per_transaction``, and ``instructions_ratio`` and
 ``hot_instructions_ratio`` (pgbench's per transaction over the ledger's per transfer: how many
-transfers the database runs for the work of one pgbench transaction).
+transfers the database runs for the work of one pgbench transaction). The ledger's runs are made
+with the event outbox on and off (``..._no_outbox``); ``outbox_cost`` is the fraction of a
+transfer's instructions its outbox row adds (the target: no more than 0.10).
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def wait_for_counts(output_dir: Path, ready, timeout_s: float = 60.0) -> dict[in
 
 
 async def ledger_backend_run(
-    dsn: str, players: list[str], batches: int, size: int, hot: bool
+    dsn: str, players: list[str], batches: int, size: int, hot: bool, outbox: bool = True
 ) -> int:
     """Run batches on a fresh node (so a fresh batch connection); the pid of its backend."""
     config = ledger_config_from_dict(
@@ -151,6 +153,9 @@ async def ledger_backend_run(
             "currencies": [{"code": CURRENCY, "exponent": 2}],
             # One writer that keeps its connection: every batch on one backend.
             "batch": {"writers": 1, "size_max": size, "idle_hold_ms": 60_000},
+            # The outbox's rows are written or not; no relay runs (no Redis), so the count
+            # is the write's alone.
+            "events": {"outbox": outbox},
         }
     )
     node = LedgerNode(config, ServiceKeyring.parse("bench: " + os.urandom(32).hex()))
@@ -199,14 +204,16 @@ def measure(cluster: PostgresCluster, output_dir: Path, dsn: str, players: list[
     short, long = args.batches, args.batches * 3
     figures = {}
     for hot in (False, True):
-        pids = [
-            uvloop.run(ledger_backend_run(dsn, players, batches, args.size, hot))
-            for batches in (short, long)
-        ]
-        counts = wait_for_counts(output_dir, lambda counts, pids=pids: set(pids) <= set(counts))
-        pair = Pair(short * args.size, counts[pids[0]], long * args.size, counts[pids[1]])
-        figures["hot" if hot else "uniform"] = pair.per_operation()
-        print(f"    ledger {'hot' if hot else 'uniform'}: {figures}", flush=True)
+        for outbox in (True, False):
+            pids = [
+                uvloop.run(ledger_backend_run(dsn, players, batches, args.size, hot, outbox))
+                for batches in (short, long)
+            ]
+            counts = wait_for_counts(output_dir, lambda counts, pids=pids: set(pids) <= set(counts))
+            pair = Pair(short * args.size, counts[pids[0]], long * args.size, counts[pids[1]])
+            name = ("hot" if hot else "uniform") + ("" if outbox else "_no_outbox")
+            figures[name] = pair.per_operation()
+            print(f"    ledger {name}: {figures}", flush=True)
     runs = []
     for transactions in (args.pgbench_transactions, args.pgbench_transactions * 3):
         # Every process with a file so far, ended or not (a running one's file may exist).
@@ -220,6 +227,10 @@ def measure(cluster: PostgresCluster, output_dir: Path, dsn: str, players: list[
         "pgbench_transactions": [runs[0][0], runs[1][0]],
         "ledger_instructions_per_transfer": figures["uniform"],
         "ledger_hot_instructions_per_transfer": figures["hot"],
+        "ledger_instructions_per_transfer_no_outbox": figures["uniform_no_outbox"],
+        "ledger_hot_instructions_per_transfer_no_outbox": figures["hot_no_outbox"],
+        "outbox_cost": round(figures["uniform"] / figures["uniform_no_outbox"] - 1, 4),
+        "outbox_hot_cost": round(figures["hot"] / figures["hot_no_outbox"] - 1, 4),
         "pgbench_instructions_per_transaction": pgbench,
         "instructions_ratio": round(pgbench / figures["uniform"], 3),
         "hot_instructions_ratio": round(pgbench / figures["hot"], 3),

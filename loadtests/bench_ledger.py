@@ -50,6 +50,12 @@ interleaved pairs each of uniform and hot runs (a scratch A/B harness: two nodes
 cluster, not kept). Another sync method is no lever: with ``wal_sync_method = open_datasync``
 pgbench rose too, and the ratio's median fell to 1.27.
 
+The event outbox's cost: a second node, on a database of its own in the same cluster, runs with
+``events.outbox`` off, and each round runs its uniform and hot loads right after the first
+node's. ``outbox_cost`` and ``hot_outbox_cost`` are one minus the ratio of the two throughputs
+(target: no more than 0.10), the median of the rounds'. No relay runs in either (no Redis): this
+is what writing the rows costs; ``bench_events`` measures publishing them under this load.
+
 The last line printed is one JSON object: the medians, each round's figures under
 ``per_round``, and latency percentiles over all rounds.
 
@@ -376,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="regiongate-bench-"))
     cluster = PostgresCluster(root / "pg", free_port())
-    ledger = None
+    ledger = ledger_off = None
     try:
         cluster.start()
         init_pgbench(cluster, args.clients)
@@ -400,6 +406,27 @@ def main(argv: list[str] | None = None) -> None:
         ledger = LedgerProcess(config, port, root / "ledger.log")
         ledger.start()
         players = asyncio.run(make_players(dsn, PLAYERS))
+        dsn_off = cluster.create_database("ledger_bench_no_outbox")
+        port_off = free_port(
+            also_free_at=tuple(METRICS_PORT_OFFSET + i for i in range(args.workers))
+        )
+        config_off = write_ledger_config(
+            root / "ledger-no-outbox.yaml",
+            region=REGION,
+            dsn=dsn_off,
+            port=port_off,
+            service_keys_file=keys_file,
+            extra={
+                "workers": args.workers,
+                "metrics_port": port_off + METRICS_PORT_OFFSET,
+                "batch": {"wait_us_max": args.batch_wait_us, "writers": args.writers},
+                "database": {"dsn": dsn_off, "pool_size_max": 4},
+                "events": {"outbox": False},
+            },
+        )
+        ledger_off = LedgerProcess(config_off, port_off, root / "ledger-no-outbox.log")
+        ledger_off.start()
+        players_off = asyncio.run(make_players(dsn_off, PLAYERS))
         keyring = ServiceKeyring.load(str(keys_file))
         print(
             f"{args.rounds} rounds of (a) pgbench tpcb-like, then the ledger node (b) uniform, "
@@ -428,7 +455,25 @@ def main(argv: list[str] | None = None) -> None:
                     args.workers,
                 )
             )
-            rounds.append(round_figures(pgbench_tps, pgbench_wal_sync_ms, runs, pgbench_cores))
+            runs_off = uvloop.run(
+                ledger_runs(
+                    ledger_off,
+                    dsn_off,
+                    keyring,
+                    players_off,
+                    args.clients,
+                    args.seconds,
+                    False,
+                    index,
+                    lambda: cluster.pid,
+                    args.workers,
+                )
+            )
+            figures = round_figures(pgbench_tps, pgbench_wal_sync_ms, runs, pgbench_cores)
+            for name, on, off in (("", runs[0], runs_off[0]), ("hot_", runs[1], runs_off[1])):
+                figures[f"ledger_{name}tps_no_outbox"] = round(off.rps, 1)
+                figures[f"{name}outbox_cost"] = round(1 - on.rps / off.rps, 3) if off.rps else None
+            rounds.append(figures)
             results.append(runs)
             print(f"    round {index}: {rounds[-1]}", flush=True)
         uniform = [runs[0] for runs in results]
@@ -469,6 +514,10 @@ def main(argv: list[str] | None = None) -> None:
             "ledger_hot_tps": middle("ledger_hot_tps"),
             "ratio": middle("ratio"),
             "hot_ratio": middle("hot_ratio"),
+            "ledger_tps_no_outbox": middle("ledger_tps_no_outbox"),
+            "ledger_hot_tps_no_outbox": middle("ledger_hot_tps_no_outbox"),
+            "outbox_cost": middle("outbox_cost"),
+            "hot_outbox_cost": middle("hot_outbox_cost"),
             "ratio_min": min(record["ratio"] for record in rounds),
             "ratio_max": max(record["ratio"] for record in rounds),
             # Percentiles over every request of every round.
@@ -507,8 +556,9 @@ def main(argv: list[str] | None = None) -> None:
         figures["per_round"] = rounds
         print(json.dumps(figures))
     finally:
-        if ledger is not None:
-            ledger.stop()
+        for node in (ledger, ledger_off):
+            if node is not None:
+                node.stop()
         cluster.stop("immediate")
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

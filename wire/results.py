@@ -131,6 +131,12 @@ RENAME_RATE_LIMITED = Problem(429, "rename-rate-limited", "Too many renames for 
 SLOT_NOT_OWNED = Problem(
     421, "identity-slot-not-owned", "This region does not own the name's or id's identity slot"
 )
+WEBHOOK_ENDPOINT_NOT_FOUND = Problem(
+    404, "webhook-endpoint-not-found", "Webhook endpoint not found", "endpoint_id"
+)
+WEBHOOKS_UNAVAILABLE = Problem(
+    503, "webhooks-unavailable", "Webhooks are not available on this node; retry later"
+)
 IDENTITY_UNAVAILABLE = Problem(
     503, "identity-unavailable", "Identity is not available on this node; retry later"
 )

@@ -11,7 +11,7 @@
 CREATE TABLE outbox (
     seq          bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
     xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    family       text NOT NULL CHECK (family IN ('transfer', 'saga', 'account')),
+    family       text NOT NULL CHECK (family IN ('transfer', 'saga', 'account', 'webhook')),
     type         text NOT NULL,
     ref          text NOT NULL,
     aggregate_id text NOT NULL,
