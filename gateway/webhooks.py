@@ -11,7 +11,7 @@ from gateway.context import GATEWAY, pass_through, principal_of
 from gateway.errors import Forbidden
 from wire.ids import REGION_PATTERN
 from wire.problems import ProblemError
-from wire.results import REGION_UNAVAILABLE, VALIDATION_FAILED
+from wire.results import VALIDATION_FAILED
 
 BODY_BYTES_MAX = 16 * 1024
 
@@ -26,7 +26,7 @@ async def endpoints(request: web.Request) -> web.Response:
     if not REGION_PATTERN.match(region):
         raise ProblemError(VALIDATION_FAILED.at("region"), "a region code")
     if region not in gateway.directory.snapshot().regions:
-        raise ProblemError(REGION_UNAVAILABLE.at("region"), f"no region {region}")
+        raise ProblemError(VALIDATION_FAILED.at("region"), f"no region {region}")
     body = None
     if request.method == "POST":
         raw = await request.read()

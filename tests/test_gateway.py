@@ -16,7 +16,7 @@ import time
 import jwt
 import pytest
 
-from gateway import players
+from gateway import players, webhooks
 from gateway.app import ROUTES
 from infra.devkeys import DEV_AUDIENCE, DEV_ISSUER
 from tests.support import LIMIT_BURST, assert_eventually, region_status, unique
@@ -222,14 +222,16 @@ async def test_openapi_lists_exactly_the_routes(cluster):
         (method.upper(), path) for path, item in document["paths"].items() for method in item
     }
     served = set()
-    for method, path, _ in ROUTES + players.ROUTES:
+    for method, path, _ in ROUTES + players.ROUTES + webhooks.ROUTES:
         if "{suffix:" in path:
             base = path.split("{suffix:")[0]
             served |= {(method, base + "/balance"), (method, base + "/transfers")}
+        elif "{action:" in path:
+            head, _, tail = path.partition("{action:")
+            choices, _, rest = tail.partition("}")
+            served |= {(method, head + choice + rest) for choice in choices.split("|")}
         else:
-            served.add((method, path.replace("{action:post|void}", "post")))
-            if "{action:" in path:
-                served.add((method, path.replace("{action:post|void}", "void")))
+            served.add((method, path))
     assert documented == served
 
 
@@ -437,3 +439,38 @@ async def test_the_back_office_freezes_unfreezes_and_closes_through_any_gateway(
     status, _, account = await set_status("us", cluster.admin, "closed")
     assert status == 200 and account["status"] == "closed"
     assert (await set_status("us", cluster.admin, "bogus"))[0] == 400
+
+
+async def test_webhook_endpoints_are_for_admins_and_belong_to_a_region(cluster):
+    hook = {"url": "https://hooks.example.com/regiongate", "event_types": ["transfer.*"]}
+    wallet = cluster.keys.mint("bob", "wallet", accounts=[])
+    status, _, problem = await cluster.call(
+        "eu", "POST", "/v1/webhook-endpoints", token=wallet, body=hook
+    )
+    assert status == 403, problem
+    status, _, endpoint = await cluster.call(
+        "eu", "POST", "/v1/webhook-endpoints?region=us", token=cluster.admin, body=hook
+    )
+    assert status == 201 and endpoint["secret"].startswith("whsec_"), endpoint
+    status, _, listed = await cluster.call(
+        "us", "GET", "/v1/webhook-endpoints", token=cluster.admin
+    )
+    assert status == 200 and [e["id"] for e in listed["endpoints"]] == [endpoint["id"]]
+    assert "secret" not in listed["endpoints"][0]  # shown at creation and rotation only
+    status, _, problem = await cluster.call(
+        "eu", "GET", f"/v1/webhook-endpoints/{endpoint['id']}", token=cluster.admin
+    )
+    assert status == 404 and problem["type"].endswith("webhook-endpoint-not-found")
+    for body, field in (
+        ({**hook, "url": "http://hooks.example.com/"}, "url"),
+        ({**hook, "event_types": []}, "event_types"),
+        ({**hook, "url": "https://user:pw@hooks.example.com/"}, "url"),
+    ):
+        status, _, problem = await cluster.call(
+            "eu", "POST", "/v1/webhook-endpoints", token=cluster.admin, body=body
+        )
+        assert status == 400 and problem["field"] == field, problem
+    status, _, problem = await cluster.call(
+        "eu", "GET", "/v1/webhook-endpoints?region=zz", token=cluster.admin
+    )
+    assert status == 400 and problem["field"] == "region", problem
