@@ -4,9 +4,11 @@ moves an entry delivered ``deliveries_max`` times to the stream's dead-letter st
 acknowledges an entry only once its handler returned. Delivery is at least once; a handler
 that changes a database makes it exactly once with ``inbox_first`` in its own transaction.
 
-Within a stream a consumer handles entries in stream order; an entry whose handler failed is
-retried after the visibility timeout, after later ones (a handler that needs per-aggregate
-order checks the event's version).
+Within a stream a consumer handles entries in stream order. By default an entry whose handler
+failed is retried after the visibility timeout, after later ones. An ``ordered`` consumer (one
+member per group, under a name that survives its restarts) never passes a failed entry: each
+round it first takes over what other members left, then handles its own pending entries from
+the oldest, and reads new ones only when none is left, stopping at the first failure.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Consumer:
         handler: Handler,
         config: ConsumerConfig | None = None,
         start_id: str = "0",
+        ordered: bool = False,
     ) -> None:
         self._redis = redis
         self._streams = list(streams)
@@ -100,6 +103,8 @@ class Consumer:
         self._handler = handler
         self._config = config or ConsumerConfig()
         self._start_id = start_id
+        self._ordered = ordered
+        self._backoff_s = 0.0
         self._task: asyncio.Task | None = None
 
     async def ensure_groups(self) -> None:
@@ -115,8 +120,7 @@ class Consumer:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=10.0)
 
     async def run(self) -> None:
         await self.ensure_groups()
@@ -133,6 +137,17 @@ class Consumer:
 
     async def run_once(self) -> int:
         """Take over stuck entries, then read new ones; handle each. The entries handled."""
+        if self._ordered:
+            handled, failed = await self._run_ordered()
+            # A failed entry is retried first, after a wait that doubles up to the visibility
+            # timeout: an outage of what the handler writes to costs few deliveries.
+            if failed:
+                cap = self._config.visibility_timeout_ms / 1000
+                self._backoff_s = min(cap, max(0.05, self._backoff_s * 2))
+                await asyncio.sleep(self._backoff_s)
+            else:
+                self._backoff_s = 0.0
+            return handled
         handled = await self._reclaim()
         replies = await self._redis.xreadgroup(
             self._group,
@@ -144,6 +159,58 @@ class Consumer:
         for stream, entries in replies or []:
             handled += await self._handle(_text(stream), entries)
         return handled
+
+    async def _run_ordered(self) -> tuple[int, bool]:
+        handled, failed = 0, False
+        for stream in self._streams:
+            # What a member that is gone left behind comes first, then our own pending entries,
+            # oldest first: only when none is left (or one failed) does the stream move on.
+            if await self._take_over(stream):
+                failed = True  # another member's entries are not ours to take yet: wait
+                continue
+            mine = await self._redis.xreadgroup(
+                self._group, self._name, {stream: "0"}, count=self._config.count
+            )
+            entries = mine[0][1] if mine else []
+            if entries:
+                done = await self._handle(stream, entries, stop_at_failure=True)
+                handled += done
+                failed |= done < len(entries)
+                continue
+            fresh = await self._redis.xreadgroup(
+                self._group,
+                self._name,
+                {stream: ">"},
+                count=self._config.count,
+                block=self._config.block_ms if len(self._streams) == 1 else None,
+            )
+            for _, entries in fresh or []:
+                done = await self._handle(stream, entries, stop_at_failure=True)
+                handled += done
+                failed |= done < len(entries)
+        return handled, failed
+
+    async def _take_over(self, stream: str) -> bool:
+        """Claim the entries other members hold (idle past the visibility timeout), and
+        dead-letter those delivered deliveries_max times, ours included. True while another
+        member holds entries not yet idle that long (they come before anything newer)."""
+        stuck = await self._redis.xpending_range(
+            stream, self._group, min="-", max="+", count=self._config.count
+        )
+        idle = self._config.visibility_timeout_ms
+        dead = [
+            e["message_id"] for e in stuck if e["times_delivered"] >= self._config.deliveries_max
+        ]
+        if dead:
+            await self._dead_letter(stream, dead)
+        others = [
+            e for e in stuck if _text(e["consumer"]) != self._name and e["message_id"] not in dead
+        ]
+        ready = [e["message_id"] for e in others if e["time_since_delivered"] >= idle]
+        if ready:
+            await self._redis.xclaim(stream, self._group, self._name, idle, ready, justid=True)
+            REDELIVERED.labels(self._group).inc(len(ready))
+        return len(ready) < len(others)
 
     async def _reclaim(self) -> int:
         handled = 0
@@ -184,7 +251,7 @@ class Consumer:
         DEAD_LETTERED.labels(self._group).inc(len(ids))
         log.error("consumer %s: %d entries of %s dead-lettered", self._group, len(ids), stream)
 
-    async def _handle(self, stream: str, entries) -> int:
+    async def _handle(self, stream: str, entries, stop_at_failure: bool = False) -> int:
         done = []
         for entry_id, fields in entries:
             if not fields:  # trimmed away while pending: nothing left to handle
@@ -201,6 +268,8 @@ class Consumer:
                     self._group, _text(entry_id), stream, type(exc).__name__, exc,
                     self._config.visibility_timeout_ms,
                 )  # fmt: skip
+                if stop_at_failure:
+                    break
                 continue
             CONSUMED.labels(self._group, "handled").inc()
             done.append(entry_id)

@@ -239,8 +239,7 @@ class Relay:
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=10.0)
         await self._redis.aclose()
 
     async def _run(self) -> None:
@@ -275,7 +274,7 @@ class Relay:
                 if not published:
                     await self._sleep(self._config.poll_interval_ms / 1000)
         finally:
-            await connection.close()
+            connection.terminate()  # the session's end releases the relay lock
 
     @property
     def config(self) -> EventsConfig:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import os
 import random
@@ -41,11 +40,13 @@ from standardwebhooks import Webhook
 from events.config import EventsConfig, WebhooksConfig
 from events.consumer import Consumer, ConsumerConfig
 from events.streams import FAMILIES, Event, from_fields, stream_name, to_json
+from wire.ids import is_system_account_id
 
 log = logging.getLogger("regiongate.events.webhooks")
 
 WEBHOOK_LOCK_KEY = 0x7765_6268_6F6F  # "webhoo"
 GROUP = "webhooks"
+STOP_TIMEOUT_S = 10.0
 URL_LENGTH_MAX = 2048
 EVENT_TYPES = (
     "transfer.posted", "transfer.pending", "transfer.posted_from_pending", "transfer.voided",
@@ -113,14 +114,18 @@ def matches(types: list[str], event_type: str) -> bool:
 
 
 def order_keys(event: Event) -> list[str]:
-    """What a delivery must stay in order with: the accounts a transfer moves, the account a
-    saga debits, the player, the endpoint."""
+    """What a delivery must stay in order with: the player accounts a transfer moves, the
+    account a saga debits, the player, the endpoint. Not the system accounts (house, clearing,
+    transit): every bet credits the house, so ordering by it would put a region's every
+    delivery in one line; their events carry versions for a receiver that needs their order."""
     data = event.data
     if event.type.startswith("transfer."):
-        return [data["debit_account_id"], data["credit_account_id"]]
-    if event.type.startswith("saga."):
-        return [data["debit_account_id"]]
-    return [event.aggregate_id]
+        keys = [data["debit_account_id"], data["credit_account_id"]]
+    elif event.type.startswith("saga."):
+        keys = [data["debit_account_id"]]
+    else:
+        keys = [event.aggregate_id]
+    return [key for key in keys if not is_system_account_id(key)]
 
 
 def endpoint_dict(row) -> dict[str, Any]:
@@ -320,8 +325,7 @@ class Webhooks:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
         await self._redis.aclose()
 
     async def _run(self) -> None:
@@ -350,21 +354,47 @@ class Webhooks:
                 self._redis,
                 [stream_name(self._region, family) for family in FAMILIES],
                 GROUP,
-                f"{self._region}-{os.getpid()}",
+                # One member, one name across restarts (the lock makes it the only one): it
+                # resumes its own pending entries first, so deliveries are enqueued in order.
+                f"{self._region}-webhooks",
                 lambda event: self._enqueue(pool, event),
-                ConsumerConfig(visibility_timeout_ms=5_000, block_ms=self._config.poll_interval_ms),
+                ConsumerConfig(
+                    visibility_timeout_ms=5_000,
+                    deliveries_max=1_000,
+                    block_ms=self._config.poll_interval_ms,
+                ),
+                ordered=True,
             )
             await consumer.ensure_groups()
             timeout = aiohttp.ClientTimeout(total=self._config.timeout_ms / 1000)
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._config.concurrency)
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-                while True:
-                    await consumer.run_once()
-                    await self._dispatch(pool, session)
+                # Enqueueing and delivering run side by side: a delivery never waits for the
+                # streams' next read, nor a read for a slow endpoint.
+                reading = asyncio.create_task(self._read(consumer))
+                try:
+                    while True:
+                        if not await self._dispatch(pool, session):
+                            await asyncio.sleep(self._config.poll_interval_ms / 1000)
+                        if reading.done():
+                            reading.result()  # its error ends this holding; _run retries
+                finally:
+                    # A read cancelled mid-command may linger in the Redis client: wait a
+                    # bounded time, never for ever.
+                    reading.cancel()
+                    await asyncio.wait({reading}, timeout=2.0)
         finally:
             if pool is not None:
-                await pool.close()
-            await lock.close()
+                try:
+                    await asyncio.wait_for(pool.close(), 5.0)
+                except (TimeoutError, asyncio.CancelledError):
+                    pool.terminate()  # a connection a cancelled delivery left: no wait
+            lock.terminate()
+
+    @staticmethod
+    async def _read(consumer: Consumer) -> None:
+        while True:
+            await consumer.run_once()
 
     async def _enqueue(self, pool: asyncpg.Pool, event: Event) -> None:
         async with pool.acquire() as connection:
@@ -375,17 +405,17 @@ class Webhooks:
                 self._endpoints_read = time.monotonic()
             await enqueue(connection, self._endpoints, event)
 
-    async def _dispatch(self, pool: asyncpg.Pool, session: aiohttp.ClientSession) -> None:
+    async def _dispatch(self, pool: asyncpg.Pool, session: aiohttp.ClientSession) -> int:
+        """Send what may go now (up to concurrency at once); the deliveries it made."""
         async with pool.acquire() as connection:
             rows = await connection.fetch(PENDING, self._config.window)
-        chosen = sendable(rows, self._in_flight)
-        if not chosen:
-            return
-        room = self._config.concurrency - len(self._in_flight)
-        batch = chosen[: max(room, 0)]
+        batch = sendable(rows, self._in_flight)[: self._config.concurrency]
+        if not batch:
+            return 0
         for row in batch:
             self._in_flight.add(row["seq"])
         await asyncio.gather(*(self._deliver(pool, session, row) for row in batch))
+        return len(batch)
 
     async def _deliver(self, pool: asyncpg.Pool, session: aiohttp.ClientSession, row) -> None:
         payload = row["payload"].encode()

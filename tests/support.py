@@ -423,6 +423,7 @@ class SagaWorld:
         self.identity = {**IDENTITY_TEST_CONFIG, **options.pop("identity", {})}
         self.own_postgres = options.pop("own_postgres", False)
         self.one_way_delay_ms = options.pop("one_way_delay_ms", 0)
+        self.events = options.pop("events", None)
         self.clusters: dict = {}
         self.dsns: dict[str, str] = {}
         self.ledgers: dict = {}
@@ -497,6 +498,7 @@ class SagaWorld:
                     "expiry_interval_ms": 100,
                     "request_timeout_ms": 5_000,
                     "peer_key_ids": ["test-peer"],
+                    **({"events": self.events} if self.events else {}),
                 },
             )
             self.ledgers[region] = LedgerProcess(

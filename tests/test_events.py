@@ -277,3 +277,34 @@ async def test_the_consumer_takes_over_retries_dead_letters_and_applies_once(
         await consumer.run_once()
     assert await database.fetchval("SELECT count(*) FROM applied") == 29
     await database.close()
+
+
+async def test_an_ordered_consumer_never_passes_a_failed_entry(redis_client):
+    stream = stream_name("eu", "account")
+    events = [
+        Event(id=f"ev_{n}", type="account.created", region="eu", aggregate_type="account",
+              aggregate_id="eu-1", version=n, time="2026-01-01T00:00:00Z", data={"n": n})
+        for n in range(20)
+    ]  # fmt: skip
+    await publish(redis_client, "eu", events)
+    applied, failures = [], {3: 2, 11: 1}
+
+    async def apply(event: Event) -> None:
+        n = event.data["n"]
+        if failures.get(n):
+            failures[n] -= 1
+            raise ConnectionError("the database is restarting")
+        applied.append(n)
+
+    config = ConsumerConfig(visibility_timeout_ms=200, count=5, block_ms=10)
+    # A member that read and died: the ordered one takes its entries over before reading on.
+    gone = Consumer(redis_client, [stream], "o", "gone", apply, config, ordered=True)
+    await gone.ensure_groups()
+    await redis_client.xreadgroup("o", "gone", {stream: ">"}, count=2)
+    consumer = Consumer(redis_client, [stream], "o", "one", apply, config, ordered=True)
+    for _ in range(200):
+        await consumer.run_once()
+        if len(applied) == 20:
+            break
+        await asyncio.sleep(0.01)
+    assert applied == list(range(20))
