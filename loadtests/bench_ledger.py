@@ -183,6 +183,14 @@ async def make_players(dsn: str, count: int) -> list[str]:
                 FUNDING,
                 CURRENCY,
             )
+            # Each with its event, as the engine's batch writes them (docs/events.md).
+            await connection.execute(
+                "INSERT INTO outbox (family, type, ref, aggregate_id, version) "
+                "SELECT 'transfer', 'transfer.posted', 'eu-t-fund-' || id, $2, n "
+                "FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n)",
+                ids,
+                clearing,
+            )
             await connection.execute(
                 "UPDATE accounts SET debits_posted = debits_posted + $2::bigint * $3::bigint, "
                 "version = version + $3::bigint WHERE id = $1",
