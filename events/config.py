@@ -28,6 +28,12 @@ class WebhooksConfig(Struct, frozen=True, forbid_unknown_fields=True):
     endpoints_max: Annotated[int, Meta(ge=1, le=10_000)] = 100
     ca_file: str | None = None
     """Extra certificate authorities an endpoint's TLS may chain to (tests, private PKI)."""
+    allow_private_addresses: bool = False
+    """Deliver to loopback, private, link-local and other non-global addresses. Off: such an
+    endpoint is refused at registration (an address) or at delivery (a name that resolves only
+    to them), so a webhook cannot reach the region's own network. On for tests on 127.0.0.1."""
+    deliveries_retain_s: Annotated[int, Meta(ge=60, le=365 * 86_400)] = 7 * 86_400
+    """Delivered and given-up deliveries are deleted after this, at most 10,000 a minute."""
 
 
 class EventsConfig(Struct, frozen=True, forbid_unknown_fields=True):

@@ -69,6 +69,23 @@ async def inbox_first(connection: asyncpg.Connection, consumer: str, event_id: s
     )
 
 
+async def inbox_prune(
+    connection: asyncpg.Connection, consumer: str, older_than_s: float, limit: int = 10_000
+) -> int:
+    """Forget at most limit events this consumer applied more than older_than_s ago. Keep them
+    longer than any redelivery can come (the streams' retention): a forgotten event delivered
+    again would be applied again."""
+    return await connection.fetchval(
+        "WITH gone AS (DELETE FROM event_inbox WHERE (consumer, event_id) IN ("
+        " SELECT consumer, event_id FROM event_inbox WHERE consumer = $1"
+        " AND applied_at < now() - make_interval(secs => $2) LIMIT $3) RETURNING 1)"
+        " SELECT count(*) FROM gone",
+        consumer,
+        float(older_than_s),
+        limit,
+    )
+
+
 class ConsumerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     visibility_timeout_ms: Annotated[int, Meta(ge=10, le=86_400_000)] = 30_000
     """An entry unacknowledged this long is taken over by another consumer of the group."""

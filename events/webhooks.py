@@ -14,17 +14,21 @@
   ``disable_after_s`` is disabled, and a ``webhook.endpoint_disabled`` event says so.
 - **Replay**: an endpoint's deliveries from a stream cursor are made again.
 
-Only ``https`` URLs are accepted. Both parts run on one node of the region at a time (the one
-holding WEBHOOK_LOCK_KEY), so deliveries are enqueued in stream order.
+Only ``https`` URLs are accepted, and (unless ``allow_private_addresses``) only hosts with
+global addresses: a webhook cannot reach the region's own network. Both parts run on one node
+of the region at a time (the one holding WEBHOOK_LOCK_KEY), so deliveries are enqueued in
+stream order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import os
 import random
+import socket
 import ssl
 import time
 from datetime import UTC, datetime
@@ -34,6 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import msgspec
+from aiohttp.resolver import ThreadedResolver
 from prometheus_client import Counter
 from standardwebhooks import Webhook
 
@@ -80,7 +85,29 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
-def check_url(url: Any) -> str:
+def private_address(host: str) -> bool:
+    """Whether host is an IP address that is not globally routable (loopback, private,
+    link-local, shared, reserved); False for a name."""
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_global
+    except ValueError:
+        return False
+
+
+class PublicResolver(ThreadedResolver):
+    """Name resolution for deliveries that keeps only global addresses: a name that resolves
+    only to the region's own network is not delivered to (and a rebinding name gains nothing,
+    since the check is made on the addresses connected to)."""
+
+    async def resolve(self, host: str, port: int = 0, family=socket.AF_INET):
+        found = await super().resolve(host, port, family)
+        public = [entry for entry in found if not private_address(entry["host"])]
+        if not public:
+            raise OSError(f"{host} resolves only to non-global addresses: not delivered")
+        return public
+
+
+def check_url(url: Any, allow_private: bool = False) -> str:
     if not isinstance(url, str) or not 0 < len(url) <= URL_LENGTH_MAX:
         raise WebhookInputError("url", f"a URL of at most {URL_LENGTH_MAX} characters")
     try:
@@ -94,6 +121,8 @@ def check_url(url: Any) -> str:
         raise WebhookInputError("url", "an https URL with a host, no credentials, no fragment")
     if port == 0 or any(c in url for c in " \r\n\t"):
         raise WebhookInputError("url", "not a usable URL")
+    if not allow_private and private_address(parts.hostname):
+        raise WebhookInputError("url", "a loopback, private or link-local address")
     return url
 
 
@@ -151,7 +180,7 @@ def _time(moment: datetime | None) -> str | None:
 async def create_endpoint(
     connection: asyncpg.Connection, body: dict, config: WebhooksConfig
 ) -> dict[str, Any]:
-    url = check_url(body.get("url"))
+    url = check_url(body.get("url"), config.allow_private_addresses)
     types = check_types(body.get("event_types"))
     unknown = set(body) - {"url", "event_types"}
     if unknown:
@@ -310,6 +339,7 @@ class Webhooks:
         self._in_flight: set[int] = set()
         self._endpoints: list = []
         self._endpoints_read = 0.0
+        self._cleaned = 0.0
         self._ssl = ssl.create_default_context()
         if self._config.ca_file:
             self._ssl.load_verify_locations(self._config.ca_file)
@@ -367,7 +397,11 @@ class Webhooks:
             )
             await consumer.ensure_groups()
             timeout = aiohttp.ClientTimeout(total=self._config.timeout_ms / 1000)
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._config.concurrency)
+            connector = aiohttp.TCPConnector(
+                ssl=self._ssl,
+                limit=self._config.concurrency,
+                resolver=None if self._config.allow_private_addresses else PublicResolver(),
+            )
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
                 # Enqueueing and delivering run side by side: a delivery never waits for the
                 # streams' next read, nor a read for a slow endpoint.
@@ -376,6 +410,7 @@ class Webhooks:
                     while True:
                         if not await self._dispatch(pool, session):
                             await asyncio.sleep(self._config.poll_interval_ms / 1000)
+                        await self._clean(pool)
                         if reading.done():
                             reading.result()  # its error ends this holding; _run retries
                 finally:
@@ -390,6 +425,20 @@ class Webhooks:
                 except (TimeoutError, asyncio.CancelledError):
                     pool.terminate()  # a connection a cancelled delivery left: no wait
             lock.terminate()
+
+    async def _clean(self, pool: asyncpg.Pool) -> None:
+        """Once a minute, delete at most 10,000 settled deliveries older than their retention."""
+        now = time.monotonic()
+        if now - self._cleaned < 60:
+            return
+        self._cleaned = now
+        async with pool.acquire() as connection:
+            await connection.execute(
+                "DELETE FROM webhook_deliveries WHERE seq IN (SELECT seq FROM webhook_deliveries"
+                " WHERE status <> 'pending' AND created_at < now() - make_interval(secs => $1)"
+                " ORDER BY seq LIMIT 10000)",
+                float(self._config.deliveries_retain_s),
+            )
 
     @staticmethod
     async def _read(consumer: Consumer) -> None:
@@ -420,7 +469,10 @@ class Webhooks:
     async def _deliver(self, pool: asyncpg.Pool, session: aiohttp.ClientSession, row) -> None:
         payload = row["payload"].encode()
         status, error = None, None
+        host = urlsplit(row["url"]).hostname or ""
         try:
+            if not self._config.allow_private_addresses and private_address(host):
+                raise OSError(f"{host} is not a global address: not delivered")
             async with session.post(
                 row["url"],
                 data=payload,

@@ -259,7 +259,11 @@ def world(postgres, own_services_dir):
         events={
             "redis_url": events_redis.url,
             "poll_interval_ms": 5,
-            "webhooks": {"ca_file": str(tls.ca_cert), "retry_schedule_s": [1] * 20},
+            "webhooks": {
+                "ca_file": str(tls.ca_cert),
+                "allow_private_addresses": True,  # the receiver is on 127.0.0.1
+                "retry_schedule_s": [1] * 20,
+            },
         },
     )
     world.events_redis = events_redis

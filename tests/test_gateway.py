@@ -465,6 +465,11 @@ async def test_webhook_endpoints_are_for_admins_and_belong_to_a_region(cluster):
         ({**hook, "url": "http://hooks.example.com/"}, "url"),
         ({**hook, "event_types": []}, "event_types"),
         ({**hook, "url": "https://user:pw@hooks.example.com/"}, "url"),
+        # The region's own network is out of a webhook's reach (allow_private_addresses).
+        ({**hook, "url": "https://127.0.0.1:8443/"}, "url"),
+        ({**hook, "url": "https://10.1.2.3/hooks"}, "url"),
+        ({**hook, "url": "https://169.254.169.254/latest/meta-data"}, "url"),
+        ({**hook, "url": "https://[::1]/"}, "url"),
     ):
         status, _, problem = await cluster.call(
             "eu", "POST", "/v1/webhook-endpoints", token=cluster.admin, body=body
