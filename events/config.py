@@ -62,3 +62,7 @@ class EventsConfig(Struct, frozen=True, forbid_unknown_fields=True):
     rather than trim what a group has not read: the events wait in the outbox."""
     trim_interval_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 5.0
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    player_views: bool = True
+    """Keep identity.player_views from the peers' player streams (ledger_node.player_views)."""
+    peer_redis_urls: dict[str, str] = field(default_factory=dict)
+    """Where a peer region's streams are, if not in redis_url's Redis."""

@@ -65,6 +65,10 @@ class GatewayConfig(Struct, frozen=True, forbid_unknown_fields=True):
     refused here, with its rule, before any hop."""
     player_cache_size_max: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
     """Players whose home region (which never changes) is remembered."""
+    lookups_from_view: bool = False
+    """Answer a public username lookup from this region's view of every region's players (kept
+    from their events: no WAN hop, but a moment behind a creation or rename), and ask the
+    name's owner only for a name the view does not have. Off: every lookup asks the owner."""
 
     def __post_init__(self) -> None:
         check_metrics_port(self.metrics_port, self.workers)

@@ -176,6 +176,20 @@ async def _claim(request: web.Request, name: Username, raw: str) -> dict | None:
     return response.json()
 
 
+async def _from_view(request: web.Request, raw: str) -> dict | None:
+    """The public profile this region's view has for the name, or None (then ask its owner)."""
+    gateway = request.app[GATEWAY]
+    query = urllib.parse.urlencode({"username": raw})
+    response = await gateway.router.call_in_region(
+        gateway.config.region, "GET", f"/v1/identity/views?{query}"
+    )
+    if response.status != 200:
+        return None
+    found = response.json()
+    return {"id": found["player_id"], "username": found["username"],
+            "display_name": found["display_name"]}  # fmt: skip
+
+
 async def lookup(request: web.Request) -> web.Response:
     """A player by username: its profile for its current name; for a name it had until lately
     (held for it), a 307 to the player, whose profile says its current name."""
@@ -184,6 +198,11 @@ async def lookup(request: web.Request) -> web.Response:
     await gateway.lookup_limiter.check(principal.client_id)
     raw = request.match_info["username"]
     name = _check(request, raw)
+    public = not ({Scope.ADMIN, Scope.GAME_SERVER} & principal.scopes or principal.player)
+    if gateway.config.lookups_from_view and public:
+        seen = await _from_view(request, raw)
+        if seen is not None:
+            return _json(seen)
     claim = await _claim(request, name, raw)
     if claim is None or claim["state"] == "reserved":
         raise ProblemError(USERNAME_NOT_FOUND)

@@ -123,6 +123,16 @@ async def lookup(request: web.Request) -> web.Response:
     return _json(claim)
 
 
+async def view(request: web.Request) -> web.Response:
+    username = request.query.get("username")
+    if username is None or len(username) > 256:
+        raise ProblemError(VALIDATION_FAILED, "username is required", field="username")
+    found = await _service(request).view(username)
+    if found is None:
+        raise ProblemError(USERNAME_NOT_FOUND)
+    return _json(found)
+
+
 async def locate(request: web.Request) -> web.Response:
     home = await _service(request).locate(_player_id(request))
     if home is None:
@@ -146,5 +156,6 @@ def add_routes(app: web.Application, service: Callable[[], IdentityService | Non
     app.router.add_get("/v1/identity/players/{player_id}", read_player)
     app.router.add_post("/v1/identity/players/{player_id}/username", rename)
     app.router.add_get("/v1/identity/claims", lookup)
+    app.router.add_get("/v1/identity/views", view)
     app.router.add_get("/v1/identity/locate/{player_id}", locate)
     app.router.add_post("/v1/identity-steps/{action:reserve|register|confirm|hold|cancel}", step)

@@ -238,15 +238,17 @@ WITH bound AS (
         username_generated = $6, username_refusal = $7, version = p.version + 1,
         updated_at = now()
     FROM old WHERE p.id = old.id
-    RETURNING p.version, p.currencies, p.operator, old.username AS previous_username,
-              old.claim_id AS previous_claim_id, old.owner_region AS previous_owner
+    RETURNING p.version, p.currencies, p.operator, p.display_name,
+              old.username AS previous_username, old.claim_id AS previous_claim_id,
+              old.owner_region AS previous_owner
 ), history AS (
     INSERT INTO identity.username_history (player_id, claim_id, username, skeleton, owner_region)
     SELECT $1, $4, $2, $3, $5 FROM taken
 ), event AS (
     INSERT INTO identity.events (id, type, aggregate_id, version, body)
     SELECT $8, $9, $1, taken.version,
-           jsonb_build_object('player_id', $1::text, 'region', $11::text, 'username', $2::text)
+           jsonb_build_object('player_id', $1::text, 'region', $11::text, 'username', $2::text,
+                              'display_name', taken.display_name)
            || CASE WHEN taken.previous_username IS NULL THEN '{}'::jsonb
                    ELSE jsonb_build_object('previous_username', taken.previous_username) END
     FROM taken

@@ -317,6 +317,24 @@ class IdentityService:
             "held_until": claim["held_until"].isoformat() if claim["held_until"] else None,
         }
 
+    async def view(self, username: str) -> dict | None:
+        """The active player who has this username as far as this region knows, without
+        asking any other region: its view of every region's players (its own included), kept
+        from their events, so a moment behind. None: not known here (the caller asks the
+        name's owner)."""
+        try:
+            name = check(username, self.config.rules)
+        except UsernameRefused as exc:
+            raise refusal_problem(exc) from exc
+        async with self.pool.acquire() as connection:
+            row = await connection.fetchrow(
+                "SELECT player_id, home_region, username, display_name, version"
+                " FROM identity.player_views WHERE skeleton = $1 AND status = 'active'"
+                " ORDER BY updated_at DESC LIMIT 1",
+                name.skeleton,
+            )
+        return None if row is None else dict(row)
+
     async def locate(self, player_id: str) -> str | None:
         self.check_owned(player_id, "player_id")
         async with self.pool.acquire() as connection:

@@ -22,6 +22,7 @@ from ledger_node.errors import ConfigError, LedgerError, map_database_error
 from ledger_node.invariants import ensure
 from ledger_node.migrations import apply_migrations, schema_is_current
 from ledger_node.operations import Flow, ResolvePending
+from ledger_node.player_views import PlayerViews
 from ledger_node.saga import SagaDriver
 from region_router.backends import build_directory
 from region_router.directory import Directory, RegionStatus
@@ -69,6 +70,7 @@ class LedgerNode:
         self.identity: IdentityService | None = None
         self.relay: Relay | None = None
         self.webhooks: Webhooks | None = None
+        self.player_views: PlayerViews | None = None
         self._directory: Directory | None = None
         self._peer_pool: HttpPool | None = None
         self._expiry_task: asyncio.Task | None = None
@@ -138,6 +140,10 @@ class LedgerNode:
                 events,
             )
             self.relay.start()
+        if events.redis_url and events.player_views:
+            regions = sorted({self.config.region, *self.config.peers})
+            self.player_views = PlayerViews(self.pool, self.config.region, regions, events)
+            await self.player_views.start()
         if events.redis_url and events.webhooks.enabled:
             self.webhooks = Webhooks(
                 self.config.database.dsn,
@@ -232,6 +238,8 @@ class LedgerNode:
             await self.relay.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.player_views is not None:
+            await self.player_views.stop()
         await self._close_pools()
         self.state = NodeState.STOPPED
 

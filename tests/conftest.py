@@ -156,6 +156,11 @@ def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "cluster_regions(*codes): the cluster's regions (default eu, us)"
     )
+    config.addinivalue_line(
+        "markers",
+        "lookups_from_view: nodes publish events and keep player views; gateways"
+        " answer public username lookups from them",
+    )
 
 
 @pytest.fixture
@@ -164,12 +169,24 @@ async def cluster(request, postgres, keyring, redis_server, tmp_path):
     limit_overrides = marker.kwargs if marker is not None else {}
     marker = request.node.get_closest_marker("cluster_regions")
     codes = marker.args if marker is not None else ("eu", "us")
+    from_view = request.node.get_closest_marker("lookups_from_view") is not None
+    events = (
+        {"events": {"redis_url": redis_server.url, "poll_interval_ms": 5,
+                    "webhooks": {"enabled": False}}}
+        if from_view
+        else {}
+    )  # fmt: skip
     regions = {}
     directory_file = tmp_path / "directory.yaml"
     for code in codes:
         dsn = postgres.create_database(unique(f"gw_{code}").replace("-", "_")[:40])
         regions[code] = RegionNode(
-            code, dsn, keyring, directory_file=str(directory_file), saga=SAGA_TEST_CONFIG
+            code,
+            dsn,
+            keyring,
+            directory_file=str(directory_file),
+            saga=SAGA_TEST_CONFIG,
+            **events,
         )
     write_directory_file(
         directory_file,
@@ -195,6 +212,7 @@ async def cluster(request, postgres, keyring, redis_server, tmp_path):
             issuer=DEV_ISSUER,
             service_keys_file=str(service_keys),
             redis_url=redis_server.url,
+            lookups_from_view=from_view,
             attempt_timeout_ms=1000,
             call_timeout_ms=2000,
             rate_limit=RateLimitConfig(

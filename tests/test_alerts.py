@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "infra" / "prometheus" / "rules.yml"
 RULES_TEST = ROOT / "infra" / "prometheus" / "rules_test.yml"
-SOURCES = ("gateway", "ledger_node", "region_router", "runtime", "identity", "wire")
+SOURCES = ("gateway", "ledger_node", "region_router", "runtime", "identity", "events", "wire")
 
 
 def _promtool() -> str:

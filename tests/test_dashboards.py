@@ -13,7 +13,7 @@ import yaml
 from infra.dashboards import OUT_DIR, render_all
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("gateway", "ledger_node", "region_router", "runtime", "identity", "wire")
+SOURCES = ("gateway", "ledger_node", "region_router", "runtime", "identity", "events", "wire")
 
 
 def test_the_committed_dashboards_are_the_generated_ones():

@@ -340,3 +340,38 @@ async def test_lookups_have_a_budget_of_their_own(cluster):
     # the caller's other requests keep their own budget
     status, _, _ = await cluster.call("eu", "GET", "/v1/players/pl_" + "0" * 26, token=token)
     assert status == 404
+
+
+@pytest.mark.lookups_from_view
+async def test_public_lookups_come_from_the_regions_view_of_players(cluster):
+    """With lookups_from_view, a public username lookup is answered from the entry region's
+    view of every region's players (kept from their events): no hop to the name's owner."""
+    name = f"viewed{unique('')[-6:]}".replace("-", "")
+    status, _, player = await create(cluster, username=name, currencies=["EUR"], region="eu")
+    assert status == 201, player
+    public = cluster.keys.mint("someone", "wallet", accounts=[])
+
+    async def seen_from_us() -> bool:
+        got, _, profile = await cluster.call("us", "GET", f"/v1/usernames/{name}", token=public)
+        return got == 200 and profile["id"] == player["id"]
+
+    await assert_eventually(seen_from_us, timeout_s=10, interval_s=0.1)
+    # Proof of the path: a row only the view has is found by public lookups, and not by an
+    # admin's (the owner's claim, which has no such name).
+    ghost = f"ghost{unique('')[-6:]}".replace("-", "")
+    connection = await asyncpg.connect(cluster.regions["us"].dsn)
+    try:
+        await connection.execute(
+            "INSERT INTO identity.player_views (player_id, home_region, username, skeleton,"
+            " status, version) VALUES ($1, 'eu', $2, $3, 'active', 1)",
+            "pl_" + "g" * 26,
+            ghost,
+            skeleton(ghost),
+        )
+    finally:
+        await connection.close()
+    got, _, profile = await cluster.call("us", "GET", f"/v1/usernames/{ghost}", token=public)
+    assert got == 200 and profile == {"id": "pl_" + "g" * 26, "username": ghost,
+                                      "display_name": None}  # fmt: skip
+    got, _, _ = await cluster.call("us", "GET", f"/v1/usernames/{ghost}", token=cluster.admin)
+    assert got == 404
