@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated
 
@@ -44,6 +45,9 @@ LAG = Gauge(
     "Entries in a stream a group has not read",
     ["group", "stream"],
 )
+
+LAG_INTERVAL_S = 10.0
+"""How often a running consumer sets its lag gauge (XINFO GROUPS per stream)."""
 
 INBOX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS event_inbox (
@@ -141,9 +145,13 @@ class Consumer:
 
     async def run(self) -> None:
         await self.ensure_groups()
+        measured = 0.0
         while True:
             try:
                 await self.run_once()
+                if time.monotonic() - measured >= LAG_INTERVAL_S:
+                    measured = time.monotonic()
+                    await self.measure_lag()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: wait and go on
