@@ -113,21 +113,22 @@ async def rename(request: web.Request) -> web.Response:
     return _answer(answer)
 
 
-async def lookup(request: web.Request) -> web.Response:
+def _username(request: web.Request) -> str:
     username = request.query.get("username")
     if username is None or len(username) > 256:
         raise ProblemError(VALIDATION_FAILED, "username is required", field="username")
-    claim = await _service(request).lookup(username)
+    return username
+
+
+async def lookup(request: web.Request) -> web.Response:
+    claim = await _service(request).lookup(_username(request))
     if claim is None:
         raise ProblemError(USERNAME_NOT_FOUND)
     return _json(claim)
 
 
 async def view(request: web.Request) -> web.Response:
-    username = request.query.get("username")
-    if username is None or len(username) > 256:
-        raise ProblemError(VALIDATION_FAILED, "username is required", field="username")
-    found = await _service(request).view(username)
+    found = await _service(request).view(_username(request))
     if found is None:
         raise ProblemError(USERNAME_NOT_FOUND)
     return _json(found)

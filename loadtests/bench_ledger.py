@@ -357,6 +357,30 @@ async def ledger_runs(
     return results
 
 
+def _start_node(root: Path, cluster, name: str, keys_file: Path, args, events: dict):
+    """A ledger node process on a database of its own, with its players made: (process, dsn,
+    config path, players)."""
+    dsn = cluster.create_database(name.replace("-", "_") + "_bench")
+    port = free_port(also_free_at=tuple(METRICS_PORT_OFFSET + i for i in range(args.workers)))
+    config = write_ledger_config(
+        root / f"{name}.yaml",
+        region=REGION,
+        dsn=dsn,
+        port=port,
+        service_keys_file=keys_file,
+        extra={
+            "workers": args.workers,
+            "metrics_port": port + METRICS_PORT_OFFSET,
+            "batch": {"wait_us_max": args.batch_wait_us, "writers": args.writers},
+            "database": {"dsn": dsn, "pool_size_max": 4},
+            "events": events,
+        },
+    )
+    node = LedgerProcess(config, port, root / f"{name}.log")
+    node.start()
+    return node, dsn, config, asyncio.run(make_players(dsn, PLAYERS))
+
+
 def main(argv: list[str] | None = None) -> None:
     # Long: a benchmark script, setup to report, read in order.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -394,47 +418,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cluster.start()
         init_pgbench(cluster, args.clients)
-        dsn = cluster.create_database("ledger_bench")
         keys_file = root / "service_keys"
         ensure_service_keys(keys_file)
-        port = free_port(also_free_at=tuple(METRICS_PORT_OFFSET + i for i in range(args.workers)))
-        config = write_ledger_config(
-            root / "ledger.yaml",
-            region=REGION,
-            dsn=dsn,
-            port=port,
-            service_keys_file=keys_file,
-            extra={
-                "workers": args.workers,
-                "metrics_port": port + METRICS_PORT_OFFSET,
-                "batch": {"wait_us_max": args.batch_wait_us, "writers": args.writers},
-                "database": {"dsn": dsn, "pool_size_max": 4},
-            },
+        ledger, dsn, config, players = _start_node(root, cluster, "ledger", keys_file, args, {})
+        ledger_off, dsn_off, _, players_off = _start_node(
+            root, cluster, "ledger-no-outbox", keys_file, args, {"outbox": False}
         )
-        ledger = LedgerProcess(config, port, root / "ledger.log")
-        ledger.start()
-        players = asyncio.run(make_players(dsn, PLAYERS))
-        dsn_off = cluster.create_database("ledger_bench_no_outbox")
-        port_off = free_port(
-            also_free_at=tuple(METRICS_PORT_OFFSET + i for i in range(args.workers))
-        )
-        config_off = write_ledger_config(
-            root / "ledger-no-outbox.yaml",
-            region=REGION,
-            dsn=dsn_off,
-            port=port_off,
-            service_keys_file=keys_file,
-            extra={
-                "workers": args.workers,
-                "metrics_port": port_off + METRICS_PORT_OFFSET,
-                "batch": {"wait_us_max": args.batch_wait_us, "writers": args.writers},
-                "database": {"dsn": dsn_off, "pool_size_max": 4},
-                "events": {"outbox": False},
-            },
-        )
-        ledger_off = LedgerProcess(config_off, port_off, root / "ledger-no-outbox.log")
-        ledger_off.start()
-        players_off = asyncio.run(make_players(dsn_off, PLAYERS))
         keyring = ServiceKeyring.load(str(keys_file))
         print(
             f"{args.rounds} rounds of (a) pgbench tpcb-like, then the ledger node (b) uniform, "
