@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from events.streams import FAMILIES, from_fields, stream_name
 
@@ -115,12 +116,20 @@ async def _replay(args) -> int:
     streams = [stream_name(args.region, f) for f in args.family or FAMILIES]
     try:
         if args.group:
+            rewound = 0
             for stream in streams:
-                groups = [g["name"].decode() for g in await client.xinfo_groups(stream)]
+                try:
+                    groups = [g["name"].decode() for g in await client.xinfo_groups(stream)]
+                except ResponseError:  # no such stream (nothing published to it yet)
+                    continue
                 if args.group not in groups:
                     continue
                 await client.xgroup_setid(stream, args.group, _before(args.cursor))
                 print(f"{stream}: group {args.group} rewound to read from {args.cursor}")
+                rewound += 1
+            if not rewound:
+                print(f"no consumer group {args.group} on {', '.join(streams)}", file=sys.stderr)
+                return EXIT_FAILED
             return EXIT_OK
         for stream in streams:
             for entry_id, fields in await client.xrange(stream, args.cursor, "+", count=args.count):

@@ -6,6 +6,9 @@ entries taken over, dead letters, the inbox)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections import defaultdict
 
 import asyncpg
@@ -308,3 +311,36 @@ async def test_an_ordered_consumer_never_passes_a_failed_entry(redis_client):
             break
         await asyncio.sleep(0.01)
     assert applied == list(range(20))
+
+
+async def test_the_events_commands_tail_replay_and_rewind(redis_client, events_redis):
+    events = [
+        Event(id=f"ev_{n}", type="account.created", region="eu", aggregate_type="account",
+              aggregate_id=f"eu-{n}", version=1, time="2026-01-01T00:00:00Z", data={"n": n})
+        for n in range(5)
+    ]  # fmt: skip
+    await publish(redis_client, "eu", events)
+    stream = stream_name("eu", "account")
+    await redis_client.xgroup_create(stream, "g", "$")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "regiongate_cli", "events", *args, "--region", "eu",
+             "--redis-url", events_redis.url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    tail = run("tail", "--count", "3")
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert tail.returncode == 0 and [e["data"]["n"] for e in lines] == [2, 3, 4]
+    cursor = lines[0]["cursor"]
+    replay = run("replay", "--from", cursor, "--family", "account")
+    assert [json.loads(line)["id"] for line in replay.stdout.splitlines()] == [
+        "ev_2", "ev_3", "ev_4"
+    ]  # fmt: skip
+    rewound = run("replay", "--from", cursor, "--group", "g")
+    assert rewound.returncode == 0, rewound.stderr
+    again = await redis_client.xreadgroup("g", "c", {stream: ">"})
+    assert [from_fields(f).id for _, f in again[0][1]] == ["ev_2", "ev_3", "ev_4"]
+    assert run("replay", "--from", cursor, "--group", "nobody").returncode == 1
+    assert run("tail", "--count", "0").returncode == 1
