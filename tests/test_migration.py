@@ -349,3 +349,23 @@ def test_a_name_whose_numbers_are_all_taken_falls_back_to_generated_names(world,
     assert len(decided) == 42 and len({row[1] for row in decided.values()}) == 42
     assert decided["b1"][1] == "dense"
     assert decided["b2"][1].startswith("player") and decided["b2"][2] == "lost-to-older"
+
+
+def test_an_over_long_json_line_is_one_malformed_row(tmp_path):
+    """A JSON-lines export's line is read at most JSONL_LINE_SIZE_MAX at a time: an absurd one
+    is reported with its line number, and the rows around it are read as usual."""
+    from identity.legacy.source import JSONL_LINE_SIZE_MAX, Malformed
+
+    path = tmp_path / "export.jsonl"
+    rows = [
+        {"legacy_id": "a1", "username": "alpha", "region": "eu"},
+        {"legacy_id": "b2", "username": "x" * (3 * JSONL_LINE_SIZE_MAX), "region": "eu"},
+        {"legacy_id": "c3", "username": "gamma", "region": "us"},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    homes = HomeRules(frozenset({"eu", "us"}), {}, "eu")
+    read = list(read_file(path, homes))
+    assert [type(r).__name__ for r in read] == ["LegacyRow", "Malformed", "LegacyRow"]
+    assert read[1] == Malformed(2, None, f"line longer than {JSONL_LINE_SIZE_MAX} characters")
+    assert [r.legacy_id for r in read if not isinstance(r, Malformed)] == ["a1", "c3"]
+    assert [r.line for r in read] == [1, 2, 3]

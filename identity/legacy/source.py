@@ -21,6 +21,8 @@ LEGACY_ID_LENGTH_MAX = 128
 RAW_USERNAME_LENGTH_MAX = 1024
 """Longer raw names are cut here (the rules refuse them anyway): a row's size is bounded."""
 CSV_FIELD_SIZE_MAX = 1 << 16
+JSONL_LINE_SIZE_MAX = 1 << 16
+"""A JSON line longer than this (characters) is a malformed row, read past without being held."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +126,28 @@ def _read_csv(path: Path, homes: HomeRules, skip_lines: int) -> Iterator[LegacyR
             yield parse(line, dict(zip(header, values, strict=True)), homes)
 
 
+def _bounded_lines(handle, limit: int) -> Iterator[str | None]:
+    """The file's lines, each read at most limit characters at a time; None for a longer one
+    (the rest of it skipped in pieces of limit: memory stays bounded whatever the file holds)."""
+    while True:
+        text = handle.readline(limit + 1)
+        if not text:
+            return
+        if len(text) <= limit or text.endswith("\n"):
+            yield text
+            continue
+        while text and not text.endswith("\n"):
+            text = handle.readline(limit + 1)
+        yield None
+
+
 def _read_jsonl(path: Path, homes: HomeRules, skip_lines: int) -> Iterator[LegacyRow | Malformed]:
     with path.open(encoding="utf-8", errors="replace") as handle:
-        for line, text in enumerate(handle, start=1):
+        for line, text in enumerate(_bounded_lines(handle, JSONL_LINE_SIZE_MAX), start=1):
             if line <= skip_lines:
+                continue
+            if text is None:
+                yield Malformed(line, None, f"line longer than {JSONL_LINE_SIZE_MAX} characters")
                 continue
             try:
                 fields = json.loads(text)
