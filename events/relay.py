@@ -37,6 +37,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from events.config import EventsConfig
 from events.streams import FAMILIES, Event, stream_name, to_fields
+from wire.times import rfc3339
 
 log = logging.getLogger("regiongate.events.relay")
 
@@ -93,12 +94,6 @@ TRANSFER_STATUS = {
 }
 
 
-def _time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _json(value) -> Any:
     if value is None or isinstance(value, dict | list):
         return value
@@ -117,11 +112,11 @@ def transfer_data(row, event_type: str) -> dict[str, Any]:
         "credit_account_id": row["credit_account_id"],
         "amount": row["amount"],
         "currency": row["currency"],
-        "timeout_at": _time(row["timeout_at"]),
+        "timeout_at": rfc3339(row["timeout_at"]),
         "reference": row["reference"],
         "round_id": row["round_id"],
         "metadata": _json(row["metadata"]),
-        "created_at": _time(row["created_at"]),
+        "created_at": rfc3339(row["created_at"]),
         "debit_balance_after": {
             "posted": row["debit_posted_after"],
             "debits_pending": row["debit_debits_pending_after"],
@@ -153,8 +148,8 @@ def saga_data(row) -> dict[str, Any]:
         "hold_transfer_id": row["hold_transfer_id"],
         "credit_transfer_id": row["credit_transfer_id"],
         "finish_transfer_id": row["finish_transfer_id"],
-        "created_at": _time(row["created_at"]),
-        "finished_at": _time(row["finished_at"]),
+        "created_at": rfc3339(row["created_at"]),
+        "finished_at": rfc3339(row["finished_at"]),
     }
 
 
@@ -196,7 +191,7 @@ async def build_events(connection: asyncpg.Connection, region: str, rows) -> lis
                 aggregate_type=AGGREGATE_TYPES[family],
                 aggregate_id=row["aggregate_id"],
                 version=row["version"],
-                time=_time(row["created_at"]),
+                time=rfc3339(row["created_at"]),
                 data=data,
             )
         )

@@ -46,6 +46,8 @@ from events.config import EventsConfig, WebhooksConfig
 from events.consumer import Consumer, ConsumerConfig
 from events.streams import FAMILIES, Event, from_fields, stream_name, to_json
 from wire.ids import is_system_account_id
+from wire.schemas import WebhookEndpointIn
+from wire.times import rfc3339
 
 log = logging.getLogger("regiongate.events.webhooks")
 
@@ -163,28 +165,21 @@ def endpoint_dict(row) -> dict[str, Any]:
         "url": row["url"],
         "event_types": list(row["event_types"]),
         "status": row["status"],
-        "failing_since": _time(row["failing_since"]),
+        "failing_since": rfc3339(row["failing_since"]),
         "disabled_reason": row["disabled_reason"],
         "version": row["version"],
-        "created_at": _time(row["created_at"]),
-        "updated_at": _time(row["updated_at"]),
+        "created_at": rfc3339(row["created_at"]),
+        "updated_at": rfc3339(row["updated_at"]),
     }
 
 
-def _time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 async def create_endpoint(
-    connection: asyncpg.Connection, body: dict, config: WebhooksConfig
+    connection: asyncpg.Connection, body: WebhookEndpointIn, config: WebhooksConfig
 ) -> dict[str, Any]:
-    url = check_url(body.get("url"), config.allow_private_addresses)
-    types = check_types(body.get("event_types"))
-    unknown = set(body) - {"url", "event_types"}
-    if unknown:
-        raise WebhookInputError(sorted(unknown)[0], "unknown field")
+    """An endpoint from a body the contract's struct has validated (shape and bounds), after
+    the checks a schema cannot make (the host's address, the types' names)."""
+    url = check_url(body.url, config.allow_private_addresses)
+    types = check_types(body.event_types)
     count = await connection.fetchval("SELECT count(*) FROM webhook_endpoints")
     if count >= config.endpoints_max:
         raise WebhookInputError("url", f"at most {config.endpoints_max} endpoints per region")
@@ -552,7 +547,7 @@ async def disable(connection: asyncpg.Connection, endpoint, reason: str) -> None
     body = {
         "endpoint_id": endpoint["id"],
         "url": endpoint["url"],
-        "failing_since": _time(endpoint["failing_since"]),
+        "failing_since": rfc3339(endpoint["failing_since"]),
         "reason": reason,
     }
     await connection.execute(

@@ -3,16 +3,13 @@ are wire.problems')."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from wire.times import rfc3339
 
-def rfc3339(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+__all__ = ["rfc3339", "saga_dict", "transfer_dict"]
 
 
 def transfer_dict(row: Any) -> dict[str, Any]:
