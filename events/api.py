@@ -8,17 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import msgspec
 from aiohttp import web
 
 from events import webhooks
 from wire.problems import JSON_CONTENT_TYPE, ProblemError, encode
 from wire.results import VALIDATION_FAILED, WEBHOOK_ENDPOINT_NOT_FOUND, WEBHOOKS_UNAVAILABLE
-from wire.schemas import decode
+from wire.schemas import DECODERS, ReplayIn, WebhookEndpointIn, decode
 
-REPLAY_LIMIT_MAX = 10_000
 CONTEXT = web.AppKey("webhooks", Callable)
-_decode_dict = msgspec.json.Decoder(dict)
 
 
 class WebhooksContext:
@@ -46,14 +43,9 @@ def _invalid(exc: webhooks.WebhookInputError) -> ProblemError:
     return ProblemError(VALIDATION_FAILED.at(exc.field), str(exc))
 
 
-async def _body(request: web.Request) -> dict:
-    raw = await request.read()
-    return decode(_decode_dict, raw) if raw.strip() else {}
-
-
 async def create(request: web.Request) -> web.Response:
     context = _context(request)
-    body = await _body(request)
+    body = decode(DECODERS[WebhookEndpointIn], await request.read())
     async with context.pool.acquire() as connection:
         try:
             endpoint = await webhooks.create_endpoint(connection, body, context.config)
@@ -90,12 +82,7 @@ async def change(request: web.Request) -> web.Response:
 
 async def replay(request: web.Request) -> web.Response:
     context = _context(request)
-    body = await _body(request)
-    cursor, limit = body.get("from"), body.get("limit", 1_000)
-    if not isinstance(cursor, str) or not _is_cursor(cursor):
-        raise ProblemError(VALIDATION_FAILED.at("from"), "a cursor: MS-SEQ, as events tail prints")
-    if not isinstance(limit, int) or not 1 <= limit <= REPLAY_LIMIT_MAX:
-        raise ProblemError(VALIDATION_FAILED.at("limit"), f"1 to {REPLAY_LIMIT_MAX}")
+    body = decode(DECODERS[ReplayIn], await request.read())
     if context.dispatcher is None:
         raise ProblemError(WEBHOOKS_UNAVAILABLE, "this node publishes no events (no Redis)")
     async with context.pool.acquire() as connection:
@@ -104,17 +91,12 @@ async def replay(request: web.Request) -> web.Response:
             context.dispatcher.redis,
             context.region,
             request.match_info["endpoint_id"],
-            cursor,
-            limit,
+            body.from_,
+            body.limit,
         )
     if result is None:
         raise ProblemError(WEBHOOK_ENDPOINT_NOT_FOUND)
     return _json(result)
-
-
-def _is_cursor(text: str) -> bool:
-    ms, dash, seq = text.partition("-")
-    return len(text) <= 41 and ms.isdigit() and (not dash or seq.isdigit()) and ms.isascii()
 
 
 def add_routes(app: web.Application, context: Callable[[], WebhooksContext | None]) -> None:

@@ -19,10 +19,12 @@ from wire.schemas import (
     BetIn,
     PlayerIn,
     PostIn,
+    ReplayIn,
     RollbackIn,
     StatusIn,
     TransferIn,
     UsernameIn,
+    WebhookEndpointIn,
     WinIn,
 )
 
@@ -80,13 +82,6 @@ class HeldOut(ProfileOut):
     held_until: str | None
 
 
-class WebhookEndpointIn(msgspec.Struct, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(min_length=9, max_length=2048, pattern="^https://")]
-    """https only; a delivery never follows a redirect."""
-    event_types: Annotated[list[str], Meta(min_length=1, max_length=64)]
-    """Event types (docs/events.md), ``family.*`` or ``*``."""
-
-
 class WebhookEndpointOut(msgspec.Struct):
     id: str
     url: str
@@ -105,12 +100,6 @@ class WebhookEndpointOut(msgspec.Struct):
 
 class WebhookEndpointsOut(msgspec.Struct):
     endpoints: list[WebhookEndpointOut]
-
-
-class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
-    from_: Annotated[str, Meta(pattern="^[0-9]{1,20}(-[0-9]{1,20})?$")] = msgspec.field(name="from")
-    """A stream cursor, as ``regiongate events tail`` prints it."""
-    limit: Annotated[int, Meta(ge=1, le=10_000)] = 1_000
 
 
 class ReplayOut(msgspec.Struct):

@@ -136,6 +136,19 @@ def field_of(message: str) -> str | None:
     return match[1] if match and match[1] else None
 
 
+class WebhookEndpointIn(Struct, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=9, max_length=2048, pattern="^https://")]
+    """https only; a delivery never follows a redirect."""
+    event_types: Annotated[list[str], Meta(min_length=1, max_length=64)]
+    """Event types (docs/events.md), ``family.*`` or ``*``."""
+
+
+class ReplayIn(Struct, forbid_unknown_fields=True):
+    from_: Annotated[str, Meta(pattern="^[0-9]{1,20}(-[0-9]{1,20})?$")] = msgspec.field(name="from")
+    """A stream cursor, as ``regiongate events tail`` prints it."""
+    limit: Annotated[int, Meta(ge=1, le=10_000)] = 1_000
+
+
 def decode(decoder: msgspec.json.Decoder, body: bytes):
     """A request body as its struct, or the problem that says what is wrong and where: the
     one place both services turn a body into a value."""
@@ -162,5 +175,7 @@ DECODERS = {
         SagaStepIn,
         PlayerIn,
         UsernameIn,
+        WebhookEndpointIn,
+        ReplayIn,
     )
 }
