@@ -264,8 +264,11 @@ class Relay:
                 return  # another node's relay runs this region
             self.holding = True
             log.info("relay: publishing region %s", self._region)
+            # The lock's holder is the row's only writer: read it once, then keep it here
+            # (each page saves it; a new holder reads it again).
+            state = await load_state(connection)
             while not self._stopping.is_set():
-                published = await relay_once(connection, self._redis, self._region, self)
+                published = await relay_once(connection, self._redis, self._region, self, state)
                 if not published:
                     await self._sleep(self._config.poll_interval_ms / 1000)
         finally:
@@ -321,12 +324,15 @@ async def _save(connection, state: RelayState, published: int) -> None:
     )
 
 
-async def relay_once(connection: asyncpg.Connection, redis, region: str, relay) -> int:
+async def relay_once(
+    connection: asyncpg.Connection, redis, region: str, relay, state: RelayState | None = None
+) -> int:
     """One page: open a batch if none is, publish up to page_rows of it per source, save the
     checkpoint, close the batch once every source is through. The events it published.
     relay gives the config and the housekeeping (a Relay, or a test's stand-in)."""
     config: EventsConfig = relay.config
-    state = await load_state(connection)
+    if state is None:
+        state = await load_state(connection)
     if state.cur is None:
         state.cur = await connection.fetchval("SELECT pg_current_snapshot()::text")
         # Each source's batch spans a range of seqs, found once by the xid index; its pages
