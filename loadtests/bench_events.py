@@ -37,7 +37,7 @@ from events.streams import Event, stream_name
 from infra.processes import LedgerProcess, ensure_service_keys, write_ledger_config
 from infra.services import PostgresCluster, RedisServer, free_port
 from loadtests.bench_ledger import CURRENCY, PLAYERS, REGION, make_players
-from loadtests.httpload import median, run_load, signed_post
+from loadtests.httpload import check_load_arguments, median, run_load, signed_post
 from wire.service_auth import ServiceKeyring
 
 
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
-        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
-    if not 1 <= args.rounds <= 20:
-        parser.error("--rounds must be in [1, 20]")
+    check_load_arguments(parser, args)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="regiongate-bench-events-"))
     cluster = PostgresCluster(root / "pg", free_port())

@@ -39,7 +39,7 @@ from infra.processes import (
 )
 from infra.services import PostgresCluster, RedisServer, free_port, wait_for_port
 from infra.tls import ensure_dev_certificates
-from loadtests.httpload import LoadResult, bearer_get, run_load, signed_get
+from loadtests.httpload import LoadResult, bearer_get, check_load_arguments, run_load, signed_get
 from region_router.directory import LedgerEndpoint, Region, RegionStatus
 from region_router.yaml_directory import write_directory_file
 from runtime.tls import client_context
@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
-        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
+    check_load_arguments(parser, args)
     if not 1 <= args.workers <= 64:
         parser.error("--workers must be in [1, 64]")
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))

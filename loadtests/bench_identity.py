@@ -39,7 +39,7 @@ from infra.devkeys import ensure_dev_keys
 from infra.local import LocalCluster, even_slot_owners
 from ledger_node.global_audit import audit_regions
 from loadtests.cpustats import CpuMeter
-from loadtests.httpload import LoadResult, bearer_post, median, run_load
+from loadtests.httpload import LoadResult, bearer_post, check_load_arguments, median, run_load
 from runtime.tls import client_context
 from wire.ids import identity_slot
 
@@ -178,10 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of local, remote, insert")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args(argv)
-    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
-        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
-    if not 1 <= args.rounds <= 20:
-        parser.error("--rounds must be in [1, 20]")
+    check_load_arguments(parser, args)
     if not 0 <= args.one_way_delay_ms <= 5_000:
         parser.error("--one-way-delay-ms must be in [0, 5000]")
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))

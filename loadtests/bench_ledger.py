@@ -93,7 +93,7 @@ from infra.processes import (
 from infra.services import PostgresCluster, free_port, postgres_bin_dir
 from ledger_node.config import BatchConfig
 from loadtests.cpustats import CpuMeter, us_per_operation
-from loadtests.httpload import LoadResult, median, run_load, signed_post
+from loadtests.httpload import LoadResult, check_load_arguments, median, run_load, signed_post
 from loadtests.promstats import Series, means, means_ms, scrape
 from loadtests.walstats import wal_syncs
 from wire.ids import clearing_account_id
@@ -404,10 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         help="also measure /v1/bets (bet bookkeeping on top of the hot row)",
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
-        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
-    if not 1 <= args.rounds <= 20:
-        parser.error("--rounds must be in [1, 20]")
+    check_load_arguments(parser, args)
 
     # SIGTERM (a CI timeout, a kill) unwinds like Ctrl-C, so the finally below still stops the
     # ledger node and PostgreSQL and removes the data dir.

@@ -49,7 +49,7 @@ from infra.processes import metrics_url
 from ledger_node.config import BatchConfig
 from ledger_node.global_audit import audit_regions
 from loadtests.cpustats import CpuMeter
-from loadtests.httpload import LoadResult, bearer_post, median, run_load
+from loadtests.httpload import LoadResult, bearer_post, check_load_arguments, median, run_load
 from loadtests.promstats import Series, means_ms, scrape
 from loadtests.walstats import wal_syncs
 from region_router.http_pool import HttpPool
@@ -245,10 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "--writers", type=int, default=None, help="batch writers per ledger (default: theirs)"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
-        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
-    if not 1 <= args.rounds <= 20:
-        parser.error("--rounds must be in [1, 20]")
+    check_load_arguments(parser, args)
     if not 0 <= args.one_way_delay_ms <= 5_000:
         parser.error("--one-way-delay-ms must be in [0, 5000]")
     if args.writers is not None and not 1 <= args.writers <= 16:

@@ -72,6 +72,15 @@ class LoadResult:
         return pooled
 
 
+def check_load_arguments(parser, args) -> None:
+    """The bounds every closed-loop benchmark puts on --seconds, --clients and --rounds (if it
+    takes rounds): refused with the parser's usage, before anything starts."""
+    if not 1 <= args.seconds <= 3600 or not 1 <= args.clients <= 1024:
+        parser.error("--seconds must be in [1, 3600] and --clients in [1, 1024]")
+    if not 1 <= getattr(args, "rounds", 1) <= 20:
+        parser.error("--rounds must be in [1, 20]")
+
+
 def median(values: list[float | None]) -> float | None:
     """The median over a benchmark's rounds of the figures that were measured (a run without WAL
     flushes has None), rounded to 3 places."""
