@@ -6,7 +6,6 @@ order of arrival leave the newest state."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
@@ -92,4 +91,3 @@ class PlayerViews:
             await consumer.stop()
         for client in self._clients:
             await client.aclose()
-        await asyncio.sleep(0)
