@@ -172,6 +172,10 @@ class Consumer:
                 await asyncio.sleep(self._backoff_s)
             else:
                 self._backoff_s = 0.0
+                if not handled and len(self._streams) > 1:
+                    # Reads of several streams one at a time do not block: an idle round
+                    # waits here instead of asking Redis again at once.
+                    await asyncio.sleep(self._config.block_ms / 1000)
             return handled
         handled = await self._reclaim()
         replies = await self._redis.xreadgroup(
@@ -223,9 +227,7 @@ class Consumer:
             stream, self._group, min="-", max="+", count=self._config.count
         )
         idle = self._config.visibility_timeout_ms
-        dead = [
-            e["message_id"] for e in stuck if e["times_delivered"] >= self._config.deliveries_max
-        ]
+        dead = self._dead(stuck)
         if dead:
             await self._dead_letter(stream, dead)
         others = [
@@ -237,6 +239,11 @@ class Consumer:
             REDELIVERED.labels(self._group).inc(len(ready))
         return len(ready) < len(others)
 
+    def _dead(self, pending: list[dict]) -> list:
+        """The pending entries delivered deliveries_max times: for the dead-letter stream."""
+        limit = self._config.deliveries_max
+        return [e["message_id"] for e in pending if e["times_delivered"] >= limit]
+
     async def _reclaim(self) -> int:
         handled = 0
         idle = self._config.visibility_timeout_ms
@@ -246,14 +253,8 @@ class Consumer:
             )
             if not stuck:
                 continue
-            dead = [
-                e["message_id"]
-                for e in stuck
-                if e["times_delivered"] >= self._config.deliveries_max
-            ]
-            retry = [
-                e["message_id"] for e in stuck if e["times_delivered"] < self._config.deliveries_max
-            ]
+            dead = self._dead(stuck)
+            retry = [e["message_id"] for e in stuck if e["message_id"] not in dead]
             if dead:
                 await self._dead_letter(stream, dead)
             if retry:
