@@ -335,6 +335,8 @@ class Webhooks:
         self._endpoints: list = []
         self._endpoints_read = 0.0
         self._cleaned = 0.0
+        self._stopping = False
+        self._reading: asyncio.Task | None = None
         self._ssl = ssl.create_default_context()
         if self._config.ca_file:
             self._ssl.load_verify_locations(self._config.ca_file)
@@ -348,13 +350,16 @@ class Webhooks:
         self._task = asyncio.create_task(self._run(), name="webhooks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+        self._stopping = True
+        tasks = {task for task in (self._task, self._reading) if task is not None}
+        for task in tasks:  # the reader too: it must not outlive the holding that made it
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
         await self._redis.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._hold_and_run()
             except asyncio.CancelledError:
@@ -400,7 +405,7 @@ class Webhooks:
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
                 # Enqueueing and delivering run side by side: a delivery never waits for the
                 # streams' next read, nor a read for a slow endpoint.
-                reading = asyncio.create_task(self._read(consumer))
+                reading = self._reading = asyncio.create_task(self._read(consumer))
                 try:
                     while True:
                         if not await self._dispatch(pool, session):
@@ -417,8 +422,11 @@ class Webhooks:
             if pool is not None:
                 try:
                     await asyncio.wait_for(pool.close(), 5.0)
-                except (TimeoutError, asyncio.CancelledError):
+                except TimeoutError:
                     pool.terminate()  # a connection a cancelled delivery left: no wait
+                except asyncio.CancelledError:
+                    pool.terminate()
+                    raise  # a stop: never swallowed, or the loop below would go on
             lock.terminate()
 
     async def _clean(self, pool: asyncpg.Pool) -> None:
