@@ -12,15 +12,15 @@ import ssl
 from collections import defaultdict
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from standardwebhooks import Webhook
 
 from events.streams import from_fields, stream_name
-from infra.services import free_port
+from infra.services import RedisServer, free_port
 from infra.tls import ensure_dev_certificates
 from region_router.ledger_client import LedgerClient
 from tests.support import fund, ledger_config, new_player, start_ledger, unique
-from tests.test_events import events_redis, redis_client  # noqa: F401 (fixtures)
 
 
 class Receiver:
@@ -74,7 +74,10 @@ class Receiver:
 
 
 @pytest.fixture
-async def webhook_world(fresh_dsn, keyring, events_redis, redis_client, ledger_pool, tmp_path):  # noqa: F811
+async def webhook_world(fresh_dsn, keyring, ledger_pool, tmp_path):
+    # A Redis of each test's own: nothing of an earlier test's node can read this one's streams.
+    events_redis = RedisServer(tmp_path / "redis", free_port(), durable=True)
+    events_redis.start()
     tls = ensure_dev_certificates(tmp_path / "tls")
     receiver = Receiver(tls)
     await receiver.start()
@@ -94,10 +97,13 @@ async def webhook_world(fresh_dsn, keyring, events_redis, redis_client, ledger_p
     )
     node, server = await start_ledger(config, keyring)
     client = LedgerClient(str(server.make_url("")), keyring.signing_key, ledger_pool)
-    yield client, receiver
+    redis_client = aioredis.from_url(events_redis.url)
+    yield client, receiver, redis_client
+    await redis_client.aclose()
     await server.close()
     await node.stop()
     await receiver.stop()
+    events_redis.stop()
 
 
 async def _register(client, url: str, types: list[str]) -> dict:
@@ -128,7 +134,7 @@ async def _transfer(client, debit: str, credit: str, amount: int) -> str:
 
 
 async def test_deliveries_are_signed_complete_and_in_account_order(webhook_world):
-    client, receiver = webhook_world
+    client, receiver, _ = webhook_world
     endpoint = await _register(client, receiver.url, ["transfer.*", "account.created"])
     assert endpoint["secret"].startswith("whsec_") and endpoint["status"] == "enabled"
     alice, bob = await new_player(client), await new_player(client)
@@ -155,7 +161,7 @@ async def test_deliveries_are_signed_complete_and_in_account_order(webhook_world
 
 
 async def test_a_failing_delivery_holds_back_the_accounts_later_events(webhook_world):
-    client, receiver = webhook_world
+    client, receiver, _ = webhook_world
     alice, bob = await new_player(client), await new_player(client)
     await fund(client, alice, 1_000)
     await _register(client, receiver.url, ["transfer.posted"])
@@ -174,8 +180,8 @@ async def test_a_failing_delivery_holds_back_the_accounts_later_events(webhook_w
     assert receiver.failures_left == 0
 
 
-async def test_rotation_replay_redirects_and_disabling(webhook_world, redis_client):  # noqa: F811
-    client, receiver = webhook_world
+async def test_rotation_replay_redirects_and_disabling(webhook_world):
+    client, receiver, redis_client = webhook_world
     refused = await client.post(
         "/v1/webhook-endpoints", {"url": "http://127.0.0.1/hooks", "event_types": ["*"]}
     )
